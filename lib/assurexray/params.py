@@ -1,0 +1,41 @@
+"""Load one section of params.yaml, checked against the keys the code knows.
+
+Unknown keys fail with the key name and the valid keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["load_params", "check_keys"]
+
+
+def load_params(path: str | os.PathLike = "params.yaml", section: str | None = None) -> dict[str, Any]:
+    """Return the whole params file, or one top-level ``section`` of it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: params file not found; run from the repository root.")
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}.")
+    if section is None:
+        return data
+    if section not in data:
+        raise KeyError(f"{path}: no section {section!r}; sections found: {sorted(data)}.")
+    return data[section]
+
+
+def check_keys(values: dict[str, Any], allowed: set[str] | list[str], *, where: str) -> dict[str, Any]:
+    """Raise ``ValueError`` naming any key of ``values`` not in ``allowed``; return ``values``."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(allowed)}. "
+            "Fix the spelling in params.yaml."
+        )
+    return values
