@@ -1,0 +1,196 @@
+"""Decode radiographs to 8-bit grayscale and letterbox them, keeping the geometry to map results back.
+
+One geometry for images, masks and heatmaps: prepared = orig * scale + pad, content occupies
+``[pad_y:pad_y+new_h, pad_x:pad_x+new_w]``. ``to_original`` inverts it so Grad-CAM maps and masks land on
+the radiograph where they were computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "Letterbox",
+    "decode_gray",
+    "decode_gray_with_mode",
+    "decode_gray_array",
+    "letterbox_geometry",
+    "letterbox",
+    "to_original",
+    "rasterize_polygons",
+    "polygons_to_letterbox",
+]
+
+logger = logging.getLogger(__name__)
+
+# Fixed-point bits for cv2.fillPoly: polygons are drawn with 1/16 px precision instead of rounded vertices.
+_SHIFT = 4
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of the original size sits inside the ``size`` x ``size`` square."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    new_w: int
+    new_h: int
+    size: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def decode_gray(path: str | os.PathLike) -> np.ndarray:
+    """Decode any common radiograph file to uint8 (H, W), EXIF orientation applied."""
+    return decode_gray_with_mode(path)[0]
+
+
+def decode_gray_with_mode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Like :func:`decode_gray`, also returning the file's PIL mode (``L``, ``RGB``, ``I;16``...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found.")
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS PIL only warns; a radiograph that large is treated as a bomb too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                mode = im.mode
+                im = ImageOps.exif_transpose(im)
+                gray = _pil_to_gray(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(
+            f"{path}: image too large to decode safely ({err}). Downscale the file or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if it is trusted."
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it.") from err
+    return gray, mode
+
+
+def decode_gray_array(array: np.ndarray) -> np.ndarray:
+    """Convert a pixel array (2-D, or H x W x 1/3/4) of any numeric dtype to uint8 (H, W) grayscale.
+
+    uint8 passes through; wider integer and float data (16-bit radiographs, DICOM) are min-max scaled
+    linearly to 0..255, since their raw range says nothing about display intensity.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        if arr.dtype == np.uint8:
+            return cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
+        weights = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's convert("L")
+        arr = arr[:, :, :3].astype(np.float64) @ weights
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"expected a 2-D image or H x W x 1/3/4 array, got shape {np.shape(array)}.")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint8:
+        return arr.copy()
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"expected a numeric pixel array, got dtype {arr.dtype}.")
+    values = arr.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("pixel array contains NaN or infinite values; cannot scale it to 8 bits.")
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def letterbox_geometry(width: int, height: int, size: int) -> Letterbox:
+    """Geometry that fits ``width`` x ``height`` into a ``size`` square, aspect kept, centred."""
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"image width and height must be >= 1, got {width!r} x {height!r}.")
+    if int(size) < 1:
+        raise ValueError(f"letterbox size must be >= 1 px, got {size!r}.")
+    width, height, size = int(width), int(height), int(size)
+    scale = size / max(width, height)
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
+    return Letterbox(scale=scale, pad_x=(size - new_w) // 2, pad_y=(size - new_h) // 2,
+                     new_w=new_w, new_h=new_h, size=size)
+
+
+def letterbox(gray: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize uint8 (H, W) into a zero-padded ``size`` square; INTER_AREA when shrinking (no aliasing)."""
+    if gray.ndim != 2:
+        raise ValueError(f"letterbox expects a 2-D grayscale array, got shape {gray.shape}.")
+    height, width = gray.shape
+    geom = letterbox_geometry(width, height, size)
+    interpolation = cv2.INTER_AREA if geom.scale < 1 else cv2.INTER_LINEAR
+    content = cv2.resize(gray, (geom.new_w, geom.new_h), interpolation=interpolation)
+    out = np.zeros((geom.size, geom.size), dtype=gray.dtype)
+    out[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w] = content
+    return out, geom
+
+
+def to_original(array: np.ndarray, geom: Letterbox, width: int, height: int) -> np.ndarray:
+    """Crop the padding off a (S, S[, C]) array and resize it to ``width`` x ``height``.
+
+    Integer/bool arrays (masks) use nearest-neighbour so labels stay labels; float arrays (heatmaps) are
+    interpolated linearly.
+    """
+    if array.shape[:2] != (geom.size, geom.size):
+        raise ValueError(f"array shape {array.shape} does not match the letterbox size {geom.size}.")
+    crop = np.ascontiguousarray(array[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w])
+    width, height = int(width), int(height)
+    if np.issubdtype(crop.dtype, np.floating):
+        out = cv2.resize(crop.astype(np.float32 if crop.dtype == np.float16 else crop.dtype, copy=False),
+                         (width, height), interpolation=cv2.INTER_LINEAR)
+        if out.ndim < array.ndim:  # cv2 drops a trailing single channel
+            out = out[..., None]
+        return out.astype(array.dtype, copy=False)
+    # Nearest neighbour by pixel centres, for any integer/bool dtype.
+    rows = np.minimum(((np.arange(height) + 0.5) * geom.new_h / height).astype(np.int64), geom.new_h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * geom.new_w / width).astype(np.int64), geom.new_w - 1)
+    return crop[rows[:, None], cols[None, :]]
+
+
+def rasterize_polygons(polygons: Sequence[np.ndarray], width: int, height: int) -> np.ndarray:
+    """Union of filled polygons as uint8 (height, width) 0/1, vertices at pixel centres (as LabelMe).
+
+    The outline is drawn too, so a lesion smaller than a pixel after downscaling still marks a pixel.
+    """
+    mask = np.zeros((int(height), int(width)), dtype=np.uint8)
+    if not len(polygons):
+        return mask
+    points = [np.round(np.asarray(p, dtype=np.float64) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+              for p in polygons]
+    cv2.fillPoly(mask, points, 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    cv2.polylines(mask, points, True, 1, thickness=1, lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask
+
+
+def polygons_to_letterbox(polygons: Sequence[np.ndarray], geom: Letterbox) -> tuple[np.ndarray, ...]:
+    """Map (K, 2) polygons from original pixels into the letterboxed square (orig * scale + pad)."""
+    offset = np.array([geom.pad_x, geom.pad_y], dtype=np.float64)
+    return tuple(np.asarray(p, dtype=np.float64) * geom.scale + offset for p in polygons)
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "L":
+        return np.array(im, dtype=np.uint8)
+    if mode.startswith("I;16") or mode in {"I", "F"}:
+        return decode_gray_array(np.array(im))
+    if mode == "CMYK":
+        im = im.convert("RGB")
+    elif mode in {"P", "PA"}:
+        im = im.convert("RGBA")
+    if im.mode in {"RGBA", "LA", "RGBa", "La"}:
+        # Composite on black: transparent regions are padding, like the letterbox border.
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+    return np.array(im.convert("L"), dtype=np.uint8)
