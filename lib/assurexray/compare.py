@@ -1,0 +1,186 @@
+"""Compare the stratified and centre-holdout variants: side-by-side metrics and the generalisation gap.
+
+The gap is ``stratified - center`` (positive = worse on the unseen centre). The two test sets are
+independent, so the gap's standard error is ``sqrt(se_s**2 + se_c**2)`` from the two bootstrap
+distributions, and its interval a normal approximation around the observed gap. The standard error of a
+metric is the bootstrap replicate standard deviation stored by evaluate (metrics.json
+``bootstrap.standard_error``) or, where absent, recovered from the width of its percentile interval.
+The markdown report is rendered from the comparison dict only, so every number in it is in compare.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import norm
+
+from assurexray import DISCLAIMER
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VARIANTS", "load_variant", "compare_variants", "gap_ci", "render_report"]
+
+VARIANTS: tuple[str, ...] = ("stratified", "center")
+VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
+GAP_METHOD = (
+    "gap = stratified - center (positive: worse on the unseen centre); interval = gap +/- z * sqrt(se_s^2 + se_c^2), "
+    "a normal approximation from the two independent bootstrap distributions, se = bootstrap replicate "
+    "standard deviation (from the interval width where not stored)"
+)
+_OPERATING_POINT_METRICS = ("test_sensitivity", "test_specificity")
+
+
+def load_variant(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Read ``<dir>/eval/metrics.json`` (required) and ``<dir>/explain/metrics.json`` (None if absent)."""
+    root = Path(metrics_dir)
+    eval_path, explain_path = root / "eval" / "metrics.json", root / "explain" / "metrics.json"
+    if not eval_path.is_file():
+        raise FileNotFoundError(f"{eval_path}: evaluation metrics not found; run `dvc repro evaluate` first.")
+    explain = _read_json(explain_path) if explain_path.is_file() else None
+    if explain is None:
+        logger.info("%s absent: localisation is left out of the comparison", explain_path)
+    return _read_json(eval_path), explain
+
+
+def compare_variants(
+    stratified: dict[str, Any],
+    center: dict[str, Any],
+    *,
+    stratified_explain: dict[str, Any] | None = None,
+    center_explain: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The compare.json dict: headline metrics side by side with gap CIs, operating point, localisation."""
+    evals = {"stratified": stratified, "center": center}
+    levels = {v: evals[v].get("bootstrap", {}).get("ci_level") for v in VARIANTS}
+    if levels["stratified"] != levels["center"] or levels["stratified"] is None:
+        raise ValueError(
+            f"bootstrap.ci_level differs or is missing between variants: {levels!r}; re-run evaluate for both "
+            "with the same evaluate.ci_level."
+        )
+    ci_level = float(levels["stratified"])
+    headline = {}
+    for name in stratified["headline"]:
+        if name not in center["headline"]:
+            raise ValueError(f"center metrics.json lacks headline metric {name!r}; re-run evaluate for both variants.")
+        s, c = stratified["headline"][name], center["headline"][name]
+        headline[name] = {"stratified": s, "center": c,
+                          "gap": gap_ci(s, c, ci_level=ci_level, se_a=_stored_se(stratified, name),
+                                        se_b=_stored_se(center, name))}
+    operating_point = {}
+    for name in _OPERATING_POINT_METRICS:
+        s, c = stratified["operating_point"][name], center["operating_point"][name]
+        operating_point[name] = {"stratified": s, "center": c, "gap": gap_ci(s, c, ci_level=ci_level)}
+    localization: dict[str, Any] = {}
+    if stratified_explain is not None and center_explain is not None:
+        s_loc, c_loc = stratified_explain["model"]["overall"], center_explain["model"]["overall"]
+        for name, value in s_loc.items():
+            if isinstance(value, dict) and isinstance(c_loc.get(name), dict):
+                localization[name] = {"stratified": value, "center": c_loc[name]}
+    return {
+        "headline": headline,
+        "localization": localization,
+        "operating_point": operating_point,
+        "n_test": {v: evals[v]["n_test"] for v in VARIANTS},
+        "threshold": {v: evals[v]["operating_point"]["threshold"] for v in VARIANTS},
+        "ci_level": ci_level,
+        "gap_method": GAP_METHOD,
+    }
+
+
+def gap_ci(
+    a: dict[str, float | None],
+    b: dict[str, float | None],
+    *,
+    ci_level: float,
+    se_a: float | None = None,
+    se_b: float | None = None,
+) -> dict[str, float | None]:
+    """CI value of ``a - b`` for two independent estimates (normal approximation; None when undefined)."""
+    z = float(norm.ppf(0.5 + ci_level / 2.0))
+    se_a = se_a if se_a is not None else _se_from_interval(a, z)
+    se_b = se_b if se_b is not None else _se_from_interval(b, z)
+    if a["value"] is None or b["value"] is None:
+        return {"value": None, "ci_low": None, "ci_high": None}
+    gap = a["value"] - b["value"]
+    if se_a is None or se_b is None:
+        return {"value": gap, "ci_low": None, "ci_high": None}
+    half = z * math.sqrt(se_a**2 + se_b**2)
+    return {"value": gap, "ci_low": gap - half, "ci_high": gap + half}
+
+
+def render_report(comparison: dict[str, Any]) -> str:
+    """Markdown report of a :func:`compare_variants` dict (every number comes from that dict)."""
+    level = f"{comparison['ci_level'] * 100:g}%"
+    n = comparison["n_test"]
+    lines = [
+        f"> **{DISCLAIMER}**",
+        "",
+        "# Stratified split vs centre hold-out",
+        "",
+        f"Test images: {VARIANT_TITLES['stratified']} {n['stratified']}, {VARIANT_TITLES['center']} {n['center']}. "
+        f"Values are point estimates with {level} bootstrap intervals in brackets.",
+        "",
+        "## Headline metrics (test)",
+        "",
+        *_table(comparison["headline"], with_gap=True),
+        "",
+        "## Malignant operating point (threshold fitted on validation, applied to test)",
+        "",
+        f"Thresholds: {VARIANT_TITLES['stratified']} {_num(comparison['threshold']['stratified'])}, "
+        f"{VARIANT_TITLES['center']} {_num(comparison['threshold']['center'])}.",
+        "",
+        *_table(comparison["operating_point"], with_gap=True),
+        "",
+        "## Localisation (Grad-CAM vs lesion masks)",
+        "",
+    ]
+    if comparison["localization"]:
+        lines += _table(comparison["localization"], with_gap=False)
+    else:
+        lines.append("Not available: the explain stage's metrics are absent for at least one variant.")
+    lines += ["", "## Method", "", f"Generalisation gap: {comparison['gap_method']}.", ""]
+    return "\n".join(lines)
+
+
+def _table(block: dict[str, dict[str, Any]], *, with_gap: bool) -> list[str]:
+    head = ["Metric", VARIANT_TITLES["stratified"], VARIANT_TITLES["center"]]
+    head += ["Gap (stratified - centre)"] if with_gap else []
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, entry in block.items():
+        cells = [name, _ci(entry["stratified"]), _ci(entry["center"])] + ([_ci(entry["gap"])] if with_gap else [])
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _ci(value: dict[str, float | None]) -> str:
+    if value["value"] is None:
+        return "undefined"
+    if value["ci_low"] is None or value["ci_high"] is None:
+        return _num(value["value"])
+    return f"{_num(value['value'])} [{_num(value['ci_low'])}, {_num(value['ci_high'])}]"
+
+
+def _num(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _stored_se(metrics: dict[str, Any], name: str) -> float | None:
+    return metrics.get("bootstrap", {}).get("standard_error", {}).get(name)
+
+
+def _se_from_interval(value: dict[str, float | None], z: float) -> float | None:
+    if value["ci_low"] is None or value["ci_high"] is None:
+        return None
+    return (value["ci_high"] - value["ci_low"]) / (2.0 * z)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); re-run the stage that writes it.") from err

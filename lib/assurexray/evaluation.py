@@ -1,0 +1,330 @@
+"""Evaluate a trained checkpoint: predict val and test, calibrate on val, measure on test, write outputs.
+
+Everything fitted (temperature, Malignant threshold) is fitted on validation and only applied to test.
+Test metrics use the temperature-scaled probabilities written to predictions.csv, so the file and the
+numbers always agree. Outputs follow docs/ARCHITECTURE.md (metrics.json, predictions.csv,
+operating_point.json, DVC plot files roc/pr/confusion.json, static PNGs). NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure  # object API: no pyplot state, no display backend needed
+from tqdm import tqdm
+
+from assurexray import DISCLAIMER
+from assurexray.atomic import atomic_dir, atomic_path, write_json
+from assurexray.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_data,
+    sensitivity_threshold,
+)
+from assurexray.metrics import (
+    binary_rates_with_ci,
+    bootstrap_weights,
+    pr_curves,
+    roc_curves,
+    suite_with_ci,
+)
+from assurexray.model import file_sha256, load_checkpoint
+from assurexray.transforms import eval_transform
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Evaluation",
+    "evaluate_checkpoint",
+    "evaluate_logits",
+    "load_partition",
+    "predict_logits",
+    "write_evaluation",
+    "POSITIVE_CLASS",
+]
+
+POSITIVE_CLASS = "Malignant"
+SPLIT_COLUMNS: tuple[str, ...] = ("row", "image_id", "label", "label_idx", "group", "center")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything evaluate writes; JSON-ready dicts/lists plus the predictions table."""
+
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    operating_point: dict[str, Any]
+    roc: list[dict[str, Any]]
+    pr: list[dict[str, Any]]
+    confusion: list[dict[str, str]]
+    reliability: dict[str, dict[str, list]]
+
+
+def evaluate_checkpoint(
+    *,
+    prepared: str | os.PathLike,
+    split_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    resamples: int,
+    cluster: bool,
+    ci_level: float,
+    bins: int,
+    target_sensitivity: float,
+    seed: int,
+    batch_size: int,
+) -> Evaluation:
+    """Load ``model_path``, predict the val and test partitions of ``split_dir`` and evaluate them."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: checkpoint not found; run `dvc repro train` first.")
+    model, meta = load_checkpoint(model_path)
+    transform = eval_transform(meta)
+    frames, logits = {}, {}
+    for partition in ("val", "test"):
+        frames[partition], images = load_partition(prepared, split_dir, partition)
+        if images.shape[1:] != (meta["input_size"], meta["input_size"]):
+            raise ValueError(
+                f"{prepared}: cached images are {images.shape[1:]!r} px but the checkpoint expects "
+                f"input_size {meta['input_size']!r}; re-run prepare and train with the same size."
+            )
+        logits[partition] = predict_logits(model, images, transform, batch_size=batch_size, desc=partition)
+    return evaluate_logits(
+        val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"], test_logits=logits["test"],
+        class_names=list(meta["class_names"]), resamples=resamples, cluster=cluster, ci_level=ci_level,
+        bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=file_sha256(model_path),
+    )
+
+
+def load_partition(
+    prepared: str | os.PathLike, split_dir: str | os.PathLike, partition: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of ``split_dir/<partition>.csv`` and their cached images ``(n, S, S)`` uint8."""
+    csv = Path(split_dir) / f"{partition}.csv"
+    npy = Path(prepared) / "images.npy"
+    for path in (csv, npy):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run `dvc repro split prepare` first.")
+    frame = pd.read_csv(csv, dtype={"group": str, "image_id": str}, keep_default_na=False)
+    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{csv}: missing column(s) {missing}; expected the index.csv columns {list(SPLIT_COLUMNS)}.")
+    if frame.empty:
+        raise ValueError(f"{csv}: no rows; the {partition} partition must hold at least one image.")
+    cache = np.load(npy, mmap_mode="r")
+    rows = frame["row"].to_numpy()
+    bad = (rows < 0) | (rows >= cache.shape[0])
+    if bad.any():
+        raise ValueError(
+            f"{csv} line {int(np.argmax(bad)) + 2}: row {int(rows[bad][0])!r} is outside {npy} "
+            f"(0..{cache.shape[0] - 1}); re-run split after prepare."
+        )
+    return frame, np.ascontiguousarray(cache[rows])
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    transform: Callable[..., dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Logits ``(n, K)`` of uint8 gray images ``(n, S, S)``, preprocessed by the albumentations ``transform``."""
+    if batch_size < 1:
+        raise ValueError(f"evaluate.batch_size must be >= 1, got {batch_size!r}.")
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch_size), desc=f"evaluate {desc}", unit="batch"):
+            batch = torch.stack([transform(image=img)["image"] for img in images[start:start + batch_size]])
+            out.append(model(batch.to(device)).float().cpu().numpy())  # (B, K)
+    return np.concatenate(out, axis=0)
+
+
+def evaluate_logits(
+    *,
+    val_frame: pd.DataFrame,
+    val_logits: np.ndarray,
+    test_frame: pd.DataFrame,
+    test_logits: np.ndarray,
+    class_names: list[str],
+    resamples: int,
+    cluster: bool,
+    ci_level: float,
+    bins: int,
+    target_sensitivity: float,
+    seed: int,
+    model_sha256: str,
+) -> Evaluation:
+    """Calibrate and pick the operating point on val; the metric suite with bootstrap CIs on test."""
+    if POSITIVE_CLASS not in class_names:
+        raise ValueError(f"class_names {class_names!r} lack {POSITIVE_CLASS!r}; the operating point needs it.")
+    pos = class_names.index(POSITIVE_CLASS)
+    y_val = _labels(val_frame, class_names, "val", val_logits)
+    y_test = _labels(test_frame, class_names, "test", test_logits)
+    temperature = fit_temperature(val_logits, y_val)
+    p_val, p_test = apply_temperature(val_logits, temperature), apply_temperature(test_logits, temperature)
+    threshold, val_sens = sensitivity_threshold(y_val == pos, p_val[:, pos], target_sensitivity=target_sensitivity)
+    logger.info("temperature %.4f; Malignant threshold %.4f (val sensitivity %.3f)", temperature, threshold, val_sens)
+
+    start = time.perf_counter()
+    groups = test_frame["group"].to_numpy() if cluster else None
+    weights = bootstrap_weights(y_test, resamples=resamples, seed=seed, groups=groups)
+    suite = suite_with_ci(y_test, p_test, weights, class_names=class_names, ci_level=ci_level,
+                          positive_class=POSITIVE_CLASS)
+    rates = binary_rates_with_ci(y_test == pos, p_test[:, pos] >= threshold, weights, ci_level=ci_level)
+    seconds = time.perf_counter() - start
+    raw_test = apply_temperature(test_logits, 1.0)
+    calibration = {"temperature": temperature, "ece_before": expected_calibration_error(y_test, raw_test, bins=bins),
+                   "ece_after": expected_calibration_error(y_test, p_test, bins=bins), "bins": bins}
+    reliability = {"before": reliability_data(y_test, raw_test, bins=bins),
+                   "after": reliability_data(y_test, p_test, bins=bins)}
+    op_block = {"class": POSITIVE_CLASS, "threshold": threshold, "target_sensitivity": target_sensitivity,
+                "val_sensitivity": val_sens, "test_sensitivity": rates["sensitivity"],
+                "test_specificity": rates["specificity"]}
+    metrics = {
+        "n_test": int(y_test.size), "n_val": int(y_val.size), "class_names": list(class_names),
+        "headline": suite["headline"], "per_class": suite["per_class"], "confusion": suite["confusion"],
+        "calibration": calibration, "operating_point": op_block,
+        "bootstrap": {"resamples": resamples, "ci_level": ci_level, "cluster": cluster, "seconds": round(seconds, 3),
+                      "stratified": True, "seed": seed, "standard_error": suite["standard_error"],
+                      "nan_resamples": suite["nan_resamples"]},
+    }
+    predictions = pd.concat([
+        _prediction_rows(val_frame, p_val, "val", class_names, threshold),
+        _prediction_rows(test_frame, p_test, "test", class_names, threshold),
+    ], ignore_index=True)
+    operating_point = {"temperature": temperature, "malignant_threshold": threshold,
+                       "target_sensitivity": target_sensitivity, "val_sensitivity": val_sens,
+                       "model_sha256": model_sha256}
+    roc = [{"class": name, "fpr": float(x), "tpr": float(t)}
+           for name, c in zip(class_names, roc_curves(y_test, p_test)) for x, t in zip(c["fpr"], c["tpr"])]
+    pr = [{"class": name, "recall": float(r), "precision": float(p)}
+          for name, c in zip(class_names, pr_curves(y_test, p_test)) for r, p in zip(c["recall"], c["precision"])]
+    confusion = [{"actual": class_names[a], "predicted": class_names[b]}
+                 for a, b in zip(y_test, p_test.argmax(axis=1))]
+    return Evaluation(metrics, predictions, operating_point, roc, pr, confusion, reliability)
+
+
+def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> None:
+    """Write the metrics/plot files into ``out_dir`` and the PNGs into ``figures_dir/eval`` (all atomic)."""
+    out = Path(out_dir)
+    write_json(out / "metrics.json", evaluation.metrics)
+    write_json(out / "operating_point.json", evaluation.operating_point)
+    write_json(out / "roc.json", {"roc": evaluation.roc})
+    write_json(out / "pr.json", {"pr": evaluation.pr})
+    write_json(out / "confusion.json", evaluation.confusion)
+    with atomic_path(out / "predictions.csv") as tmp:
+        evaluation.predictions.to_csv(tmp, index=False)
+    with atomic_dir(Path(figures_dir) / "eval") as tmp_dir:
+        _plot_curves(evaluation, tmp_dir / "roc.png", kind="roc")
+        _plot_curves(evaluation, tmp_dir / "pr.png", kind="pr")
+        _plot_confusion(evaluation.metrics, tmp_dir / "confusion.png")
+        _plot_reliability(evaluation, tmp_dir / "reliability.png")
+
+
+def _labels(frame: pd.DataFrame, class_names: list[str], partition: str, logits: np.ndarray) -> np.ndarray:
+    """Checked label indices of a split frame: in range, agreeing with the label name, one row per logit row."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape != (len(frame), len(class_names)):
+        raise ValueError(
+            f"{partition}: logits have shape {logits.shape!r}, expected ({len(frame)}, {len(class_names)})."
+        )
+    y = frame["label_idx"].to_numpy()
+    names = np.asarray(class_names, dtype=object)
+    bad = (y < 0) | (y >= len(class_names))
+    bad[~bad] = names[y[~bad]] != frame["label"].to_numpy()[~bad]
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{partition}.csv row {i}: label {frame['label'].iloc[i]!r} / label_idx {int(y[i])!r} disagree with the "
+            f"checkpoint's class order {class_names!r}; re-run split and train with the same base.class_names."
+        )
+    return y.astype(np.int64)
+
+
+def _prediction_rows(frame: pd.DataFrame, probs: np.ndarray, partition: str, class_names: list[str],
+                     threshold: float) -> pd.DataFrame:
+    pred = probs.argmax(axis=1)
+    rows = pd.DataFrame({"row": frame["row"].to_numpy(), "image_id": frame["image_id"].to_numpy(),
+                         "partition": partition, "label": frame["label"].to_numpy(),
+                         "label_idx": frame["label_idx"].to_numpy()})
+    for c, name in enumerate(class_names):
+        rows[f"prob_{name}"] = probs[:, c]
+    rows["pred_idx"] = pred
+    rows["pred"] = np.asarray(class_names, dtype=object)[pred]
+    rows["malignant_flag"] = (probs[:, class_names.index(POSITIVE_CLASS)] >= threshold).astype(int)
+    rows["group"] = frame["group"].to_numpy()
+    rows["center"] = frame["center"].to_numpy()
+    return rows
+
+
+def _figure(ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(5.5 * ncols, 5.2))
+    axes = fig.subplots(1, ncols, squeeze=False)
+    fig.text(0.5, 0.985, DISCLAIMER, ha="center", va="top", fontsize=8, color="firebrick", wrap=True)
+    return fig, axes[0]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+
+
+def _plot_curves(evaluation: Evaluation, path: Path, *, kind: str) -> None:
+    """Per-class one-vs-rest ROC (AUC in legend) or PR (AP in legend) on test."""
+    m = evaluation.metrics
+    records, x, y, stat = ((evaluation.roc, "fpr", "tpr", "auc") if kind == "roc"
+                           else (evaluation.pr, "recall", "precision", "ap"))
+    fig, (ax,) = _figure()
+    for name in m["class_names"]:
+        pts = [r for r in records if r["class"] == name]
+        value = m["per_class"][name][stat]["value"]
+        label = f"{name} ({stat.upper()} {value:.3f})" if value is not None else f"{name} (undefined)"
+        style = "default" if kind == "roc" else "steps-post"
+        ax.plot([r[x] for r in pts], [r[y] for r in pts], label=label, drawstyle=style)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.set(xlabel=x.upper() if kind == "roc" else "Recall", ylabel=y.upper() if kind == "roc" else "Precision",
+           xlim=(0, 1), ylim=(0, 1.02), title=f"{'ROC' if kind == 'roc' else 'Precision-recall'} (one-vs-rest, test)")
+    ax.legend(loc="lower right" if kind == "roc" else "lower left")
+    _save(fig, path)
+
+
+def _plot_confusion(metrics: dict[str, Any], path: Path) -> None:
+    conf = metrics["confusion"]
+    fig, axes = _figure(2)
+    for ax, key, fmt in zip(axes, ("counts", "normalized"), ("{:d}", "{:.2f}")):
+        data = np.asarray(conf[key])
+        ax.imshow(data, cmap="Blues", vmin=0)
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, fmt.format(v), ha="center", va="center",
+                    color="white" if v > data.max() / 2 else "black")
+        ticks = range(len(conf["labels"]))
+        ax.set(xticks=ticks, yticks=ticks, xticklabels=conf["labels"], yticklabels=conf["labels"],
+               xlabel="Predicted", ylabel="Actual", title=f"Confusion ({key}, test)")
+    _save(fig, path)
+
+
+def _plot_reliability(evaluation: Evaluation, path: Path) -> None:
+    cal = evaluation.metrics["calibration"]
+    fig, (ax,) = _figure()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
+    for key, label in (("before", f"before (ECE {cal['ece_before']:.3f})"),
+                       ("after", f"after T={cal['temperature']:.2f} (ECE {cal['ece_after']:.3f})")):
+        data = evaluation.reliability[key]
+        pts = [(c, a) for c, a in zip(data["confidence"], data["accuracy"]) if c is not None]
+        ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", label=label)
+    ax.set(xlabel="Confidence (top label)", ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability (test, temperature fitted on val)")
+    ax.legend(loc="upper left")
+    _save(fig, path)

@@ -1,0 +1,49 @@
+"""Evaluate stage: calibrate on val, test metrics with bootstrap CIs, operating point, plots for one variant."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from assurexray.evaluation import evaluate_checkpoint, write_evaluation
+from assurexray.params import check_keys, load_params
+
+EVALUATE_KEYS = {
+    "bootstrap_resamples", "bootstrap_cluster", "ci_level", "calibration_bins",
+    "malignant_target_sensitivity", "bootstrap_seed", "batch_size",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, help="prepared cache folder, e.g. data/prepared")
+    parser.add_argument("--split", required=True, help="split folder with val.csv/test.csv, e.g. data/splits/V")
+    parser.add_argument("--model", required=True, help="checkpoint, e.g. models/V/model.pt")
+    parser.add_argument("--out", required=True, help="metrics folder, e.g. metrics/V/eval")
+    parser.add_argument("--figures", required=True, help="figures folder; PNGs go to <figures>/eval")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = check_keys(load_params(args.params, "evaluate"), EVALUATE_KEYS, where="params evaluate")
+    missing = sorted(EVALUATE_KEYS - set(params))
+    if missing:
+        raise ValueError(f"params evaluate: missing key(s) {missing}; add them to {args.params} (see the comments).")
+    evaluation = evaluate_checkpoint(
+        prepared=args.prepared,
+        split_dir=args.split,
+        model_path=args.model,
+        resamples=params["bootstrap_resamples"],
+        cluster=params["bootstrap_cluster"],
+        ci_level=params["ci_level"],
+        bins=params["calibration_bins"],
+        target_sensitivity=params["malignant_target_sensitivity"],
+        seed=params["bootstrap_seed"],
+        batch_size=params["batch_size"],
+    )
+    write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

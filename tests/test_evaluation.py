@@ -1,0 +1,207 @@
+"""Tests for assurexray.evaluation and stages/evaluate.py: logits-level logic and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from assurexray.evaluation import evaluate_logits, load_partition
+from assurexray.metrics import HEADLINE_METRICS, PER_CLASS_METRICS
+from assurexray.model import backbone_norm, create_model, file_sha256, save_checkpoint
+
+NAMES = ["Normal", "Benign", "Malignant"]
+PRED_COLUMNS = ["row", "image_id", "partition", "label", "label_idx", "prob_Normal", "prob_Benign",
+                "prob_Malignant", "pred_idx", "pred", "malignant_flag", "group", "center"]
+EVAL_PARAMS = {"bootstrap_resamples": 50, "bootstrap_cluster": False, "ci_level": 0.95, "calibration_bins": 5,
+               "malignant_target_sensitivity": 0.8, "bootstrap_seed": 0, "batch_size": 8}
+
+
+def _frame(labels: np.ndarray, offset: int = 0) -> pd.DataFrame:
+    n = labels.size
+    return pd.DataFrame({
+        "row": np.arange(offset, offset + n), "image_id": [f"IMG{i:06d}.jpeg" for i in range(offset, offset + n)],
+        "label": np.asarray(NAMES, dtype=object)[labels], "label_idx": labels,
+        "center": 1 + np.arange(n) % 2, "group": [f"g{(offset + i) // 2}" for i in range(n)],
+    })
+
+
+def _logits(labels: np.ndarray, seed: int, scale: float = 3.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return scale * (rng.normal(size=(labels.size, 3)) + 1.5 * np.eye(3)[labels])  # over-confident on purpose
+
+
+def _evaluate(cluster: bool = False):
+    y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 30)
+    return evaluate_logits(
+        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
+        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=200, cluster=cluster, ci_level=0.95, bins=10,
+        target_sensitivity=0.9, seed=0, model_sha256="abc",
+    )
+
+
+def test_metrics_follow_the_schema_with_ranges_and_bracketing_cis():
+    m = _evaluate().metrics
+    assert (m["n_test"], m["n_val"], m["class_names"]) == (90, 60, NAMES)
+    assert list(m["headline"]) == list(HEADLINE_METRICS)
+    cis = list(m["headline"].values()) + [m["per_class"][c][k] for c in NAMES for k in PER_CLASS_METRICS]
+    cis += [m["operating_point"]["test_sensitivity"], m["operating_point"]["test_specificity"]]
+    for ci in cis:
+        assert set(ci) == {"value", "ci_low", "ci_high"}
+        assert 0.0 <= ci["ci_low"] <= ci["value"] <= ci["ci_high"] <= 1.0
+    assert [m["per_class"][c]["support"] for c in NAMES] == [30, 30, 30]
+    assert np.sum(m["confusion"]["counts"]) == 90
+    assert set(m["calibration"]) == {"temperature", "ece_before", "ece_after", "bins"}
+    assert m["calibration"]["temperature"] > 1.0  # the logits were scaled up, so T must soften them
+    assert m["calibration"]["ece_after"] < m["calibration"]["ece_before"]
+    assert {"resamples", "ci_level", "cluster", "seconds"} <= set(m["bootstrap"])
+    json.dumps(m, allow_nan=False)  # DVC cannot read NaN
+
+
+def test_operating_point_is_fitted_on_val_and_flags_match_it():
+    ev = _evaluate()
+    op, preds = ev.operating_point, ev.predictions
+    val = preds[preds.partition == "val"]
+    malignant_val = val[val.label == "Malignant"]
+    assert op["val_sensitivity"] >= 0.9
+    assert op["val_sensitivity"] == pytest.approx((malignant_val.prob_Malignant >= op["malignant_threshold"]).mean())
+    np.testing.assert_array_equal(preds.malignant_flag, (preds.prob_Malignant >= op["malignant_threshold"]).astype(int))
+    assert ev.metrics["operating_point"]["threshold"] == op["malignant_threshold"]
+    assert set(op) == {"temperature", "malignant_threshold", "target_sensitivity", "val_sensitivity", "model_sha256"}
+
+
+def test_predictions_follow_the_contract_columns_and_probabilities_sum_to_one():
+    preds = _evaluate().predictions
+    assert list(preds.columns) == PRED_COLUMNS
+    assert preds.partition.value_counts().to_dict() == {"test": 90, "val": 60}
+    np.testing.assert_allclose(preds[["prob_Normal", "prob_Benign", "prob_Malignant"]].sum(axis=1), 1.0)
+    assert (preds.pred == np.asarray(NAMES, dtype=object)[preds.pred_idx]).all()
+
+
+def test_plot_records_cover_every_class_and_one_confusion_row_per_test_image():
+    ev = _evaluate()
+    assert {r["class"] for r in ev.roc} == set(NAMES) == {r["class"] for r in ev.pr}
+    assert len(ev.confusion) == 90 and set(ev.confusion[0]) == {"actual", "predicted"}
+
+
+def test_evaluation_is_deterministic_and_cluster_mode_is_recorded():
+    a, b = _evaluate().metrics, _evaluate().metrics
+    a["bootstrap"].pop("seconds"), b["bootstrap"].pop("seconds")
+    assert a == b
+    assert _evaluate(cluster=True).metrics["bootstrap"]["cluster"] is True
+
+
+def test_label_names_disagreeing_with_the_class_order_are_rejected():
+    y = np.repeat([0, 1, 2], 4)
+    frame = _frame(y)
+    frame.loc[3, "label"] = "Malignant"
+    with pytest.raises(ValueError, match=r"val.csv row 3: label 'Malignant' / label_idx 0 disagree"):
+        evaluate_logits(val_frame=frame, val_logits=_logits(y, 0), test_frame=_frame(y), test_logits=_logits(y, 1),
+                        class_names=NAMES, resamples=5, cluster=False, ci_level=0.95, bins=5,
+                        target_sensitivity=0.9, seed=0, model_sha256="x")
+
+
+# --- end to end on a tiny prepared cache and a tiny timm checkpoint --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1, 2], 10)  # 30 images: 0-14 val, 15-29 test
+    images = rng.integers(0, 40, size=(30, 32, 32), dtype=np.uint8)
+    for i, lab in enumerate(labels):  # brightness carries the class so the model output is not constant
+        images[i, 8:24, 8:24] += np.uint8(60 * lab)
+    (root / "prepared").mkdir()
+    np.save(root / "prepared" / "images.npy", images)
+    (root / "split").mkdir()
+    _frame(labels[:15]).to_csv(root / "split" / "val.csv", index=False)
+    _frame(labels[15:], 15).to_csv(root / "split" / "test.csv", index=False)
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+    mean, std = backbone_norm(model)
+    meta = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": NAMES, "dropout": 0.0,
+            "input_size": 32, "in_chans": 3, "mean": mean, "std": std, "clahe": False, "letterbox_fill": 0,
+            "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5, "seed": 0, "format_version": 1}
+    save_checkpoint(root / "model.pt", model, meta)
+    (root / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS}))
+    return root
+
+
+def _run_stage(root: Path, out: str, params: str = "params.yaml") -> int:
+    return _stage().main([
+        "--prepared", str(root / "prepared"), "--split", str(root / "split"), "--model", str(root / "model.pt"),
+        "--out", str(root / out / "eval"), "--figures", str(root / out / "plots"), "--params", str(root / params),
+    ])
+
+
+def _stage():
+    path = Path(__file__).parents[1] / "stages" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_stage", path)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
+def test_the_stage_writes_every_output_and_reruns_identically(tiny_run):
+    assert _run_stage(tiny_run, "a") == 0 and _run_stage(tiny_run, "b") == 0
+    out = tiny_run / "a" / "eval"
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["n_val"], m["n_test"], m["bootstrap"]["resamples"]) == (15, 15, 50)
+    for ci in m["headline"].values():
+        if ci["value"] is not None:
+            assert 0.0 <= ci["value"] <= 1.0
+    op = json.loads((out / "operating_point.json").read_text())
+    assert op["model_sha256"] == file_sha256(tiny_run / "model.pt")
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns) == PRED_COLUMNS and len(preds) == 30
+    assert {r["class"] for r in json.loads((out / "roc.json").read_text())["roc"]} == set(NAMES)
+    assert set(json.loads((out / "pr.json").read_text())) == {"pr"}
+    assert len(json.loads((out / "confusion.json").read_text())) == 15
+    pngs = sorted(p.name for p in (tiny_run / "a" / "plots" / "eval").iterdir())
+    assert pngs == ["confusion.png", "pr.png", "reliability.png", "roc.png"]
+    other = json.loads((tiny_run / "b" / "eval" / "metrics.json").read_text())
+    m["bootstrap"].pop("seconds"), other["bootstrap"].pop("seconds")
+    assert m == other
+    assert (out / "predictions.csv").read_bytes() == (tiny_run / "b" / "eval" / "predictions.csv").read_bytes()
+
+
+def test_a_checkpoint_of_another_input_size_is_rejected(tiny_run, tmp_path):
+    (tiny_run / "small").mkdir(exist_ok=True)
+    np.save(tiny_run / "small" / "images.npy", np.zeros((30, 16, 16), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"checkpoint expects input_size 32"):
+        _stage().main(["--prepared", str(tiny_run / "small"), "--split", str(tiny_run / "split"), "--model",
+                    str(tiny_run / "model.pt"), "--out", str(tmp_path / "o"), "--figures", str(tmp_path / "f"),
+                    "--params", str(tiny_run / "params.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [({**EVAL_PARAMS, "bootstrap_sead": 1}, r"unknown key\(s\) \['bootstrap_sead'\]"),
+     ({k: v for k, v in EVAL_PARAMS.items() if k != "batch_size"}, r"missing key\(s\) \['batch_size'\]")],
+)
+def test_bad_evaluate_params_are_named(tiny_run, params, match):
+    (tiny_run / "bad.yaml").write_text(yaml.safe_dump({"evaluate": params}))
+    with pytest.raises(ValueError, match=match):
+        _run_stage(tiny_run, "bad", params="bad.yaml")
+
+
+def test_load_partition_names_missing_files_columns_and_bad_rows(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((4, 8, 8), dtype=np.uint8))
+    with pytest.raises(FileNotFoundError, match=r"val.csv: not found"):
+        load_partition(tmp_path, tmp_path, "val")
+    _frame(np.array([0, 1])).drop(columns="group").to_csv(tmp_path / "val.csv", index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['group'\]"):
+        load_partition(tmp_path, tmp_path, "val")
+    _frame(np.array([0, 1]), offset=3).to_csv(tmp_path / "val.csv", index=False)
+    with pytest.raises(ValueError, match=r"val.csv line 3: row 4 is outside"):
+        load_partition(tmp_path, tmp_path, "val")
+    _frame(np.array([0, 1]), offset=2).to_csv(tmp_path / "val.csv", index=False)
+    frame, images = load_partition(tmp_path, tmp_path, "val")
+    assert len(frame) == 2 and images.shape == (2, 8, 8)
