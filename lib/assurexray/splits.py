@@ -1,0 +1,335 @@
+"""Split the prepared index into train / val / test partitions, with case groups never straddling them.
+
+Strategies live in a registry keyed by ``split.<variant>.strategy``:
+
+- ``stratified``: class-stratified random split by group (default 70/15/15).
+- ``center``: train/val from ``train_centers``, test = every other centre (external validation). A group with
+  images in both train and test centres is kept out of test (on the train side) and counted (``groups_moved``).
+- ``published``: the authors' split from ``list_file`` (a CSV with ``image_id`` and ``partition`` columns, or a
+  TXT with one ``image_id partition`` pair a line); ids are matched on their stem (``IMG000001`` matches
+  ``IMG000001.jpeg`` or a resized ``.png``). Images the list does not name go to test (``unlisted: test``,
+  logged) or fail (``unlisted: error``); ids unknown to the index fail. Groups straddling partitions are kept as
+  listed (the protocol is replicated) and reported as ``groups_straddling``.
+
+The greedy group assignment places large groups first, each where it best reduces the squared deviation of every
+class's per-partition count from its target, after seeding every partition with one group of each class so that
+small classes are present everywhere when they can be.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from assurexray.atomic import atomic_dir
+from assurexray.params import check_keys
+
+__all__ = ["PARTITIONS", "STRATEGIES", "read_index", "split_index", "split_summary", "write_splits"]
+
+logger = logging.getLogger(__name__)
+
+PARTITIONS: tuple[str, ...] = ("train", "val", "test")
+#: Index columns a split needs.
+REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "label", "center", "group")
+#: Columns added by ``split_index`` (dropped again when the partitions are written).
+SPLIT_COLUMNS: tuple[str, ...] = ("partition", "moved")
+_TEXT_COLUMNS: tuple[str, ...] = ("image_id", "label", "case_id", "group", "view", "orig_mode", "phash", "dup_of")
+_PARTITION_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class _Strategy:
+    """A split strategy: the function and its options with their defaults (``None`` = required)."""
+
+    func: Callable[..., pd.DataFrame]
+    defaults: dict[str, Any]
+
+
+def read_index(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``index.csv`` with text columns kept as text (empty ``case_id``/``dup_of`` stay ``''``, not NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: index not found; run the prepare stage first.")
+    frame = pd.read_csv(path, dtype={name: str for name in _TEXT_COLUMNS})
+    for name in _TEXT_COLUMNS:
+        if name in frame:
+            frame[name] = frame[name].fillna("")
+    return frame
+
+
+def split_index(
+    index: pd.DataFrame, *, strategy: str, seed: int, class_names: Sequence[str], **options: Any
+) -> pd.DataFrame:
+    """Return a copy of ``index`` with ``partition`` (train/val/test) and ``moved`` (bool) columns.
+
+    ``options`` are the strategy's keys from ``split.<variant>``; ``None`` means the default. Fails if a class
+    ends up missing from a partition (the metrics of that partition would be undefined).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"split.strategy: unknown strategy {strategy!r}; valid strategies are {sorted(STRATEGIES)}.")
+    spec = STRATEGIES[strategy]
+    check_keys(options, spec.defaults, where=f"split (strategy {strategy!r})")
+    resolved = {key: default if options.get(key) is None else options[key] for key, default in spec.defaults.items()}
+    frame = _checked_index(index, class_names).reset_index(drop=True)  # a unique index for the strategies
+    parts = spec.func(frame, seed=seed, class_names=tuple(class_names), **resolved).set_axis(index.index)
+    _check_every_class_everywhere(parts, class_names, strategy=strategy)
+    return parts
+
+
+def split_summary(parts: pd.DataFrame, class_names: Sequence[str]) -> dict[str, Any]:
+    """Counts per partition and class, groups, fractions, centres, and groups moved or straddling (JSON-able)."""
+    n_total = len(parts)
+    counts, n_images, n_groups, fractions, shares, centers = {}, {}, {}, {}, {}, {}
+    for name in PARTITIONS:
+        part = parts[parts["partition"] == name]
+        by_class = part["label"].value_counts()
+        counts[name] = {c: int(by_class.get(c, 0)) for c in class_names}
+        n_images[name] = len(part)
+        n_groups[name] = int(part["group"].nunique())
+        fractions[name] = round(len(part) / n_total, 6) if n_total else 0.0
+        shares[name] = {c: round(counts[name][c] / len(part), 6) if len(part) else 0.0 for c in class_names}
+        centers[name] = {str(k): int(v) for k, v in sorted(part["center"].value_counts().items())}
+    n_images["total"] = n_total
+    n_groups["total"] = int(parts["group"].nunique())
+    straddling = parts.groupby("group")["partition"].nunique()
+    moved = parts[parts["moved"]] if "moved" in parts else parts.iloc[:0]
+    return {
+        "counts": counts,
+        "n_images": n_images,
+        "n_groups": n_groups,
+        "fractions": fractions,
+        "class_shares": shares,
+        "centers": centers,
+        "groups_moved": int(moved["group"].nunique()),
+        "images_moved": len(moved),
+        "groups_straddling": int((straddling > 1).sum()),
+    }
+
+
+def write_splits(parts: pd.DataFrame, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``train.csv``, ``val.csv``, ``test.csv`` (index columns, index order) into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    columns = [c for c in parts.columns if c not in SPLIT_COLUMNS]
+    with atomic_dir(out_dir) as tmp:
+        for name in PARTITIONS:
+            parts.loc[parts["partition"] == name, columns].to_csv(tmp / f"{name}.csv", index=False)
+    return {name: out_dir / f"{name}.csv" for name in PARTITIONS}
+
+
+# --- strategies -------------------------------------------------------------------------------------------
+
+
+def _stratified(
+    index: pd.DataFrame, *, seed: int, class_names: tuple[str, ...], val_fraction: float, test_fraction: float
+) -> pd.DataFrame:
+    fractions = _fractions(val_fraction=val_fraction, test_fraction=test_fraction)
+    return _with_partitions(index, _assign_groups(index, fractions, class_names=class_names, seed=seed))
+
+
+def _center(
+    index: pd.DataFrame, *, seed: int, class_names: tuple[str, ...], train_centers: Any, val_fraction: float
+) -> pd.DataFrame:
+    centers = [train_centers] if isinstance(train_centers, (int, np.integer)) else list(train_centers)
+    present = sorted(index["center"].unique().tolist())
+    unknown = [c for c in centers if c not in present]
+    if not centers or unknown:
+        raise ValueError(
+            f"split.train_centers: {train_centers!r} names centre(s) {unknown} absent from the index; centres "
+            f"present: {present}. List one or more of them."
+        )
+    in_train_center = index["center"].isin(centers)
+    train_side = index["group"].isin(index.loc[in_train_center, "group"])  # any image in a train centre
+    moved_groups = index.loc[train_side & ~in_train_center, "group"].unique()
+    if len(moved_groups):
+        logger.warning(
+            "%d group(s) (%d images) span train and test centres; kept on the train side, out of test",
+            len(moved_groups), int((index["group"].isin(moved_groups)).sum()),
+        )
+    fractions = _fractions(val_fraction=val_fraction, test_fraction=0.0)
+    assigned = _assign_groups(index[train_side], fractions, class_names=class_names, seed=seed)
+    partition = pd.Series("test", index=index.index, dtype=object)
+    partition.loc[assigned.index] = assigned
+    parts = _with_partitions(index, partition)
+    parts["moved"] = index["group"].isin(moved_groups).to_numpy()
+    return parts
+
+
+def _published(
+    index: pd.DataFrame, *, seed: int, class_names: tuple[str, ...], list_file: str, unlisted: str
+) -> pd.DataFrame:
+    del seed, class_names  # the published split is fixed
+    if list_file is None:
+        raise ValueError("split.list_file: required by the published strategy; give the authors' split file.")
+    if unlisted not in ("test", "error"):
+        raise ValueError(f"split.unlisted: expected 'test' or 'error', got {unlisted!r}.")
+    listing = _read_listing(Path(list_file))
+    stems = index["image_id"].map(lambda s: Path(s).stem)
+    if stems.duplicated().any():
+        raise ValueError(f"index: image ids {sorted(stems[stems.duplicated()])[:5]} share a stem; cannot match "
+                         f"{list_file} by stem.")
+    known = set(stems)
+    unknown = [i for i in listing.index if i not in known]
+    if unknown:
+        raise ValueError(
+            f"{list_file}: {len(unknown)} image id(s) not in the index, e.g. {unknown[:10]}; the list must come "
+            "from the same release. Remove them or check the data source."
+        )
+    partition = stems.map(listing)
+    missing = partition.isna()
+    if missing.any():
+        examples = index.loc[missing, "image_id"].tolist()[:10]
+        if unlisted == "error":
+            raise ValueError(
+                f"{list_file}: {int(missing.sum())} image(s) of the index are not listed, e.g. {examples}; list "
+                "them or set split.<variant>.unlisted: test."
+            )
+        logger.warning("%d image(s) not in %s go to test, e.g. %s", int(missing.sum()), list_file, examples)
+    parts = _with_partitions(index, partition.fillna("test"))
+    straddling = parts.groupby("group")["partition"].nunique()
+    if (straddling > 1).any():
+        logger.warning("%d group(s) straddle partitions in the published split (kept as published)",
+                       int((straddling > 1).sum()))
+    return parts
+
+
+STRATEGIES: dict[str, _Strategy] = {
+    "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15}),
+    "center": _Strategy(_center, {"train_centers": [1], "val_fraction": 0.15}),
+    "published": _Strategy(_published, {"list_file": None, "unlisted": "test"}),
+}
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _checked_index(index: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in index.columns]
+    if missing:
+        raise ValueError(f"index: missing column(s) {missing}; columns found: {list(index.columns)}. "
+                         "Rebuild it with the prepare stage.")
+    if index.empty:
+        raise ValueError("index: no rows to split; the prepare stage produced an empty index.")
+    bad = ~index["label"].isin(list(class_names))
+    if bad.any():
+        row = index[bad].iloc[0]
+        raise ValueError(
+            f"index: image {row['image_id']!r} has label {row['label']!r}, not one of base.class_names "
+            f"{list(class_names)} ({int(bad.sum())} such row(s)). Fix base.class_names or rebuild the index."
+        )
+    empty_group = index["group"].astype(str).str.len() == 0
+    if empty_group.any():
+        raise ValueError(f"index: image {index.loc[empty_group, 'image_id'].iloc[0]!r} has an empty group; every "
+                         "row needs one (its own image id when it has no duplicate).")
+    return index.drop(columns=[c for c in SPLIT_COLUMNS if c in index.columns])
+
+
+def _fractions(*, val_fraction: float, test_fraction: float) -> dict[str, float]:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"split.{name}: expected a number in [0, 1), got {value!r}.")
+    if val_fraction <= 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"split: val_fraction {val_fraction!r} must be > 0 and val_fraction + test_fraction "
+            f"({val_fraction + test_fraction!r}) < 1, so that train is not empty."
+        )
+    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    return {name: value for name, value in fractions.items() if value > 0}
+
+
+def _assign_groups(
+    index: pd.DataFrame, fractions: dict[str, float], *, class_names: tuple[str, ...], seed: int
+) -> pd.Series:
+    """Partition name per row of ``index``, whole groups at a time (see the module docstring)."""
+    counts = pd.crosstab(index["group"], index["label"]).reindex(columns=list(class_names), fill_value=0)
+    counts = counts.sort_index()  # row order of the input never matters; only the seed does
+    vectors = counts.to_numpy(dtype=float)  # (G, C)
+    names = list(fractions)
+    target = np.array([fractions[n] for n in names])[:, None] * vectors.sum(0)[None, :]  # (P, C)
+    weight = 1.0 / np.maximum(vectors.sum(0), 1.0) ** 2  # (C,): a class's deviation as a share of its size
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(vectors))
+    order = order[np.argsort(-vectors[order].sum(1), kind="stable")]  # largest groups first, random among ties
+    current = np.zeros_like(target)
+    choice = np.full(len(vectors), -1)
+    for c in np.argsort(vectors.sum(0), kind="stable"):  # rarest class first
+        for p in range(len(names)):
+            if current[p, c] > 0:
+                continue
+            candidates = [g for g in order[::-1] if choice[g] < 0 and vectors[g, c] > 0]  # smallest first
+            if not candidates:
+                break
+            choice[candidates[0]] = p
+            current[p] += vectors[candidates[0]]
+    for g in order:
+        if choice[g] >= 0:
+            continue
+        v = vectors[g]
+        delta = ((2 * v * (current - target) + v**2) * weight).sum(1)  # (P,) change of the squared deviation
+        # Ties (common for small classes) go to the partition least filled overall, so val and test stay even.
+        fill = current.sum(1) / np.maximum(target.sum(1), 1e-9)
+        tied = np.flatnonzero(delta <= delta.min() + 1e-12)
+        choice[g] = int(tied[np.argmin(fill[tied])])
+        current[choice[g]] += v
+    by_group = pd.Series(np.array(names, dtype=object)[choice], index=counts.index)
+    return pd.Series(index["group"].map(by_group).to_numpy(), index=index.index, dtype=object)
+
+
+def _with_partitions(index: pd.DataFrame, partition: pd.Series) -> pd.DataFrame:
+    parts = index.copy()
+    parts["partition"] = partition.to_numpy()
+    parts["moved"] = False
+    return parts
+
+
+def _read_listing(path: Path) -> pd.Series:
+    """Partition per image-id stem from a CSV (``image_id``, ``partition``) or a TXT (``id partition`` lines)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split.list_file: {str(path)!r} not found; give the authors' split file.")
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path, dtype=str)
+        missing = [c for c in ("image_id", "partition") if c not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {list(table.columns)}. Expected "
+                             "image_id,partition.")
+    else:
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            fields = line.split("#", 1)[0].replace(",", " ").split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"{path} line {number}: expected 'image_id partition', got {line!r}.")
+            rows.append(fields)
+        table = pd.DataFrame(rows, columns=["image_id", "partition"])
+    table["partition"] = table["partition"].str.strip().str.lower()
+    bad = ~table["partition"].isin(list(_PARTITION_ALIASES))
+    if bad.any():
+        raise ValueError(f"{path}: partition {table.loc[bad, 'partition'].iloc[0]!r} for image "
+                         f"{table.loc[bad, 'image_id'].iloc[0]!r}; expected train, val or test.")
+    table["partition"] = table["partition"].map(_PARTITION_ALIASES)
+    table["stem"] = table["image_id"].str.strip().map(lambda s: Path(s).stem)
+    conflicts = table.groupby("stem")["partition"].nunique()
+    if (conflicts > 1).any():
+        raise ValueError(f"{path}: image(s) {sorted(conflicts[conflicts > 1].index)[:5]} listed in two "
+                         "partitions; each image belongs to one.")
+    return table.drop_duplicates("stem").set_index("stem")["partition"]
+
+
+def _check_every_class_everywhere(parts: pd.DataFrame, class_names: Sequence[str], *, strategy: str) -> None:
+    present = parts.groupby("partition")["label"].unique()
+    for name in PARTITIONS:
+        labels = set(present.get(name, []))
+        missing = [c for c in class_names if c not in labels]
+        if missing:
+            n_class = {c: int((parts["label"] == c).sum()) for c in missing}
+            raise ValueError(
+                f"split ({strategy}): partition {name!r} has no image of class(es) {missing} (images in the whole "
+                f"index: {n_class}); its metrics would be undefined. Use more data, other fractions or other "
+                "train_centers."
+            )

@@ -1,0 +1,32 @@
+"""Fetch stage: write the raw dataset (synthetic sample or the BTXRD release) to --out in the release layout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from assurexray.fetch import fetch_data
+from assurexray.params import check_keys, load_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="output folder (release layout), e.g. data/raw")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    base = load_params(args.params, "base")
+    data = check_keys(load_params(args.params, "data"), {"source", "sample", "btxrd"}, where="params data")
+    fetch_data(
+        args.out,
+        source=data.get("source"),
+        sample=data.get("sample") or {},
+        btxrd=data.get("btxrd") or {},
+        seed=base["seed"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

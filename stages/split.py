@@ -1,0 +1,41 @@
+"""Split stage: partition the prepared index into train/val/test for one variant (case groups kept whole)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from assurexray.atomic import write_json
+from assurexray.params import load_params
+from assurexray.splits import read_index, split_index, split_summary, write_splits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True, help="name of the block under `split` in params.yaml")
+    parser.add_argument("--index", required=True, help="data/prepared/index.csv")
+    parser.add_argument("--out", required=True, help="output folder for train.csv, val.csv, test.csv")
+    parser.add_argument("--metrics", required=True, help="split metrics JSON")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    base = load_params(args.params, "base")
+    variants = load_params(args.params, "split")
+    if args.variant not in variants:
+        raise ValueError(f"--variant {args.variant!r}: no block split.{args.variant} in {args.params}; "
+                         f"variants defined: {sorted(variants)}.")
+    options = dict(variants[args.variant])
+    strategy = options.pop("strategy", None)
+    parts = split_index(
+        read_index(args.index), strategy=strategy, seed=base["seed"], class_names=base["class_names"], **options
+    )
+    write_splits(parts, args.out)
+    summary = split_summary(parts, base["class_names"])
+    write_json(args.metrics, {"variant": args.variant, "strategy": strategy, "seed": base["seed"], **summary})
+    logging.getLogger("split").info("%s: %s images per partition", args.variant, summary["n_images"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
