@@ -1,0 +1,529 @@
+"""Classify radiograph files with a trained checkpoint: the engine behind ``assurexray infer``.
+
+Preprocessing and class order come from the checkpoint (``meta``), the temperature and the Malignant
+threshold from the evaluate stage's ``operating_point.json``, which must belong to the same model file
+(checked by SHA-256), so a file scored here gets exactly the probabilities evaluation reported.
+A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import glob
+import io
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from assurexray import DISCLAIMER
+from assurexray.atomic import atomic_path, write_text
+from assurexray.calibration import apply_temperature
+from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_gray
+from assurexray.explain import compute_heatmaps
+from assurexray.imaging import decode_gray, letterbox, letterbox_geometry
+from assurexray.model import file_sha256, load_checkpoint
+from assurexray.transforms import eval_transform, prepare_image
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DEFAULT_MODEL",
+    "DEFAULT_MAX_PIXELS",
+    "MALIGNANT",
+    "OperatingPoint",
+    "Prediction",
+    "InferenceResult",
+    "collect_inputs",
+    "read_gray",
+    "default_operating_point_path",
+    "load_operating_point",
+    "run_inference",
+    "write_predictions",
+    "format_table",
+    "infer_command",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Suffixes picked up when walking a folder (DICOM files without a suffix are found by content).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
+DEFAULT_MODEL = Path("models/stratified/model.pt")
+#: Refuse images above this many pixels (100 MP): a decompression bomb or a scan no radiograph needs.
+DEFAULT_MAX_PIXELS = 100_000_000
+MALIGNANT = "Malignant"
+_OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
+_OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
+_BANNER = "NOT FOR CLINICAL USE"  # printed on every overlay
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Temperature and Malignant threshold; ``malignant_threshold`` None = no decision available."""
+
+    temperature: float = 1.0
+    malignant_threshold: float | None = None
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's outcome: probabilities and decision, or the reason it failed (``error``)."""
+
+    path: str
+    probs: dict[str, float] | None = None
+    pred: str | None = None
+    malignant_flag: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Predictions (inputs that matched nothing first, then files in input order) and what produced them."""
+
+    predictions: list[Prediction]
+    class_names: list[str]
+    operating_point: OperatingPoint
+    model_sha256: str
+    gradcam_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.ok]
+
+    def columns(self) -> list[str]:
+        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256, error."""
+        probs = [f"prob_{name}" for name in self.class_names]
+        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", "error"]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per input; missing values are None."""
+        threshold = self.operating_point.malignant_threshold
+        rows = []
+        for p in self.predictions:
+            row: dict[str, Any] = {"path": p.path}
+            for name in self.class_names:
+                row[f"prob_{name}"] = None if p.probs is None else p.probs[name]
+            row.update(
+                pred=p.pred,
+                malignant_flag=p.malignant_flag,
+                malignant_threshold=threshold,
+                model_sha256=self.model_sha256,
+                error=p.error,
+            )
+            rows.append(row)
+        return rows
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
+    """Expand files, folders (recursive) and globs into image files, in a stable order.
+
+    Returns (files, problems): an input that is missing, or a glob/folder that yields no image, becomes a
+    failed :class:`Prediction` naming it, so nothing asked for is silently dropped. Files given explicitly
+    are kept whatever their suffix (reading them reports a wrong type); folder walks keep image suffixes
+    and DICOM files recognised by content.
+    """
+    files: list[Path] = []
+    problems: list[Prediction] = []
+    for raw in inputs:
+        text = os.fspath(raw)
+        path = Path(text)
+        if path.is_dir():
+            found = _walk_images(path)
+            if not found:
+                problems.append(Prediction(text, error=f"{text}: folder holds no image files ({_suffix_hint()})."))
+        elif path.exists():
+            found = [path]
+        elif _GLOB_CHARS & set(text):
+            found = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                found.extend(_walk_images(Path(match)) if Path(match).is_dir() else [Path(match)])
+            if not found:
+                problems.append(Prediction(text, error=f"{text}: no file matches this pattern."))
+        else:
+            found = []
+            problems.append(Prediction(text, error=f"{text}: file not found."))
+        files.extend(found)
+    unique = list(dict.fromkeys(files))  # a file named twice (say, alone and via its folder) is scored once
+    return unique, problems
+
+
+def read_gray(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG/PNG/TIFF/BMP (via imaging.decode_gray) or DICOM to uint8 (H, W), refusing huge images.
+
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found.")
+    if is_dicom(path):
+        return read_dicom_gray(path, max_pixels=max_pixels)
+    if max_pixels is not None:
+        width, height = _image_size(path)  # header only: a bomb is refused before it is decoded
+        if width * height > max_pixels:
+            raise ValueError(
+                f"{path}: image too large: {width}x{height} = {width * height} pixels exceeds "
+                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
+            )
+    return decode_gray(path)
+
+
+def default_operating_point_path(model_path: str | os.PathLike) -> Path:
+    """``<root>/metrics/<variant>/eval/operating_point.json`` for ``<root>/models/<variant>/model.pt``."""
+    model_path = Path(model_path)
+    variant = model_path.parent.name
+    return model_path.parent.parent.parent / "metrics" / variant / "eval" / "operating_point.json"
+
+
+def load_operating_point(
+    path: str | os.PathLike, *, model_sha256: str, class_names: Sequence[str]
+) -> OperatingPoint:
+    """Read an evaluate-stage ``operating_point.json`` and check it belongs to the model with ``model_sha256``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: operating point file not found; run `dvc repro evaluate` or fix the path.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); re-run the evaluate stage.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}.")
+    missing = [key for key in ("temperature", "malignant_threshold", "model_sha256") if key not in data]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; re-run the evaluate stage to rewrite it.")
+    if str(data["model_sha256"]).lower() != model_sha256.lower():
+        raise ValueError(
+            f"{path}: model_sha256 {data['model_sha256']!r} does not match the model file (sha256 "
+            f"{model_sha256!r}); this operating point was chosen for another model. Re-run the evaluate stage "
+            "for this model or pass the matching --operating-point."
+        )
+    temperature = _number(data["temperature"], key="temperature", path=path)
+    threshold = _number(data["malignant_threshold"], key="malignant_threshold", path=path)
+    if not temperature > 0:
+        raise ValueError(f"{path}: temperature must be > 0, got {temperature!r}; re-run the evaluate stage.")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{path}: malignant_threshold must lie in [0, 1], got {threshold!r}.")
+    if MALIGNANT not in class_names:
+        raise ValueError(
+            f"{path}: a Malignant threshold needs a {MALIGNANT!r} class, but the checkpoint's classes are "
+            f"{list(class_names)!r}."
+        )
+    return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path)
+
+
+def run_inference(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    model_path: str | os.PathLike = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    gradcam_dir: str | os.PathLike | None = None,
+) -> InferenceResult:
+    """Score every image of ``inputs`` (files, folders, globs); failures are kept as rows with ``error``.
+
+    ``operating_point_path`` None looks beside the model (:func:`default_operating_point_path`) and, if
+    absent there, warns and leaves the Malignant decision null. Raises ``ValueError`` when no input matched.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}.")
+    files, problems = collect_inputs(inputs)
+    if not files:
+        listed = "; ".join(p.error or p.path for p in problems) or "no inputs given"
+        raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
+    model_path = Path(model_path)
+    model, meta = load_checkpoint(model_path, device=_resolve_device(device))
+    sha = file_sha256(model_path)
+    class_names = [str(c) for c in meta["class_names"]]
+    op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
+    gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
+    predictions: list[Prediction] = []
+    progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
+    with progress:
+        for chunk in _chunks(files, batch_size):
+            predictions.extend(
+                _predict_chunk(
+                    chunk, model=model, meta=meta, op=op, class_names=class_names, max_pixels=max_pixels,
+                    gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
+                )
+            )
+            progress.update(len(chunk))
+    written = {str(f): Path(gradcam_dir) / gradcam_names[f] for f in files if gradcam_dir is not None}
+    ok_paths = {p.path for p in predictions if p.ok}
+    return InferenceResult(
+        predictions=problems + predictions,
+        class_names=class_names,
+        operating_point=op,
+        model_sha256=sha,
+        gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
+    )
+
+
+def write_predictions(result: InferenceResult, path: str | os.PathLike) -> Path:
+    """Write ``result`` as JSON Lines (``.jsonl``) or CSV (``.csv``), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    records = result.records()
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    elif suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=result.columns(), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in records)
+        text = buffer.getvalue()
+    else:
+        raise ValueError(f"--output {str(path)!r}: unsupported suffix {path.suffix!r}; use .jsonl or .csv.")
+    return write_text(path, text)
+
+
+def format_table(result: InferenceResult) -> str:
+    """Fixed-width terminal table of the successful predictions (failures are summarised separately)."""
+    header = ["path", "pred", *[f"p_{name}" for name in result.class_names], "malignant"]
+    rows = []
+    for p in result.predictions:
+        if not p.ok:
+            continue
+        flag = "n/a" if p.malignant_flag is None else ("YES" if p.malignant_flag else "no")
+        rows.append([p.path, str(p.pred), *[f"{p.probs[n]:.3f}" for n in result.class_names], flag])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def infer_command(
+    inputs: Sequence[str],
+    *,
+    model_path: str | os.PathLike = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    gradcam_dir: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run inference, print the table and a failure summary, write ``output``; return the exit code.
+
+    0 = every input scored, 1 = some inputs failed (named on stderr; the others are still written).
+    Usage problems (no input matched, bad model or operating point) raise ``ValueError``/``FileNotFoundError``.
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if output is not None and Path(output).suffix.lower() not in (".jsonl", ".csv"):
+        raise ValueError(f"--output {os.fspath(output)!r}: unsupported suffix; use a .jsonl or .csv file name.")
+    result = run_inference(
+        inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
+        device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir,
+    )
+    print(DISCLAIMER, file=stdout)
+    print(format_table(result), file=stdout)
+    if output is not None:
+        write_predictions(result, output)
+        print(f"wrote {len(result.predictions)} row(s) to {output}", file=stdout)
+    if gradcam_dir is not None:
+        print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=stdout)
+    failures = result.failures
+    n_ok = len(result.predictions) - len(failures)
+    if failures:
+        print(f"{len(failures)} of {len(result.predictions)} inputs failed (skipped):", file=stderr)
+        for p in failures:
+            print(f"  {p.error}", file=stderr)
+    print(f"{n_ok} image(s) classified, {len(failures)} failed.", file=stderr)
+    return 1 if failures else 0
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _predict_chunk(
+    files: list[Path],
+    *,
+    model: torch.nn.Module,
+    meta: dict,
+    op: OperatingPoint,
+    class_names: list[str],
+    max_pixels: int | None,
+    gradcam_dir: Path | None,
+    gradcam_names: dict[Path, str],
+) -> list[Prediction]:
+    """Decode, preprocess and score one batch; each unreadable file becomes an error row."""
+    outcome: dict[Path, Prediction] = {}
+    grays: dict[Path, np.ndarray] = {}
+    for path in files:
+        try:
+            grays[path] = read_gray(path, max_pixels=max_pixels)
+        except (FileNotFoundError, ValueError) as err:
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            logger.debug("skipping %s: %s", path, message)
+            outcome[path] = Prediction(str(path), error=message)
+    good = list(grays)
+    if good:
+        device = next(model.parameters()).device
+        batch = torch.stack([prepare_image(grays[p], meta) for p in good]).to(device)  # (B, 3, S, S)
+        with torch.inference_mode():
+            logits = model(batch).float().cpu().numpy()  # (B, K)
+        probs = apply_temperature(logits, op.temperature)
+        malignant = class_names.index(MALIGNANT) if MALIGNANT in class_names else None
+        for path, row in zip(good, probs):
+            flag = None
+            if op.malignant_threshold is not None and malignant is not None:
+                flag = int(row[malignant] >= op.malignant_threshold)
+            outcome[path] = Prediction(
+                str(path),
+                probs={name: float(v) for name, v in zip(class_names, row)},
+                pred=class_names[int(np.argmax(row))],
+                malignant_flag=flag,
+            )
+        if gradcam_dir is not None:
+            size = int(meta["input_size"])
+            boxed = np.stack([letterbox(grays[p], size)[0] for p in good])  # (B, S, S) uint8
+            targets = [int(np.argmax(row)) for row in probs]  # explain the predicted class
+            # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
+            cam_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+            heatmaps = compute_heatmaps(
+                cam_model, boxed, targets, transform=eval_transform(meta), method="gradcam", batch_size=len(good),
+                progress=False,
+            )  # (B, S, S) in [0, 1]
+            for path, heat in zip(good, heatmaps):
+                p = outcome[path]
+                caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
+                _write_overlay(gradcam_dir / gradcam_names[path], grays[path], heat, caption=caption)
+    return [outcome[p] for p in files]
+
+
+def _write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str) -> Path:
+    """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a two-line banner:
+    the disclaimer, then ``caption``. The long side is scaled into [256, 1024] px so text stays legible."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    height, width = gray.shape
+    geom = letterbox_geometry(width, height, heat.shape[0])
+    crop = np.ascontiguousarray(heat[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w],
+                                dtype=np.float32)
+    long_side = min(_OVERLAY_MAX_SIDE, max(_OVERLAY_MIN_SIDE, width, height))
+    scale = long_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    base = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    heat_big = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+    colour = colormaps["jet"](np.clip(heat_big, 0.0, 1.0))[..., :3]  # (H, W, 3) RGB in [0, 1]
+    blend = 0.6 * base[..., None] + 0.4 * colour
+    image = Image.fromarray(np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8))
+    lines = [_BANNER, caption]
+    font_px = max(8, size[0] // 24)
+    font = ImageFont.load_default(size=font_px)
+    while font_px > 8 and max(font.getlength(line) for line in lines) > size[0] - 8:
+        font_px -= 1  # shrink until the disclaimer fits the width
+        font = ImageFont.load_default(size=font_px)
+    line_h = font_px + 4
+    canvas = Image.new("RGB", (size[0], size[1] + 2 * line_h + 4), (0, 0, 0))
+    canvas.paste(image, (0, 2 * line_h + 4))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((4, 2 + i * line_h), line, fill=(255, 255, 0), font=font)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
+    """``<stem>_gradcam.png`` per file, numbered when stems repeat, so no overlay overwrites another."""
+    names: dict[Path, str] = {}
+    seen: dict[str, int] = {}
+    for path in files:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names[path] = f"{stem}_gradcam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_gradcam.png"
+    return names
+
+
+def _resolve_operating_point(
+    path: str | os.PathLike | None, *, model_path: Path, sha: str, class_names: list[str]
+) -> OperatingPoint:
+    if path is not None:
+        return load_operating_point(path, model_sha256=sha, class_names=class_names)
+    default = default_operating_point_path(model_path)
+    if default.is_file():
+        return load_operating_point(default, model_sha256=sha, class_names=class_names)
+    logger.warning(
+        "no operating point at %s: probabilities are uncalibrated (temperature 1) and the Malignant decision "
+        "is null. Run the evaluate stage or pass --operating-point.", default,
+    )
+    return OperatingPoint()
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto.")
+    return device
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); hidden and other files are counted in an info log.
+
+    Hidden entries (``.DS_Store``, macOS ``._IMG.jpg`` resource forks, half-written ``.x.png.tmp``) are
+    skipped: they are never radiographs.
+    """
+    found, skipped = [], 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        # DICOM files are often named by UID ("1.2.840...5") or nothing: recognise them by content.
+        if not hidden and (path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)):
+            found.append(path)
+        else:
+            skipped += 1
+    if skipped:
+        logger.info("%s: skipped %d hidden or non-image file(s) (kept %s)", folder, skipped, _suffix_hint())
+    return found
+
+
+def _suffix_hint() -> str:
+    return ", ".join(IMAGE_SUFFIXES) + ", or DICOM by content"
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header; unreadable files raise ``ValueError`` naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: image too large to decode safely ({err}).") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(
+            f"{path}: not a readable image ({type(err).__name__}: {err}); expected JPEG, PNG, TIFF, BMP or DICOM."
+        ) from err
+
+
+def _number(value: Any, *, key: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{path}: {key} must be a finite number, got {value!r}; re-run the evaluate stage.")
+    return float(value)
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,112 @@
+"""The `assurexray` console script: help, version, usage errors, and the Streamlit launcher."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assurexray import __version__, cli
+
+
+def console_script() -> str:
+    """The installed `assurexray` entry point of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "assurexray"
+    found = str(beside) if beside.is_file() else shutil.which("assurexray")
+    if found is None:
+        pytest.fail("the `assurexray` console script is not installed; run `pip install -e .`")
+    return found
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_console_script_help_lists_the_subcommands_and_the_disclaimer():
+    done = run_script("--help")
+    assert done.returncode == 0, done.stderr
+    for word in ("infer", "app", "version", "NOT FOR CLINICAL USE"):
+        assert word in done.stdout
+
+
+def test_console_script_infer_help_lists_every_option():
+    done = run_script("infer", "--help")
+    assert done.returncode == 0, done.stderr
+    for option in ("--model", "--operating-point", "--output", "--gradcam", "--batch-size", "--device", "--max-pixels"):
+        assert option in done.stdout
+    assert "models/stratified/model.pt" in done.stdout
+    assert "NOT FOR CLINICAL USE" in done.stdout
+
+
+def test_version_subcommand_prints_the_package_version(capsys):
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"assurexray {__version__}"
+
+
+def test_no_subcommand_prints_help_and_is_a_usage_error(capsys):
+    assert cli.main([]) == 2
+    assert "usage: assurexray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["infer", "x.png", "--batch-size", "0"], r"--batch-size: expected a positive integer, got '0'"),
+        (["infer", "x.png", "--max-pixels", "many"], r"--max-pixels: expected a positive integer, got 'many'"),
+        (["infer"], r"the following arguments are required: PATH"),
+        (["app", "--port", "70000"], r"--port: expected a TCP port 1-65535, got '70000'"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_infer_with_a_missing_model_is_a_usage_error(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    code = cli.main(["infer", str(tmp_path / "x.png"), "--model", str(tmp_path / "none.pt")])
+    assert code == 2
+    assert f"assurexray infer: error: {tmp_path / 'none.pt'}: checkpoint not found" in capsys.readouterr().err
+
+
+def test_app_command_binds_streamlit_to_localhost_headless_on_the_port(tmp_path):
+    command = cli.app_command(port=8765, script=tmp_path / "app.py")
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(tmp_path / "app.py")]
+    options = dict(zip(command[5::2], command[6::2]))
+    assert options == {"--server.address": "127.0.0.1", "--server.headless": "true", "--server.port": "8765"}
+
+
+def test_app_without_app_py_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_REPO_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"app\.py: Streamlit app not found"):
+        cli.app_path()
+    assert cli.main(["app"]) == 2
+    assert "Streamlit app not found" in capsys.readouterr().err
+
+
+def test_app_runs_streamlit_on_the_repository_app_and_returns_its_exit_code(tmp_path, monkeypatch):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "app.py").write_text("import streamlit\n")
+    monkeypatch.setattr(cli, "_REPO_ROOT", tmp_path)
+    seen = []
+
+    def fake_run(command, check):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, returncode=3)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    assert cli.main(["app", "--port", "9000"]) == 3
+    assert seen == [cli.app_command(port=9000, script=tmp_path / "app" / "app.py")]
+
+
+def test_repository_root_is_the_folder_holding_lib_and_pyproject():
+    assert (cli._REPO_ROOT / "pyproject.toml").is_file()
+    assert (cli._REPO_ROOT / "lib" / "assurexray" / "cli.py").is_file()

@@ -1,0 +1,388 @@
+"""`assurexray infer`: inputs, decoding, temperature + operating point, outputs, bad files, Grad-CAM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+model_lib = pytest.importorskip("assurexray.model", reason="assurexray.model (checkpoint helpers) not written yet")
+if not hasattr(model_lib, "save_checkpoint"):
+    pytest.skip("assurexray.model.save_checkpoint not written yet", allow_module_level=True)
+
+from assurexray import cli  # noqa: E402
+from assurexray.infer import (  # noqa: E402
+    collect_inputs,
+    default_operating_point_path,
+    load_operating_point,
+    read_gray,
+    run_inference,
+    write_predictions,
+)
+from assurexray.transforms import prepare_image  # noqa: E402
+
+CLASSES = ["Normal", "Benign", "Malignant"]
+COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
+           "malignant_threshold", "model_sha256", "error"]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A tiny random timm model (32 px input) saved with the project's checkpoint contract."""
+    torch.manual_seed(0)
+    net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+    meta = {
+        "backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
+        "input_size": 32, "in_chans": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "clahe": False,
+        "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
+        "seed": 0, "format_version": model_lib.FORMAT_VERSION,
+    }
+    root = tmp_path_factory.mktemp("repo")
+    return model_lib.save_checkpoint(root / "models" / "tiny" / "model.pt", net, meta)
+
+
+def write_op(path: Path, model_path: Path, *, temperature=1.0, threshold=0.5, sha: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"temperature": temperature, "malignant_threshold": threshold, "target_sensitivity": 0.9,
+            "val_sensitivity": 0.9, "model_sha256": sha or model_lib.file_sha256(model_path)}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def gradient(width=48, height=32) -> np.ndarray:
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+def save_image(path: Path, array: np.ndarray | None = None, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(gradient() if array is None else array).save(path, **kwargs)
+    return path
+
+
+def save_dicom(path: Path, stored: np.ndarray, *, photometric="MONOCHROME2", frames=None, pixels=True) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    if pixels:
+        ds.Rows, ds.Columns = stored.shape[-2:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if frames:
+            ds.NumberOfFrames = frames
+        ds.PixelData = stored.astype("<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def huge_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose (valid, CRC-correct) header claims ``width`` x ``height``: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])  # 8-bit gray
+    idat = zlib.compress(bytes(16))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def manual_probs(model_path: Path, gray: np.ndarray, temperature: float) -> np.ndarray:
+    net, meta = model_lib.load_checkpoint(model_path)
+    with torch.no_grad():
+        logits = net(prepare_image(gray, meta)[None]).double()
+    return torch.softmax(logits / temperature, dim=1)[0].numpy()
+
+
+def read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- one image, probabilities, operating point ------------------------------------------------------------
+
+
+def test_single_image_prints_a_table_with_its_prediction_and_exits_0(model_path, tmp_path, capsys):
+    image = save_image(tmp_path / "one.png")
+    assert cli.main(["infer", str(image), "--model", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT FOR CLINICAL USE" in out
+    row = next(line for line in out.splitlines() if line.startswith(str(image)))
+    cells = row.split()
+    assert cells[1] in CLASSES
+    assert cells[-1] == "n/a"  # no operating point beside this model: no decision
+    assert sum(float(c) for c in cells[2:5]) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 3.0])
+def test_probabilities_are_the_softmax_of_logits_divided_by_the_temperature(model_path, tmp_path, temperature):
+    image = save_image(tmp_path / "g.png")
+    op = write_op(tmp_path / "op.json", model_path, temperature=temperature)
+    result = run_inference([image], model_path=model_path, operating_point_path=op)
+    (pred,) = result.predictions
+    expected = manual_probs(model_path, gradient(), temperature)
+    np.testing.assert_allclose([pred.probs[c] for c in CLASSES], expected, rtol=1e-5, atol=1e-6)
+    assert pred.pred == CLASSES[int(np.argmax(expected))]
+
+
+@pytest.mark.parametrize(("offset", "flag"), [(-1e-3, 1), (1e-3, 0)], ids=["threshold-below", "threshold-above"])
+def test_malignant_flag_is_prob_malignant_at_or_above_the_threshold(model_path, tmp_path, offset, flag):
+    image = save_image(tmp_path / "g.png")
+    threshold = float(manual_probs(model_path, gradient(), 1.0)[2]) + offset
+    op = write_op(tmp_path / "op.json", model_path, threshold=threshold)
+    result = run_inference([image], model_path=model_path, operating_point_path=op)
+    assert result.predictions[0].malignant_flag == flag
+    assert result.records()[0]["malignant_threshold"] == threshold
+
+
+def test_operating_point_is_found_under_metrics_of_the_models_variant(model_path):
+    root = model_path.parents[2]
+    assert default_operating_point_path(model_path) == root / "metrics" / "tiny" / "eval" / "operating_point.json"
+
+
+def test_default_operating_point_beside_the_model_is_applied(model_path, tmp_path):
+    op = write_op(default_operating_point_path(model_path), model_path, threshold=0.0)
+    try:
+        result = run_inference([save_image(tmp_path / "g.png")], model_path=model_path)
+    finally:
+        op.unlink()
+    assert result.predictions[0].malignant_flag == 1
+    assert result.operating_point.source == op
+
+
+def test_missing_operating_point_warns_and_leaves_the_decision_null(model_path, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="assurexray.infer"):
+        result = run_inference([save_image(tmp_path / "g.png")], model_path=model_path)
+    assert "no operating point at" in caplog.text
+    assert result.predictions[0].malignant_flag is None
+    assert result.records()[0]["malignant_threshold"] is None
+
+
+def test_operating_point_of_another_model_is_refused(model_path, tmp_path, capsys):
+    op = write_op(tmp_path / "op.json", model_path, sha="0" * 64)
+    sha = model_lib.file_sha256(model_path)
+    with pytest.raises(ValueError, match=rf"model_sha256 '0{{64}}' does not match the model file \(sha256 '{sha}'\)"):
+        load_operating_point(op, model_sha256=sha, class_names=CLASSES)
+    code = cli.main(["infer", str(save_image(tmp_path / "g.png")), "--model", str(model_path),
+                     "--operating-point", str(op)])
+    assert code == 2
+    assert "chosen for another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"temperature": 1.0, "model_sha256": "SHA"}, r"missing key\(s\) \['malignant_threshold'\]"),
+        ({"temperature": 0.0, "malignant_threshold": 0.5, "model_sha256": "SHA"}, r"temperature must be > 0"),
+        ({"temperature": 1.0, "malignant_threshold": 1.5, "model_sha256": "SHA"}, r"must lie in \[0, 1\], got 1\.5"),
+        ({"temperature": "hot", "malignant_threshold": 0.5, "model_sha256": "SHA"},
+         r"temperature must be a finite number, got 'hot'"),
+        ([1, 2], r"expected a JSON object, got list"),
+    ],
+)
+def test_malformed_operating_point_is_refused_naming_the_problem(model_path, tmp_path, content, message):
+    sha = model_lib.file_sha256(model_path)
+    text = json.dumps(content).replace('"SHA"', json.dumps(sha))
+    op = tmp_path / "op.json"
+    op.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_operating_point(op, model_sha256=sha, class_names=CLASSES)
+
+
+def test_threshold_without_a_malignant_class_is_refused(model_path, tmp_path):
+    sha = model_lib.file_sha256(model_path)
+    op = write_op(tmp_path / "op.json", model_path)
+    with pytest.raises(ValueError, match=r"needs a 'Malignant' class, but the checkpoint's classes are \['a', 'b'\]"):
+        load_operating_point(op, model_sha256=sha, class_names=["a", "b"])
+
+
+def test_explicit_operating_point_that_does_not_exist_is_a_usage_error(model_path, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json: operating point file not found"):
+        run_inference([save_image(tmp_path / "g.png")], model_path=model_path,
+                      operating_point_path=tmp_path / "nope.json")
+
+
+# --- inputs and bad files -------------------------------------------------------------------------------
+
+
+def make_folder(root: Path) -> Path:
+    folder = root / "batch"
+    save_image(folder / "a.png")
+    save_image(folder / "b.jpg", quality=90)
+    save_image(folder / "sub" / "c.bmp")
+    save_image(folder / "sub" / "d.tif", gradient().astype(np.uint16) * 200)  # 16-bit TIFF (I;16)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: never a radiograph
+    return folder
+
+
+def test_folder_with_a_bad_file_scores_the_good_ones_names_the_bad_one_and_exits_1(model_path, tmp_path, capsys):
+    folder = make_folder(tmp_path)
+    out = tmp_path / "out.jsonl"
+    code = cli.main(["infer", str(folder), "--model", str(model_path), "--output", str(out), "--batch-size", "3"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "1 of 5 inputs failed" in err
+    assert f"{folder / 'broken.png'}: not a readable image (OSError: Truncated File Read)" in err
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert sorted(rows) == ["a.png", "b.jpg", "broken.png", "c.bmp", "d.tif"]  # not notes.txt nor ._a.png
+    assert rows["broken.png"]["error"] and rows["broken.png"]["pred"] is None
+    assert all(rows[n]["error"] is None and rows[n]["pred"] in CLASSES for n in ("a.png", "b.jpg", "c.bmp", "d.tif"))
+
+
+def test_inputs_expand_folders_recursively_quoted_globs_and_drop_repeats(tmp_path):
+    folder = make_folder(tmp_path)
+    files, problems = collect_inputs([str(folder / "*.png"), str(folder / "a.png"), str(folder / "sub")])
+    assert [f.name for f in files] == ["a.png", "broken.png", "c.bmp", "d.tif"]
+    assert problems == []
+
+
+def test_missing_paths_and_empty_globs_are_reported_not_dropped(tmp_path):
+    files, problems = collect_inputs([str(tmp_path / "gone.png"), str(tmp_path / "*.dcm"), str(tmp_path)])
+    assert files == []
+    assert [p.error for p in problems] == [
+        f"{tmp_path / 'gone.png'}: file not found.",
+        f"{tmp_path / '*.dcm'}: no file matches this pattern.",
+        f"{tmp_path}: folder holds no image files (.jpg, .jpeg, .png, .tif, .tiff, .bmp, .dcm, .dicom, "
+        "or DICOM by content).",
+    ]
+
+
+def test_no_matching_input_is_a_usage_error_with_exit_2(model_path, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"no image matched the inputs .*nothing-\*\.png: no file matches"):
+        run_inference([str(tmp_path / "nothing-*.png")], model_path=model_path)
+    assert cli.main(["infer", str(tmp_path / "nothing-*.png"), "--model", str(model_path)]) == 2
+    assert "assurexray infer: error: no image matched" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"plain text, not pixels"), r"(not a readable image|unreadable or corrupt image)"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n"), r"(not a readable image|unreadable or corrupt image)"),
+        (lambda p: huge_png_header(p, 20_000, 20_000), r"image too large"),
+    ],
+    ids=["wrong-type", "truncated", "decompression-bomb"],
+)
+def test_bad_files_are_refused_with_their_name_and_reason(tmp_path, make, message):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ValueError, match=rf"bad\.png: .*{message}"):
+        read_gray(path, max_pixels=10**9)
+
+
+def test_images_over_max_pixels_are_refused_before_decoding(tmp_path):
+    image = save_image(tmp_path / "g.png")
+    with pytest.raises(ValueError, match=r"g\.png: image too large: 48x32 = 1536 pixels exceeds max_pixels=1535"):
+        read_gray(image, max_pixels=1535)
+    assert read_gray(image, max_pixels=1536).shape == (32, 48)
+
+
+def test_dicom_inputs_are_classified_and_bad_dicoms_named(model_path, tmp_path):
+    stored = (np.tile(np.arange(48), (32, 1)) * 80).astype(np.uint16)
+    folder = tmp_path / "dicoms"
+    save_dicom(folder / "mono1.dcm", stored, photometric="MONOCHROME1")
+    save_dicom(folder / "1.2.840.99.7", stored)  # named by UID: found by its DICM marker
+    save_dicom(folder / "cine.dcm", np.zeros((2, 8, 8)), frames=2)
+    save_dicom(folder / "report.dcm", stored, pixels=False)
+    result = run_inference([folder], model_path=model_path)
+    by_name = {Path(p.path).name: p for p in result.predictions}
+    assert sorted(by_name) == ["1.2.840.99.7", "cine.dcm", "mono1.dcm", "report.dcm"]
+    assert by_name["mono1.dcm"].ok and by_name["1.2.840.99.7"].ok
+    assert "cine.dcm: multi-frame DICOM with NumberOfFrames=2" in by_name["cine.dcm"].error
+    assert "report.dcm: DICOM object has no pixel data" in by_name["report.dcm"].error
+    # MONOCHROME1 is the inverted display of the same stored gradient
+    np.testing.assert_array_equal(read_gray(folder / "mono1.dcm"), 255 - read_gray(folder / "1.2.840.99.7"))
+
+
+# --- outputs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_output_file_has_the_documented_columns_and_probabilities_summing_to_1(model_path, tmp_path, suffix):
+    folder = make_folder(tmp_path)
+    op = write_op(tmp_path / "op.json", model_path, threshold=0.25)
+    out = tmp_path / f"out{suffix}"
+    code = cli.main(["infer", str(folder), "--model", str(model_path), "--operating-point", str(op),
+                     "--output", str(out)])
+    assert code == 1
+    rows = read_rows(out)
+    assert len(rows) == 5 and all(list(r) == COLUMNS for r in rows)
+    sha = model_lib.file_sha256(model_path)
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 4
+    for r in good:
+        probs = [float(r[f"prob_{c}"]) for c in CLASSES]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-9)
+        assert r["pred"] == CLASSES[int(np.argmax(probs))]
+        assert int(r["malignant_flag"]) == int(probs[2] >= 0.25)
+        assert float(r["malignant_threshold"]) == 0.25 and r["model_sha256"] == sha
+    assert not list(tmp_path.glob(".out*"))  # no temp file left behind
+
+
+def test_unsupported_output_suffix_is_refused_before_any_work(model_path, tmp_path, capsys):
+    image = save_image(tmp_path / "g.png")
+    # the model does not exist: the suffix error coming first shows nothing was loaded or scored
+    assert cli.main(["infer", str(image), "--model", str(tmp_path / "no.pt"), "--output", str(tmp_path / "o.xlsx")]) == 2
+    assert "o.xlsx': unsupported suffix; use a .jsonl or .csv file name" in capsys.readouterr().err
+    result = run_inference([image], model_path=model_path)
+    with pytest.raises(ValueError, match=r"out\.xlsx'?: unsupported suffix '\.xlsx'; use \.jsonl or \.csv"):
+        write_predictions(result, tmp_path / "out.xlsx")
+
+
+def test_interrupt_leaves_no_output_file(model_path, tmp_path, monkeypatch, capsys):
+    folder = make_folder(tmp_path)
+    calls = []
+
+    def interrupt(path, **_kwargs):
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("assurexray.infer.read_gray", interrupt)
+    out = tmp_path / "out.csv"
+    assert cli.main(["infer", str(folder), "--model", str(model_path), "--output", str(out)]) == 130
+    assert calls and not out.exists() and not list(tmp_path.glob(".out*"))
+    assert "interrupted; no partial output was written" in capsys.readouterr().err
+
+
+def test_gradcam_writes_one_overlay_per_image_with_the_disclaimer_banner_and_unique_names(model_path, tmp_path):
+    save_image(tmp_path / "x" / "img.png")
+    save_image(tmp_path / "y" / "img.png")  # same stem: must not overwrite the first overlay
+    result = run_inference([tmp_path / "x", tmp_path / "y"], model_path=model_path, gradcam_dir=tmp_path / "cams")
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["img_2_gradcam.png", "img_gradcam.png"]
+    assert set(result.gradcam_paths) == {p.path for p in result.predictions}
+    overlay = np.asarray(Image.open(tmp_path / "cams" / "img_gradcam.png").convert("RGB"))
+    # 48 x 32 is upscaled to a 256 px long side (256 x 171) so the banner stays legible; banner on top
+    banner_rows = overlay.shape[0] - 171
+    assert overlay.shape[1] == 256 and banner_rows > 0
+    banner = overlay[:banner_rows]
+    assert ((banner[..., 0] > 200) & (banner[..., 2] < 80)).any()  # yellow caption text drawn
+    body = overlay[banner_rows:].astype(int)
+    assert (np.abs(body[..., 0] - body[..., 2]) > 10).any()  # heatmap colour blended in
+
+
+# --- real data --------------------------------------------------------------------------------------------
+
+
+def test_every_btxrd_mini_original_is_classified(model_path, btxrd_mini, tmp_path):
+    out = tmp_path / "mini.jsonl"
+    code = cli.main(["infer", str(btxrd_mini / "images"), "--model", str(model_path), "--output", str(out)])
+    rows = read_rows(out)
+    assert code == 0
+    assert len(rows) == 30 and all(r["error"] is None for r in rows)
+    assert all(sum(r[f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0) for r in rows)
