@@ -86,6 +86,8 @@ def pipeline_repo(tmp_path_factory) -> Path:
     _git(repo, "config", "user.name", "e2e")
     _dvc(repo, "init", "-q")
     _dvc(repo, "config", "core.autostage", "true")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "pipeline definition")  # dvclive needs a repository with a commit
     first = _dvc(repo, "repro")
     (repo / "first_repro.log").write_text(first.stdout + first.stderr)
     _git(repo, "add", "-A")

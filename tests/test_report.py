@@ -1,0 +1,495 @@
+"""Tests for assurexray.report and stages/report.py on a hand-made metrics tree (schemas: docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from assurexray import DISCLAIMER, __version__  # noqa: E402
+from assurexray.report import (  # noqa: E402
+    REFERENCES,
+    collect_report_data,
+    fmt,
+    fmt_ci,
+    fmt_level,
+    fmt_param,
+    fmt_pct,
+    render_model_card,
+    render_report_html,
+    render_report_markdown,
+    tracked_params,
+    write_reports,
+)
+from assurexray.schema import DATASET_CITATION, DATASET_LICENSE  # noqa: E402
+
+CLASSES = ["Normal", "Benign", "Malignant"]
+MITCHELL_SECTIONS = ["Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
+                     "Quantitative analyses", "Ethical considerations", "Caveats and recommendations"]
+# A decimal number not glued to a word or another number (the "0" of "lite0" and "IMG000001" do not count).
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w|\.\d)")
+PARAMS = {
+    "data": {"source": "btxrd"},
+    "prepare": {"size": 96},
+    "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "none", "dropout": 0.15},
+    "train": {"epochs": 9, "batch_size": 24, "lr": 0.0007, "weight_decay": 2.5e-05, "monitor": "macro_auc",
+              "augment": {"hflip": 0.45, "rotate_deg": 6, "clahe": False}},
+    "evaluate": {"bootstrap_resamples": 250, "ci_level": 0.9, "calibration_bins": 12,
+                 "malignant_target_sensitivity": 0.85},
+    "explain": {"method": "gradcam", "target": "predicted", "thresholds": [0.35, 0.55], "baseline_sigma": 0.22},
+}
+
+
+def _ci(value, low, high):
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def _eval_metrics(shift: float) -> dict:
+    """eval/metrics.json with distinct, hand-checkable values; ``shift`` separates the two variants."""
+    headline = {m: _ci(round(0.9121 - shift - i / 100, 4), round(0.8713 - shift - i / 100, 4),
+                       round(0.9482 - shift - i / 100, 4))
+                for i, m in enumerate(["macro_auc", "macro_ap", "accuracy", "balanced_accuracy", "macro_f1",
+                                       "malignant_sensitivity", "malignant_specificity"])}
+    per_class = {c: {m: _ci(round(0.61 + j / 50 + k / 500 - shift, 4), round(0.52 + j / 50 - shift, 4),
+                            round(0.71 + j / 50 - shift, 4))
+                     for k, m in enumerate(["auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1"])}
+                 | {"support": 11 + j}
+                 for j, c in enumerate(CLASSES)}
+    per_class["Benign"]["ppv"] = _ci(None, None, None)  # an undefined metric renders as "undefined"
+    return {
+        "n_test": 36 if shift == 0 else 47, "n_val": 21, "class_names": CLASSES,
+        "headline": headline, "per_class": per_class,
+        "confusion": {"labels": CLASSES, "counts": [[9, 1, 1], [2, 8, 2], [0, 3, 10]],
+                      "normalized": [[0.8182, 0.0909, 0.0909], [0.1667, 0.6667, 0.1667], [0.0, 0.2308, 0.7692]]},
+        "calibration": {"temperature": 1.4375 + shift, "ece_before": 0.0812, "ece_after": 0.0415 + shift, "bins": 12},
+        "operating_point": {"class": "Malignant", "threshold": 0.2731 + shift, "target_sensitivity": 0.85,
+                            "val_sensitivity": 0.8667, "test_sensitivity": _ci(0.8462 - shift, 0.6154, 0.9999),
+                            "test_specificity": _ci(0.7391, 0.5652, 0.8913)},
+        "bootstrap": {"resamples": 250, "ci_level": 0.9, "cluster": False, "seconds": 0.42},
+    }
+
+
+def _loc(value: float, n: int) -> dict:
+    return {"pointing_game": _ci(value, value - 0.125, value + 0.125),
+            "energy_inside": _ci(value / 2, value / 2 - 0.05, value / 2 + 0.05),
+            "iou@0.35": _ci(value / 3, value / 3 - 0.04, value / 3 + 0.04),
+            "iou@val": _ci(value / 4, value / 4 - 0.03, value / 4 + 0.03),
+            "dice@val": _ci(value / 5, value / 5 - 0.02, value / 5 + 0.02), "n": n}
+
+
+def _explain(value: float) -> dict:
+    return {"method": "gradcam", "target": "predicted", "target_layer": "conv_head", "n_images": 14,
+            "n_skipped_no_mask": 2, "val_threshold": 0.55, "thresholds": [0.35, 0.55],
+            "model": {"overall": _loc(value, 14), "per_class": {"Benign": _loc(value - 0.0625, 6),
+                                                               "Malignant": _loc(value + 0.0625, 8)}},
+            "baseline": {"overall": _loc(0.3125, 14), "per_class": {"Benign": _loc(0.25, 6),
+                                                                   "Malignant": _loc(0.375, 8)}},
+            "sanity": {"randomized_rank_correlation": _ci(0.1432, 0.0871, 0.2019), "randomization": "full",
+                       "n": 14, "n_undefined": 0}}
+
+
+def _split(test_centers: dict) -> dict:
+    n_test = sum(test_centers.values())
+    counts = {"train": {"Normal": 40, "Benign": 31, "Malignant": 17}, "val": {"Normal": 8, "Benign": 6,
+                                                                              "Malignant": 4},
+              "test": {"Normal": 11, "Benign": 12, "Malignant": 13}}
+    return {"counts": counts, "n_images": {"train": 88, "val": 18, "test": n_test, "total": 106 + n_test},
+            "n_groups": {"train": 70, "val": 15, "test": 29, "total": 114},
+            "centers": {"train": {"1": 88}, "val": {"1": 18}, "test": test_centers}}
+
+
+def _compare(strat: dict, cent: dict) -> dict:
+    headline = {m: {"stratified": strat["headline"][m], "center": cent["headline"][m],
+                    "gap": _ci(0.1313, 0.0517, 0.2109)} for m in strat["headline"]}
+    return {"headline": headline,
+            "localization": {"pointing_game": {"stratified": _ci(0.7143, 0.5, 0.9286),
+                                               "center": _ci(0.5714, 0.3571, 0.7857)}},
+            "operating_point": {m: {"stratified": strat["operating_point"][m], "center": cent["operating_point"][m],
+                                    "gap": _ci(0.1313, -0.0911, 0.3537)}
+                                for m in ("test_sensitivity", "test_specificity")},
+            "n_test": {"stratified": 36, "center": 47}, "ci_level": 0.9,
+            "gap_method": "gap = stratified - center, interval from both bootstrap distributions"}
+
+
+def _audit() -> dict:
+    return {"n_images": 142, "n_centers": 3, "class_counts": {"Normal": 59, "Benign": 49, "Malignant": 34},
+            "class_share_pct": {"Normal": 41.5, "Benign": 34.5, "Malignant": 23.9},
+            "class_by_center": {"1": {"Normal": 30, "Benign": 25, "Malignant": 18, "total": 73},
+                                "2": {"Normal": 20, "Benign": 14, "Malignant": 10, "total": 44},
+                                "3": {"Normal": 9, "Benign": 10, "Malignant": 6, "total": 25}},
+            "views": {"frontal": 97, "lateral": 41, "oblique": 4},
+            "groups": {"n_groups": 114, "n_multi_image_groups": 23, "largest_group": 3},
+            "annotations": {"tumour_annotated_pct": 96.4, "tumour_without_annotation": 3},
+            "duplicates": {"exact_pairs": 2, "near_pairs": 5, "groups": 6, "cross_class_pairs": 1,
+                           "cross_center_pairs": 0},
+            "leakage": {"id_1nn_class_accuracy_pct": 88.7, "majority_class_pct": 41.5,
+                        "grayscale_mode_pct_by_center": {"1": 100.0, "2": 62.5, "3": 0.0}}}
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _png(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=32)
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(path)
+    plt.close(fig)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A complete metrics/plots tree for both variants, plus params.yaml (only roc.png of stratified exists)."""
+    strat, cent = _eval_metrics(0.0), _eval_metrics(0.1313)
+    m = tmp_path / "metrics"
+    _write(m / "audit.json", _audit())
+    _write(m / "compare.json", _compare(strat, cent))
+    for v, ev, explain, centers in (("stratified", strat, 0.7143, {"1": 30, "2": 6}),
+                                    ("center", cent, 0.5714, {"2": 30, "3": 17})):
+        _write(m / v / "eval" / "metrics.json", ev)
+        _write(m / v / "eval" / "operating_point.json",
+               {"temperature": ev["calibration"]["temperature"], "malignant_threshold": ev["operating_point"]
+                ["threshold"], "target_sensitivity": 0.85, "val_sensitivity": 0.8667,
+                "model_sha256": ("c0ffee" if v == "center" else "bead") * 8})
+        _write(m / v / "explain" / "metrics.json", _explain(explain))
+        _write(m / v / "split.json", _split(centers))
+        _write(m / v / "train" / "metrics.json", {"step": 6, "best_epoch": 4, "monitor": "macro_auc",
+                                                  "best_score": 0.8838, "epochs_run": 7})
+    _png(tmp_path / "plots" / "stratified" / "eval" / "roc.png")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS), encoding="utf-8")
+    return tmp_path
+
+
+def _data(root: Path, params: dict | None = None):
+    return collect_report_data(root / "metrics", root / "plots", params or PARAMS)
+
+
+# ----------------------------------------------------------------------------------- no number by hand
+
+
+def _leaves(obj):
+    """Every number, numeric-looking key and string in a JSON/YAML structure."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _leaves(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _leaves(v)
+    else:
+        yield obj
+
+
+def _allowed_numbers(root: Path) -> set[str]:
+    """Each source value in every format the report may print it (3 dp, 1 dp, as written, int, percent)."""
+    sources = [json.loads(p.read_text()) for p in (root / "metrics").rglob("*.json")]
+    sources.append(yaml.safe_load((root / "params.yaml").read_text()))
+    allowed: set[str] = set()
+    for source in sources:
+        for leaf in _leaves(source):
+            if isinstance(leaf, bool) or leaf is None:
+                continue
+            if isinstance(leaf, str):
+                allowed.update(NUMBER.findall(leaf))
+                continue
+            x = float(leaf)
+            allowed.update({f"{x:.3f}".replace("-0.000", "0.000"), f"{x:.1f}", f"{x * 100:g}",
+                            format(Decimal(repr(leaf)), "f")})
+            if isinstance(leaf, int):
+                allowed.add(str(leaf))
+    return allowed
+
+
+def _strip_fixed_texts(text: str) -> str:
+    """Remove the citation, licence, reference and version texts (their numbers are not results)."""
+    fixed = [DATASET_CITATION, DATASET_LICENSE, __version__, importlib.metadata.metadata("assurexray")["License"],
+             *REFERENCES]
+    for item in sorted(fixed, key=len, reverse=True):
+        text = text.replace(item, "")
+    return text
+
+
+@pytest.mark.parametrize("name", ["model_card.md", "report.md"])
+def test_every_number_in_a_markdown_document_comes_from_a_metrics_or_params_file(tree, name):
+    write_reports(_data(tree), tree / "reports")
+    text = _strip_fixed_texts((tree / "reports" / name).read_text(encoding="utf-8"))
+    found = NUMBER.findall(text)
+    assert len(found) > 40  # the check is not vacuous: the documents are full of numbers
+    stray = sorted(set(found) - _allowed_numbers(tree))
+    assert stray == [], f"numbers not traceable to metrics/params: {stray}"
+
+
+def test_a_hand_typed_number_would_be_caught_by_the_number_check(tree):
+    text = render_model_card(_data(tree)) + "\nThe model reaches 0.987 on a made-up benchmark.\n"
+    assert "0.987" in set(NUMBER.findall(_strip_fixed_texts(text))) - _allowed_numbers(tree)
+
+
+@pytest.mark.parametrize("render", [render_model_card, render_report_markdown, render_report_html])
+def test_headline_values_are_read_from_the_metrics_file_not_typed(tree, render):
+    path = tree / "metrics" / "center" / "eval" / "metrics.json"
+    assert "0.781 (0.740–0.817)" in render(_data(tree))
+    metrics = json.loads(path.read_text())
+    metrics["headline"]["macro_auc"] = _ci(0.6543, 0.6012, 0.7098)
+    _write(path, metrics)
+    text = render(_data(tree))
+    assert "0.654 (0.601–0.710)" in text and "0.781 (0.740–0.817)" not in text
+
+
+@pytest.mark.parametrize(("formatter", "value", "expected"), [
+    (fmt, 0.91249, "0.912"), (fmt, -1e-17, "0.000"), (fmt, -0.0125, "-0.013"), (fmt, 7, "7"), (fmt, None, "n/a"), (fmt, True, "yes"), (fmt, "gradcam", "gradcam"),
+    (fmt_ci, _ci(0.912, 0.8713, 0.9482), "0.912 (0.871–0.948)"), (fmt_ci, _ci(-0.05, -0.1, 0.0),
+                                                                  "-0.050 (-0.100–0.000)"),
+    (fmt_ci, _ci(0.5, None, None), "0.500 (no interval)"), (fmt_ci, _ci(None, None, None), "undefined"),
+    (fmt_param, 2.5e-05, "0.000025"), (fmt_param, 0.001, "0.001"), (fmt_param, [0.3, 0.5], "0.3, 0.5"),
+    (fmt_param, None, "null (default)"), (fmt_param, False, "false"), (fmt_param, 12, "12"),
+    (fmt_pct, 41.5, "41.5%"), (fmt_pct, None, "n/a"), (fmt_level, 0.95, "95%"), (fmt_level, 0.9, "90%"),
+])
+def test_formatters_render_values_consistently(formatter, value, expected):
+    assert formatter(value) == expected
+
+
+# ------------------------------------------------------------------------------------ document content
+
+
+@pytest.mark.parametrize("name", ["model_card.md", "report.md", "report.html"])
+def test_disclaimer_is_at_the_top_and_the_bottom_of_every_document(tree, name):
+    write_reports(_data(tree), tree / "reports")
+    text = (tree / "reports" / name).read_text(encoding="utf-8")
+    first, last = text.find(DISCLAIMER), text.rfind(DISCLAIMER)
+    assert 0 <= first < len(text) // 10
+    assert last > len(text) * 0.9 and last != first
+
+
+def test_model_card_has_the_mitchell_sections_in_order(tree):
+    headings = re.findall(r"^## (.+)$", render_model_card(_data(tree)), flags=re.M)
+    assert headings == MITCHELL_SECTIONS
+
+
+def test_model_card_states_model_details_intended_use_and_no_date(tree):
+    card = render_model_card(_data(tree))
+    for fact in ("`tf_efficientnet_lite0`", "random initialisation", "96 x 96 px", "Normal, Benign, Malignant",
+                 f"`{'bead' * 8}`", f"`{'c0ffee' * 8}`", "**Date**: none recorded", "NOT FOR CLINICAL USE",
+                 "**Out of scope**", DATASET_LICENSE):
+        assert fact in card
+
+
+def test_report_has_methods_results_calibration_operating_point_localisation_audit_and_citation(tree):
+    report = render_report_markdown(_data(tree))
+    for fact in ("## Methods", "| Macro AUC (one-vs-rest) | 0.912 (0.871–0.948) | 0.781 (0.740–0.817) | "
+                 "0.131 (0.052–0.211) |", "| Centre hold-out | 1.569 | 0.081 | 0.173 | 12 |",
+                 "| Centre hold-out | 0.404 | 0.850 | 0.867 | 0.715 (0.615–1.000) | 0.739 (0.565–0.891) |",
+                 "| Benign | 0.630 (0.540–0.730) |", "| undefined |", "| Malignant (actual) | 0 | 3 | 10 |",
+                 "test on centre(s) 2, 3", "| Pointing game hit rate | 0.714 (0.589–0.839) | 0.312 (0.188–0.438) "
+                 "| model above baseline |", "0.143 (0.087–0.202) over 14 images", "96.4%",
+                 "measurably worse on unseen centres", "90% bootstrap intervals", DATASET_CITATION,
+                 "Gap at the operating point (stratified - centre): Malignant sensitivity at the operating point "
+                 "0.131 (-0.091–0.354); Malignant specificity"):
+        assert fact in report
+
+
+@pytest.mark.parametrize(("gap", "verdict"), [
+    (_ci(0.1313, 0.0517, 0.2109), "the model is measurably worse on unseen centres"),
+    (_ci(-0.0625, -0.1250, -0.0125), "the model is measurably better on unseen centres"),
+    (_ci(0.0313, -0.0412, 0.1038), "the interval includes no difference"),
+    (_ci(0.0313, None, None), "no interval, so no conclusion"),
+])
+def test_the_gap_verdict_follows_the_interval_in_compare_json(tree, gap, verdict):
+    path = tree / "metrics" / "compare.json"
+    compare = json.loads(path.read_text())
+    compare["headline"]["macro_auc"]["gap"] = gap
+    _write(path, compare)
+    for text in (render_model_card(_data(tree)), render_report_markdown(_data(tree))):
+        assert f"gap {fmt_ci(gap)}; {verdict}" in text
+
+
+@pytest.mark.parametrize(("baseline", "verdict"), [
+    (_ci(0.3125, 0.1875, 0.4375), "model above baseline"),
+    (_ci(0.9375, 0.875, 1.0), "model below baseline"),
+    (_ci(0.6875, 0.5625, 0.8125), "intervals overlap"),
+    (_ci(None, None, None), "undefined"),
+])
+def test_model_versus_baseline_reads_whether_the_intervals_separate(tree, baseline, verdict):
+    path = tree / "metrics" / "stratified" / "explain" / "metrics.json"
+    explain = json.loads(path.read_text())
+    explain["baseline"]["overall"]["pointing_game"] = baseline
+    _write(path, explain)
+    row = f"| Pointing game hit rate | 0.714 (0.589–0.839) | {fmt_ci(baseline)} | {verdict} |"
+    assert row in render_report_markdown(_data(tree))
+
+
+def test_html_escapes_text_taken_from_metrics_files(tree):
+    path = tree / "metrics" / "stratified" / "explain" / "metrics.json"
+    explain = json.loads(path.read_text())
+    explain["target_layer"] = "<img src=x onerror=alert(1)>"
+    _write(path, explain)
+    html = render_report_html(_data(tree))
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_the_code_licence_falls_back_to_pyproject_when_the_package_metadata_is_absent(tree, monkeypatch, caplog):
+    def absent(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "metadata", absent)
+    card = render_model_card(_data(tree))
+    assert "**Licence**: package: see pyproject.toml. Dataset: CC BY-NC-ND 4.0" in card
+    assert "assurexray is not installed" in caplog.text
+
+
+def test_source_sample_is_flagged_as_synthetic_data(tree):
+    params = copy.deepcopy(PARAMS)
+    params["data"]["source"] = "sample"
+    assert "built-in synthetic dataset" in render_report_markdown(_data(tree, params))
+    assert "built-in synthetic dataset" not in render_report_markdown(_data(tree))
+
+
+def test_html_embeds_the_figures_and_links_no_external_resource(tree):
+    html = render_report_html(_data(tree))
+    payloads = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    roc = (tree / "plots" / "stratified" / "eval" / "roc.png").read_bytes()
+    assert [base64.b64decode(p) for p in payloads] == [roc]
+    for external in ("http://", "https://", "<link", "<script", "url(", 'src="/', 'src="..'):
+        assert external not in html
+    assert '<div class="disclaimer" role="alert">' in html and "<table>" in html
+
+
+def test_markdown_report_links_figures_relative_to_the_output_folder(tree):
+    write_reports(_data(tree), tree / "reports")
+    report = (tree / "reports" / "report.md").read_text(encoding="utf-8")
+    assert "](../plots/stratified/eval/roc.png)" in report
+    assert "Precision-recall curves, one-vs-rest (test): not available (plots/stratified/eval/pr.png missing): " \
+           "run `dvc repro`." in report
+
+
+def test_documents_are_identical_when_regenerated(tree):
+    first = write_reports(_data(tree), tree / "a")
+    second = write_reports(_data(tree), tree / "b")
+    assert [p.read_bytes() for p in first.values()] == [p.read_bytes() for p in second.values()]
+    assert sorted(p.name for p in (tree / "a").iterdir()) == ["model_card.md", "report.html", "report.md"]
+
+
+# ------------------------------------------------------------------------------------- missing inputs
+
+
+@pytest.mark.parametrize(("optional", "documents"), [
+    ("center/explain/metrics.json", ["model_card.md", "report.md", "report.html"]),
+    ("compare.json", ["model_card.md", "report.md", "report.html"]),
+    ("audit.json", ["model_card.md", "report.md", "report.html"]),
+    ("stratified/split.json", ["model_card.md", "report.md", "report.html"]),
+    ("center/train/metrics.json", ["report.md", "report.html"]),
+])
+def test_a_missing_optional_file_gives_a_not_available_line_not_a_crash(tree, optional, documents):
+    (tree / "metrics" / optional).unlink()
+    write_reports(_data(tree), tree / "reports")
+    for name in documents:
+        text = (tree / "reports" / name).read_text(encoding="utf-8")
+        assert re.search(rf"(not available|n/a) \(metrics/{re.escape(optional)} missing\)", text), name
+        assert "run <code>dvc repro</code>" in text if name.endswith(".html") else "run `dvc repro`" in text
+
+
+def test_missing_explain_metrics_leave_the_other_variant_localisation_in_place(tree):
+    (tree / "metrics" / "center" / "explain" / "metrics.json").unlink()
+    report = render_report_markdown(_data(tree))
+    assert "Localisation metrics: not available (metrics/center/explain/metrics.json missing)" in report
+    assert "| Pointing game hit rate | 0.714 (0.589–0.839) |" in report
+
+
+@pytest.mark.parametrize("variant", ["stratified", "center"])
+def test_missing_eval_metrics_fail_naming_the_file(tree, variant):
+    path = tree / "metrics" / variant / "eval" / "metrics.json"
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(path))}: evaluation metrics of variant "
+                                                rf"'{variant}' not found.*dvc repro evaluate@{variant}"):
+        _data(tree)
+
+
+def test_eval_metrics_missing_schema_keys_fail_naming_the_keys(tree):
+    path = tree / "metrics" / "center" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["calibration"], metrics["per_class"]
+    _write(path, metrics)
+    with pytest.raises(ValueError, match=r"metrics\.json: keys \['per_class', 'calibration'\] missing"):
+        _data(tree)
+
+
+def test_invalid_json_fails_naming_the_file(tree):
+    path = tree / "metrics" / "compare.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"compare\.json: not valid JSON .*re-run the stage that writes it"):
+        _data(tree)
+
+
+def test_a_json_list_instead_of_an_object_fails_naming_the_file(tree):
+    _write_list = tree / "metrics" / "audit.json"
+    _write_list.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"audit\.json: expected a JSON object, got list"):
+        _data(tree)
+
+
+def test_variants_with_different_class_names_are_refused(tree):
+    path = tree / "metrics" / "center" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["class_names"] = ["Normal", "Tumour"]
+    _write(path, metrics)
+    with pytest.raises(ValueError, match=r"class_names differ between variants.*re-run evaluate for both"):
+        _data(tree)
+
+
+@pytest.mark.parametrize(("params", "error", "match"), [
+    ({**PARAMS, "split": {}}, ValueError, r"report params: unknown key\(s\) \['split'\]"),
+    ({k: v for k, v in PARAMS.items() if k != "explain"}, ValueError, r"section\(s\) \['explain'\] missing"),
+    ({**PARAMS, "data": {"source": "btxrd", "btxrd": {}}}, ValueError,
+     r"report params section 'data': unknown key\(s\) \['btxrd'\]"),
+])
+def test_params_outside_the_tracked_keys_are_refused(tree, params, error, match):
+    with pytest.raises(error, match=match):
+        _data(tree, params)
+
+
+def test_tracked_params_keeps_only_the_keys_dvc_tracks_and_names_a_missing_one():
+    full = {**copy.deepcopy(PARAMS), "base": {"seed": 1}, "data": {"source": "sample", "sample": {"n_cases": 5}}}
+    picked = tracked_params(full)
+    assert picked["data"] == {"source": "sample"} and "base" not in picked and picked["train"] == PARAMS["train"]
+    del full["prepare"]["size"]
+    with pytest.raises(KeyError, match=r"prepare\.size missing; the report stage reads data\.source, prepare\.size"):
+        tracked_params(full)
+
+
+# ------------------------------------------------------------------------------------------------ stage
+
+
+def test_the_stage_writes_the_three_documents_as_a_subprocess(tree, repo_root):
+    full = {**copy.deepcopy(PARAMS), "base": {"seed": 42}}
+    (tree / "params.yaml").write_text(yaml.safe_dump(full), encoding="utf-8")
+    cmd = [sys.executable, str(repo_root / "stages" / "report.py"), "--metrics", "metrics", "--plots", "plots",
+           "--params", "params.yaml", "--out", "reports"]
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tree / "reports").iterdir()) == ["model_card.md", "report.html", "report.md"]
+    assert "0.912 (0.871–0.948)" in (tree / "reports" / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_stage_fails_naming_missing_eval_metrics(tree, repo_root):
+    (tree / "metrics" / "center" / "eval" / "metrics.json").unlink()
+    cmd = [sys.executable, str(repo_root / "stages" / "report.py"), "--metrics", "metrics", "--plots", "plots",
+           "--out", "reports"]
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "metrics/center/eval/metrics.json: evaluation metrics of variant 'center' not found" in done.stderr
+    assert not (tree / "reports").exists()
