@@ -1,0 +1,184 @@
+"""AssureXRay demo: classify a bone radiograph and browse the pipeline's results. NOT FOR CLINICAL USE.
+
+Start with ``assurexray app`` or ``streamlit run app/app.py`` from the project root (``ASSUREXRAY_ROOT``
+names another root). Page logic lives in ``assurexray.webapp``; this file only lays it out. The app keeps
+no record of its users: uploads are processed and discarded, and no telemetry is sent
+(``app/.streamlit/config.toml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from assurexray import DISCLAIMER, webapp
+
+PAGES = ("Try a radiograph", "Results")
+PRIVACY_NOTE = (
+    "Privacy: nothing you upload is kept. A file is decoded in a private temporary folder, classified and "
+    "deleted at once; no names, images or results are logged or sent anywhere."
+)
+
+
+def main() -> None:
+    """Banner on every view, then the view chosen in the sidebar."""
+    st.set_page_config(page_title="AssureXRay (NOT FOR CLINICAL USE)", page_icon="⚠️", layout="wide")
+    st.error(f"**{DISCLAIMER}**", icon="⚠️")
+    st.title("AssureXRay: bone tumour radiograph classifier")
+    try:
+        layout = webapp.Layout(webapp.project_root())
+    except FileNotFoundError as err:
+        st.error(str(err))
+        return
+    page = st.sidebar.radio("View", PAGES, key="page")
+    st.sidebar.caption(PRIVACY_NOTE)
+    st.sidebar.caption(f"Project root: `{layout.root}`")
+    if page == PAGES[0]:
+        try_page(layout)
+    else:
+        results_page(layout)
+
+
+def try_page(layout: webapp.Layout) -> None:
+    """Upload or pick an image, choose a model, show the prediction, decision and Grad-CAM."""
+    st.header(PAGES[0])
+    models = webapp.available_models(layout)
+    if not models:
+        st.warning(
+            f"No trained model under {layout.root / 'models'} (expected models/<variant>/model.pt for "
+            f"{' or '.join(webapp.VARIANTS)}). Run the pipeline first:"
+        )
+        st.code(webapp.RESULTS_COMMAND, language="bash")
+        return
+    variant = st.selectbox("Model", models, format_func=_variant_label, key="variant")
+    samples = webapp.sample_images(layout)
+    sources = ["Upload a file", "Sample image"] if samples else ["Upload a file"]
+    source = st.radio("Image", sources, horizontal=True, key="source")
+    if not samples:
+        st.caption(f"No sample images in {layout.samples}; `{webapp.RESULTS_COMMAND}` creates the built-in sample.")
+    try:
+        if source == "Upload a file":
+            upload = st.file_uploader(
+                "Radiograph (JPEG, PNG or single-frame DICOM)", type=list(webapp.UPLOAD_TYPES),
+                max_upload_size=webapp.MAX_UPLOAD_MB, key="upload",
+            )
+            if upload is None:
+                st.info("Upload a radiograph to classify it.")
+                return
+            with st.spinner("Classifying..."):
+                prediction = webapp.predict_upload(upload.name, upload.getvalue(), layout=layout, variant=variant)
+        else:
+            labels = _sample_labels(layout)
+            sample = st.selectbox(
+                "Sample image", samples, key="sample",
+                format_func=lambda p: f"{p.name} (true label: {labels[p.name]})" if p.name in labels else p.name,
+            )
+            with st.spinner("Classifying..."):
+                prediction = webapp.predict_file(sample, layout=layout, variant=variant)
+    except (ValueError, FileNotFoundError) as err:
+        st.error(f"Could not classify this file. {err}")
+        return
+    show_prediction(prediction, layout=layout, variant=variant)
+
+
+def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, variant: str) -> None:
+    """Predicted class, probabilities (chart and table), Malignant decision, original beside Grad-CAM."""
+    top = prediction.probs[prediction.pred]
+    st.subheader(f"Predicted class: {prediction.pred} (p = {top:.3f})")
+    decision = webapp.decision_text(prediction, layout=layout, variant=variant)
+    if prediction.malignant_flag:
+        st.warning(decision)
+    else:
+        st.info(decision)
+    st.caption(
+        "The Malignant flag applies the operating point chosen on validation for a target sensitivity; it is "
+        "a separate, deliberately sensitive decision and can fire when another class has the top probability."
+    )
+    left, right = st.columns(2)
+    left.image(webapp.thumbnail(prediction.gray), caption=f"{prediction.name} (decoded, grayscale)", width="stretch")
+    right.image(prediction.overlay, caption="Grad-CAM of the predicted class", width="stretch")
+    probs = pd.DataFrame({"class": list(prediction.probs), "probability": list(prediction.probs.values())})
+    chart, table = st.columns(2)
+    with chart:
+        bars = alt.Chart(probs).mark_bar().encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0.0, 1.0])),  # full 0-1 axis: no exaggerated gaps
+            y=alt.Y("class:N", sort=None),  # checkpoint class order
+            tooltip=["class", alt.Tooltip("probability:Q", format=".4f")],
+        )
+        st.altair_chart(bars.properties(height=200), width="stretch")
+    with table:
+        shown = probs.assign(probability=probs["probability"].map(lambda p: f"{p:.4f}")).set_index("class")
+        st.table(shown)
+    st.caption(
+        f"Model: {_variant_label(variant)}, sha256 {prediction.model_sha256[:12]}; probabilities temperature-"
+        f"scaled (T = {prediction.temperature:.3f}). Same engine as `assurexray infer`."
+    )
+
+
+def results_page(layout: webapp.Layout) -> None:
+    """Both variants side by side from metrics/ and plots/, or what to run when they are absent."""
+    st.header("Results: stratified split vs centre hold-out")
+    try:
+        results = webapp.load_results(layout)
+    except ValueError as err:
+        st.error(str(err))
+        return
+    message = webapp.missing_message(results)
+    if message:
+        (st.warning if results.any else st.info)(message)
+        st.code(webapp.RESULTS_COMMAND, language="bash")
+    if not results.any:
+        return
+    st.subheader("Headline metrics (test set: value [confidence interval])")
+    _table(webapp.headline_rows(results), index="metric")
+    if results.compare and results.compare.get("gap_method"):
+        st.caption(str(results.compare["gap_method"]))
+    st.subheader("Malignant operating point")
+    _table(webapp.operating_point_rows(results), index="quantity")
+    st.subheader("Calibration")
+    _table(webapp.calibration_rows(results), index="quantity")
+    for title, paths in webapp.figure_pairs(results):
+        st.subheader(title)
+        for column, (variant, path) in zip(st.columns(len(paths)), paths.items()):
+            with column:
+                if path is None:
+                    st.caption(f"{_variant_label(variant)}: figure not created yet (`{webapp.RESULTS_COMMAND}`).")
+                else:
+                    st.image(str(path), caption=_variant_label(variant), width="stretch")
+    st.subheader("Grad-CAM localisation against the lesion masks")
+    rows = webapp.localization_rows(results)
+    if rows:
+        _table(rows, index="metric")
+    else:
+        st.info(f"No Grad-CAM metrics yet (metrics/<variant>/explain/metrics.json); run `{webapp.RESULTS_COMMAND}`.")
+    with st.expander("Grad-CAM gallery per class and outcome"):
+        for column, variant in zip(st.columns(len(webapp.VARIANTS)), webapp.VARIANTS):
+            with column:
+                st.markdown(f"**{_variant_label(variant)}**")
+                for path in webapp.gradcam_figures(results, variant):
+                    st.image(str(path), caption=Path(path).stem, width="stretch")
+
+
+def _table(rows: list[dict[str, str]], *, index: str) -> None:
+    if rows:
+        st.table(pd.DataFrame(rows).set_index(index))
+    else:
+        st.caption("Nothing recorded yet.")
+
+
+def _sample_labels(layout: webapp.Layout) -> dict[str, str]:
+    try:
+        return webapp.sample_labels(layout)
+    except ValueError as err:
+        st.warning(f"True labels unavailable: {err}")
+        return {}
+
+
+def _variant_label(variant: str) -> str:
+    return f"{webapp.VARIANT_TITLES.get(variant, variant)} ({variant})"
+
+
+main()

@@ -1,0 +1,478 @@
+"""Page logic of the Streamlit demo (``app/app.py``), kept free of Streamlit so it is tested directly.
+
+Prediction goes through the engine of ``assurexray infer`` (:func:`assurexray.infer.run_inference`): the same
+decoding (``read_gray``, DICOM via ``assurexray.dicom``), preprocessing (``transforms.prepare_image``),
+temperature, Malignant threshold and Grad-CAM overlay, so the page shows what the CLI would print. The
+results view only reads files the pipeline wrote (schemas in docs/ARCHITECTURE.md).
+
+Privacy: nothing about users is stored. An upload lives in memory; the library decodes files by path, so
+its bytes are written to a private temporary folder (RAM-backed ``/dev/shm`` where available) for the
+duration of one prediction and deleted right after. NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from assurexray.dicom import DICOM_SUFFIXES
+
+__all__ = [
+    "ROOT_ENV",
+    "VARIANTS",
+    "VARIANT_TITLES",
+    "UPLOAD_TYPES",
+    "MAX_UPLOAD_MB",
+    "MAX_PIXELS",
+    "DISPLAY_MAX_SIDE",
+    "RESULTS_COMMAND",
+    "EVAL_FIGURES",
+    "Layout",
+    "AppPrediction",
+    "VariantResults",
+    "Results",
+    "project_root",
+    "available_models",
+    "sample_images",
+    "sample_labels",
+    "check_upload",
+    "decode_upload",
+    "predict_upload",
+    "predict_file",
+    "decision_text",
+    "thumbnail",
+    "load_results",
+    "missing_message",
+    "format_ci",
+    "headline_rows",
+    "operating_point_rows",
+    "calibration_rows",
+    "localization_rows",
+    "figure_pairs",
+    "gradcam_figures",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the project root (models/, metrics/, plots/, data/); default: current dir.
+ROOT_ENV = "ASSUREXRAY_ROOT"
+VARIANTS: tuple[str, ...] = ("stratified", "center")
+VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
+#: File types the uploader accepts (suffixes without the dot).
+UPLOAD_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png") + tuple(s.lstrip(".") for s in DICOM_SUFFIXES)
+#: Largest upload, MB (passed to st.file_uploader and checked again here; AppTest bypasses the widget).
+MAX_UPLOAD_MB = 50
+#: Largest image, pixels (50 MP: above any radiograph detector; refuses decompression bombs from the header).
+MAX_PIXELS = 50_000_000
+#: Long side of images sent to the browser, px (overlays from assurexray.infer are at most 1024 px too).
+DISPLAY_MAX_SIDE = 1024
+#: The command that creates every file the app reads.
+RESULTS_COMMAND = "dvc repro"
+#: Evaluation figures written by the evaluate stage into plots/<variant>/eval/, with their titles.
+EVAL_FIGURES: tuple[tuple[str, str], ...] = (
+    ("ROC curves (one-vs-rest, test)", "eval/roc.png"),
+    ("Precision-recall curves (test)", "eval/pr.png"),
+    ("Confusion matrix (test)", "eval/confusion.png"),
+    ("Calibration (reliability diagram)", "eval/reliability.png"),
+    ("Grad-CAM gallery overview", "gradcam/overview.png"),
+)
+_SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_MB = 1024 * 1024  # Streamlit's maxUploadSize megabyte
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the pipeline's files live under one project ``root`` (paths as in dvc.yaml)."""
+
+    root: Path
+
+    def model(self, variant: str) -> Path:
+        return self.root / "models" / variant / "model.pt"
+
+    def operating_point(self, variant: str) -> Path:
+        return self.root / "metrics" / variant / "eval" / "operating_point.json"
+
+    def eval_metrics(self, variant: str) -> Path:
+        return self.root / "metrics" / variant / "eval" / "metrics.json"
+
+    def explain_metrics(self, variant: str) -> Path:
+        return self.root / "metrics" / variant / "explain" / "metrics.json"
+
+    def plots(self, variant: str) -> Path:
+        return self.root / "plots" / variant
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "metrics" / "compare.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "data" / "raw" / "images"
+
+    @property
+    def index_csv(self) -> Path:
+        return self.root / "data" / "prepared" / "index.csv"
+
+
+@dataclass(frozen=True)
+class AppPrediction:
+    """One classified image: what ``assurexray infer`` reports, plus the pictures the page shows."""
+
+    name: str
+    probs: dict[str, float]
+    pred: str
+    malignant_flag: int | None
+    malignant_threshold: float | None
+    temperature: float
+    operating_point: Path | None
+    model_sha256: str
+    gray: np.ndarray  # (H, W) uint8, the decoded radiograph
+    overlay: np.ndarray  # (h, w, 3) uint8, Grad-CAM of the predicted class under the disclaimer banner
+
+
+@dataclass(frozen=True)
+class VariantResults:
+    """The files one variant's evaluate/explain stages wrote (None / absent where not yet run)."""
+
+    variant: str
+    eval_metrics: dict[str, Any] | None
+    explain_metrics: dict[str, Any] | None
+    plots_dir: Path
+
+
+@dataclass(frozen=True)
+class Results:
+    """Everything the results view shows; ``missing`` lists the expected files not found."""
+
+    root: Path
+    variants: dict[str, VariantResults]
+    compare: dict[str, Any] | None
+    missing: list[Path] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return self.compare is not None or any(v.eval_metrics is not None for v in self.variants.values())
+
+
+def project_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The root named by ``$ASSUREXRAY_ROOT``, else the current directory (where ``dvc repro`` ran)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(ROOT_ENV, "").strip()
+    if not value:
+        return Path.cwd()
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{ROOT_ENV}={value!r}: no such directory; point it at the project root (the folder holding "
+            "models/, metrics/ and plots/) or unset it to use the current directory."
+        )
+    return root.resolve()
+
+
+def available_models(layout: Layout) -> list[str]:
+    """Variants whose ``models/<variant>/model.pt`` exists, in :data:`VARIANTS` order."""
+    return [v for v in VARIANTS if layout.model(v).is_file()]
+
+
+def sample_images(layout: Layout) -> list[Path]:
+    """JPEG/PNG files of the built-in sample (``data/raw/images``), sorted; empty when absent."""
+    if not layout.samples.is_dir():
+        return []
+    return sorted(p for p in layout.samples.iterdir() if p.is_file() and p.suffix.lower() in _SAMPLE_SUFFIXES)
+
+
+def sample_labels(layout: Layout) -> dict[str, str]:
+    """``image_id -> label`` from ``data/prepared/index.csv`` (empty when the file is absent)."""
+    path = layout.index_csv
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("image_id", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {missing}, found {reader.fieldnames!r}; re-run `dvc repro prepare`."
+            )
+        return {row["image_id"]: row["label"] for row in reader}
+
+
+def check_upload(name: str, data: bytes, *, max_mb: int = MAX_UPLOAD_MB) -> str:
+    """Refuse empty, oversized or wrongly typed uploads before decoding; return the lower-case suffix."""
+    if not data:
+        raise ValueError(f"{name!r}: the file is empty (0 bytes); upload a JPEG, PNG or DICOM radiograph.")
+    if len(data) > max_mb * _MB:
+        raise ValueError(
+            f"{name!r}: {len(data) / _MB:.1f} MB exceeds the upload limit of {max_mb} MB; "
+            "downscale or re-compress the image."
+        )
+    suffix = Path(name).suffix.lower()
+    if suffix.lstrip(".") not in UPLOAD_TYPES:
+        allowed = ", ".join(f".{t}" for t in UPLOAD_TYPES)
+        raise ValueError(f"{name!r}: unsupported file type {suffix or '(none)'!r}; upload one of {allowed}.")
+    return suffix
+
+
+def decode_upload(
+    name: str, data: bytes, *, max_pixels: int = MAX_PIXELS, max_mb: int = MAX_UPLOAD_MB
+) -> np.ndarray:
+    """Decode uploaded bytes to uint8 (H, W) with ``assurexray.infer.read_gray`` (DICOM included).
+
+    Raises ``ValueError`` naming the upload: not an image, corrupt, over ``max_mb`` or ``max_pixels``,
+    a decompression bomb, multi-frame DICOM.
+    """
+    from assurexray.infer import read_gray  # torch-heavy; imported on first use so the results view is quick
+
+    suffix = check_upload(name, data, max_mb=max_mb)
+    with _scratch_file(data, suffix) as path:
+        try:
+            return read_gray(path, max_pixels=max_pixels)
+        except ValueError as err:
+            raise ValueError(_renamed(str(err), path, name)) from err
+
+
+def predict_upload(
+    name: str,
+    data: bytes,
+    *,
+    layout: Layout,
+    variant: str,
+    max_pixels: int = MAX_PIXELS,
+    max_mb: int = MAX_UPLOAD_MB,
+) -> AppPrediction:
+    """Classify uploaded bytes with ``variant``'s model; ``ValueError`` naming the upload when it is bad."""
+    suffix = check_upload(name, data, max_mb=max_mb)
+    with _scratch_file(data, suffix) as path:
+        return _predict(path, name=name, layout=layout, variant=variant, max_pixels=max_pixels)
+
+
+def predict_file(
+    path: str | os.PathLike, *, layout: Layout, variant: str, max_pixels: int = MAX_PIXELS
+) -> AppPrediction:
+    """Classify an image file already on disk (a sample image) with ``variant``'s model."""
+    path = Path(path)
+    return _predict(path, name=path.name, layout=layout, variant=variant, max_pixels=max_pixels)
+
+
+def decision_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
+    """One sentence on the Malignant operating-point decision, or why there is none."""
+    malignant = prediction.probs.get("Malignant")
+    if prediction.malignant_threshold is None or malignant is None:
+        where = layout.operating_point(variant).relative_to(layout.root)
+        return (
+            f"No Malignant decision: operating point {where} not found, so probabilities are uncalibrated "
+            f"(temperature 1). Run `{RESULTS_COMMAND}` to create it."
+        )
+    relation = ">=" if prediction.malignant_flag else "<"
+    verdict = "FLAGGED as Malignant" if prediction.malignant_flag else "not flagged as Malignant"
+    return (
+        f"{verdict}: P(Malignant) = {malignant:.3f} {relation} threshold {prediction.malignant_threshold:.3f} "
+        f"(operating point of the {variant} model, temperature {prediction.temperature:.3f})."
+    )
+
+
+def thumbnail(image: np.ndarray, *, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """A copy of ``image`` (H, W[, 3]) uint8 whose long side is at most ``max_side`` px, for display only:
+    a 50 MP radiograph would otherwise be re-encoded and sent to the browser in full."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1 px, got {max_side!r}.")
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image.copy()
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def load_results(layout: Layout) -> Results:
+    """Read both variants' evaluate/explain metrics and compare.json; absent files are listed in ``missing``."""
+    missing: list[Path] = []
+    variants = {}
+    for variant in VARIANTS:
+        eval_path, explain_path = layout.eval_metrics(variant), layout.explain_metrics(variant)
+        eval_metrics = _read_json(eval_path) if eval_path.is_file() else None
+        explain_metrics = _read_json(explain_path) if explain_path.is_file() else None
+        missing += [p for p, d in ((eval_path, eval_metrics), (explain_path, explain_metrics)) if d is None]
+        variants[variant] = VariantResults(variant, eval_metrics, explain_metrics, layout.plots(variant))
+    compare = _read_json(layout.compare) if layout.compare.is_file() else None
+    if compare is None:
+        missing.append(layout.compare)
+    return Results(root=layout.root, variants=variants, compare=compare, missing=missing)
+
+
+def missing_message(results: Results) -> str:
+    """What is missing and the command that creates it ('' when nothing is)."""
+    if not results.missing:
+        return ""
+    names = ", ".join(str(p.relative_to(results.root)) for p in results.missing[:3])
+    more = f" and {len(results.missing) - 3} more" if len(results.missing) > 3 else ""
+    state = "Some pipeline results are missing" if results.any else "No pipeline results yet"
+    return f"{state} under {results.root}: {names}{more}. Run `{RESULTS_COMMAND}` there to create them."
+
+
+def format_ci(value: Mapping[str, Any] | float | int | None, *, digits: int = 3) -> str:
+    """``0.812 [0.751, 0.866]`` for a CI value, ``0.812`` for a plain number, ``n/a`` for None/NaN."""
+    if isinstance(value, Mapping):
+        point, low, high = value.get("value"), value.get("ci_low"), value.get("ci_high")
+    else:
+        point, low, high = value, None, None
+    if not _finite(point):
+        return "n/a"
+    text = f"{point:.{digits}f}"
+    if _finite(low) and _finite(high):
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
+def headline_rows(results: Results) -> list[dict[str, str]]:
+    """Headline metrics side by side, with the generalisation gap from compare.json where present."""
+    headline_gap = (results.compare or {}).get("headline", {})
+    names = _ordered_keys([(v.eval_metrics or {}).get("headline", {}) for v in results.variants.values()])
+    rows = []
+    for name in names:
+        row = {"metric": name}
+        for variant, vr in results.variants.items():
+            row[variant] = format_ci((vr.eval_metrics or {}).get("headline", {}).get(name))
+        row["gap (stratified - center)"] = format_ci(headline_gap.get(name, {}).get("gap"))
+        rows.append(row)
+    return rows
+
+
+def operating_point_rows(results: Results) -> list[dict[str, str]]:
+    """The Malignant operating point of each variant: threshold, validation and test sensitivity/specificity."""
+    keys = ("threshold", "target_sensitivity", "val_sensitivity", "test_sensitivity", "test_specificity")
+    blocks = {v: (vr.eval_metrics or {}).get("operating_point", {}) for v, vr in results.variants.items()}
+    return [{"quantity": key, **{v: format_ci(blocks[v].get(key)) for v in blocks}} for key in keys]
+
+
+def calibration_rows(results: Results) -> list[dict[str, str]]:
+    """Temperature and expected calibration error before/after scaling, per variant."""
+    keys = ("temperature", "ece_before", "ece_after")
+    blocks = {v: (vr.eval_metrics or {}).get("calibration", {}) for v, vr in results.variants.items()}
+    return [{"quantity": key, **{v: format_ci(blocks[v].get(key)) for v in blocks}} for key in keys]
+
+
+def localization_rows(results: Results) -> list[dict[str, str]]:
+    """Grad-CAM localisation (model vs centred-Gaussian baseline, all lesion images) per variant."""
+    blocks = {
+        v: {kind: (vr.explain_metrics or {}).get(kind, {}).get("overall", {}) for kind in ("model", "baseline")}
+        for v, vr in results.variants.items()
+    }
+    names = _ordered_keys([b["model"] for b in blocks.values()])
+    rows = []
+    for name in names:
+        if name == "n":
+            continue
+        row = {"metric": name}
+        for variant, block in blocks.items():
+            row[f"{variant} Grad-CAM"] = format_ci(block["model"].get(name))
+            row[f"{variant} baseline"] = format_ci(block["baseline"].get(name))
+        rows.append(row)
+    return rows
+
+
+def figure_pairs(results: Results) -> list[tuple[str, dict[str, Path | None]]]:
+    """(title, {variant: PNG path or None when absent}) for each figure shown side by side."""
+    pairs = []
+    for title, relative in EVAL_FIGURES:
+        paths = {v: vr.plots_dir / relative for v, vr in results.variants.items()}
+        pairs.append((title, {v: p if p.is_file() else None for v, p in paths.items()}))
+    return pairs
+
+
+def gradcam_figures(results: Results, variant: str) -> list[Path]:
+    """The per-(class, outcome) Grad-CAM gallery PNGs of ``variant`` (overview excluded), sorted."""
+    folder = results.variants[variant].plots_dir / "gradcam"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.png") if p.name != "overview.png")
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _predict(path: Path, *, name: str, layout: Layout, variant: str, max_pixels: int) -> AppPrediction:
+    """Decode ``path`` for display, then score it with ``run_inference`` (overlay into a scratch folder)."""
+    from assurexray.infer import read_gray, run_inference  # torch-heavy; see decode_upload
+
+    if variant not in VARIANTS:
+        raise ValueError(f"model variant {variant!r} is not one of {list(VARIANTS)}.")
+    model_path = layout.model(variant)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: model not found; run `{RESULTS_COMMAND}` to train it.")
+    op_path = layout.operating_point(variant)
+    try:
+        gray = read_gray(path, max_pixels=max_pixels)
+    except ValueError as err:
+        raise ValueError(_renamed(str(err), path, name)) from err
+    with tempfile.TemporaryDirectory(prefix="assurexray-app-", dir=_scratch_root()) as scratch:
+        result = run_inference(
+            [path], model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
+            max_pixels=max_pixels, gradcam_dir=scratch, batch_size=1,
+        )
+        outcome = result.predictions[0]
+        if not outcome.ok:
+            raise ValueError(_renamed(str(outcome.error), path, name))
+        with Image.open(result.gradcam_paths[str(path)]) as im:
+            overlay = np.asarray(im.convert("RGB")).copy()  # read fully before the folder is deleted
+    op = result.operating_point
+    return AppPrediction(
+        name=name, probs=dict(outcome.probs or {}), pred=str(outcome.pred), malignant_flag=outcome.malignant_flag,
+        malignant_threshold=op.malignant_threshold, temperature=op.temperature, operating_point=op.source,
+        model_sha256=result.model_sha256, gray=gray, overlay=overlay,
+    )
+
+
+@contextmanager
+def _scratch_file(data: bytes, suffix: str) -> Iterator[Path]:
+    """The upload as a file for the library's path-based decoders, deleted when the block ends.
+
+    The name keeps only the suffix (DICOM is recognised by it), never the user's file name.
+    """
+    with tempfile.TemporaryDirectory(prefix="assurexray-upload-", dir=_scratch_root()) as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        yield path
+
+
+def _scratch_root() -> str | None:
+    """``/dev/shm`` (RAM) where writable, so an upload never reaches a disk; else the system temp folder."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _renamed(message: str, path: Path, name: str) -> str:
+    """A library message about the scratch ``path`` rewritten to name the upload instead."""
+    if str(path) not in message:
+        return f"{name!r}: {message}"
+    return message.replace(repr(str(path)), repr(name)).replace(str(path), repr(name))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); run `{RESULTS_COMMAND}` to rewrite it.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; run `{RESULTS_COMMAND}`.")
+    return data
+
+
+def _ordered_keys(blocks: list[Mapping[str, Any]]) -> list[str]:
+    """Union of the blocks' keys, first-seen order (a metric present in one variant only is still shown)."""
+    return list(dict.fromkeys(key for block in blocks for key in block))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

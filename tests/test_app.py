@@ -1,0 +1,404 @@
+"""The Streamlit demo: page logic (assurexray.webapp) directly, and app/app.py through Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from streamlit.testing.v1 import AppTest
+
+from assurexray import DISCLAIMER, webapp
+from assurexray import model as model_lib
+from assurexray.infer import run_inference
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP = REPO_ROOT / "app" / "app.py"
+CLASSES = ["Normal", "Benign", "Malignant"]
+THRESHOLD = 0.3  # Malignant threshold of the tiny stratified model's operating point
+TEMPERATURE = 1.5
+
+
+# --- builders (also used by test_app_browser.py) ---------------------------------------------------------
+
+
+def gradient(width: int = 64, height: int = 48) -> np.ndarray:
+    """A horizontal grey ramp, uint8 (height, width)."""
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+def jpeg_bytes(array: np.ndarray | None = None) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.fromarray(gradient() if array is None else array).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "center"), operating_point=True) -> Path:
+    """A project root with tiny random test_efficientnet models (32 px), an operating point for the
+    stratified one (none for center) and one sample image with its index.csv label."""
+    for i, variant in enumerate(variants):
+        torch.manual_seed(i)
+        net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+        meta = {
+            "backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
+            "input_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "clahe": False,
+            "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
+            "seed": 0, "format_version": model_lib.FORMAT_VERSION,
+        }
+        path = model_lib.save_checkpoint(root / "models" / variant / "model.pt", net, meta)
+        if operating_point and variant == "stratified":
+            op = root / "metrics" / variant / "eval" / "operating_point.json"
+            op.parent.mkdir(parents=True, exist_ok=True)
+            op.write_text(json.dumps({
+                "temperature": TEMPERATURE, "malignant_threshold": THRESHOLD, "target_sensitivity": 0.9,
+                "val_sensitivity": 0.9, "model_sha256": model_lib.file_sha256(path),
+            }), encoding="utf-8")
+    images = root / "data" / "raw" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "IMG000001.jpeg").write_bytes(jpeg_bytes())
+    index = root / "data" / "prepared" / "index.csv"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text("row,image_id,label\n0,IMG000001.jpeg,Benign\n", encoding="utf-8")
+    return root
+
+
+def ci(value: float, low: float, high: float) -> dict[str, float]:
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def write_results(root: Path) -> Path:
+    """Evaluate/explain metrics of both variants, compare.json and one figure (stratified ROC)."""
+    for variant, auc in (("stratified", 0.9), ("center", 0.7)):
+        eval_dir = root / "metrics" / variant / "eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        (eval_dir / "metrics.json").write_text(json.dumps({
+            "n_test": 20, "n_val": 10, "class_names": CLASSES,
+            "headline": {"macro_auc": ci(auc, auc - 0.1, auc + 0.05), "accuracy": ci(0.6, 0.5, 0.7)},
+            "calibration": {"temperature": 1.25, "ece_before": 0.1, "ece_after": 0.05, "bins": 10},
+            "operating_point": {"class": "Malignant", "threshold": 0.25, "target_sensitivity": 0.9,
+                                "val_sensitivity": 0.92, "test_sensitivity": ci(0.8, 0.6, 0.95),
+                                "test_specificity": ci(0.7, 0.55, 0.85)},
+        }), encoding="utf-8")
+        explain_dir = root / "metrics" / variant / "explain"
+        explain_dir.mkdir(parents=True, exist_ok=True)
+        loc = {"pointing_game": ci(0.5, 0.3, 0.7), "n": 8}
+        (explain_dir / "metrics.json").write_text(json.dumps({
+            "method": "gradcam", "model": {"overall": loc},
+            "baseline": {"overall": {"pointing_game": ci(0.4, 0.2, 0.6)}},
+        }), encoding="utf-8")
+    (root / "metrics" / "compare.json").write_text(json.dumps({
+        "headline": {"macro_auc": {"stratified": ci(0.9, 0.8, 0.95), "center": ci(0.7, 0.6, 0.75),
+                                   "gap": ci(0.2, 0.05, 0.35)}},
+        "localization": {}, "gap_method": "gap = stratified - center",
+    }), encoding="utf-8")
+    figure = root / "plots" / "stratified" / "eval" / "roc.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(gradient()).save(figure)
+    return root
+
+
+def dicom_bytes(stored: np.ndarray, *, frames: int | None = None, pixels: bool = True) -> bytes:
+    """A DICOM Part 10 file (12-bit MONOCHROME2) in memory; ``frames`` > 1 makes a multi-frame object."""
+    from io import BytesIO
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    if pixels:
+        ds.Rows, ds.Columns = stored.shape[-2:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if frames:
+            ds.NumberOfFrames = frames
+        ds.PixelData = stored.astype("<u2").tobytes()
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_header_bytes(width: int, height: int) -> bytes:
+    """A tiny PNG whose CRC-correct header claims ``width`` x ``height`` (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(16))) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return build_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture()
+def layout(project) -> webapp.Layout:
+    return webapp.Layout(project)
+
+
+def run_app(root: Path, monkeypatch, *, page: str | None = None) -> AppTest:
+    monkeypatch.setenv(webapp.ROOT_ENV, str(root))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    if page is not None:
+        at.sidebar.radio(key="page").set_value(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [element.value for element in at.get(kind)]
+
+
+# --- page logic --------------------------------------------------------------------------------------------
+
+
+def test_project_root_defaults_to_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert webapp.project_root({}) == tmp_path
+
+
+def test_project_root_follows_the_environment_variable(tmp_path):
+    assert webapp.project_root({webapp.ROOT_ENV: str(tmp_path)}) == tmp_path.resolve()
+
+
+def test_project_root_names_a_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ASSUREXRAY_ROOT='.*nowhere': no such directory"):
+        webapp.project_root({webapp.ROOT_ENV: str(tmp_path / "nowhere")})
+
+
+def test_models_samples_and_labels_are_found_under_the_root(layout, project):
+    assert webapp.available_models(layout) == ["stratified", "center"]
+    assert webapp.sample_images(layout) == [project / "data" / "raw" / "images" / "IMG000001.jpeg"]
+    assert webapp.sample_labels(layout) == {"IMG000001.jpeg": "Benign"}
+
+
+def test_an_empty_root_has_no_models_samples_or_labels(tmp_path):
+    empty = webapp.Layout(tmp_path)
+    assert (webapp.available_models(empty), webapp.sample_images(empty), webapp.sample_labels(empty)) == ([], [], {})
+
+
+def test_an_index_without_labels_is_named(tmp_path):
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "index.csv").write_text("row,image_id\n0,a.jpeg\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"index.csv: missing column\(s\) \['label'\]"):
+        webapp.sample_labels(webapp.Layout(tmp_path))
+
+
+BAD_UPLOADS = {
+    "not an image": ("notes.png", b"hello, not pixels", {}, r"'notes.png': not a readable image"),
+    "corrupt jpeg": ("cut.jpg", jpeg_bytes()[:300], {}, r"'cut.jpg'.*(corrupt|not a readable image)"),
+    "empty file": ("empty.png", b"", {}, r"'empty.png': the file is empty \(0 bytes\)"),
+    "wrong type": ("scan.gif", b"GIF89a", {}, r"'scan.gif': unsupported file type '.gif'; upload one of .jpg"),
+    "over the upload size": ("big.png", bytes(2 * 1024 * 1024), {"max_mb": 1},
+                             r"'big.png': 2.0 MB exceeds the upload limit of 1 MB"),
+    "over the pixel limit": ("wide.jpg", jpeg_bytes(), {"max_pixels": 1000},
+                             r"'wide.jpg': image too large: 64x48 = 3072 pixels exceeds max_pixels=1000"),
+    "header-only bomb under PIL's limit": ("bomb.png", png_header_bytes(9000, 9000), {},
+                                           r"'bomb.png': image too large: 9000x9000 = 81000000 pixels"),
+    "decompression bomb": ("bomb.png", png_header_bytes(30000, 30000), {},
+                           r"'bomb.png': image too large to decode safely"),
+    "multi-frame dicom": ("cine.dcm", dicom_bytes(np.zeros((2, 8, 8)), frames=2), {},
+                          r"'cine.dcm': multi-frame DICOM with NumberOfFrames=2"),
+    "dicom without pixels": ("report.dcm", dicom_bytes(np.zeros((8, 8)), pixels=False), {},
+                             r"'report.dcm': DICOM object has no pixel data"),
+}
+
+
+@pytest.mark.parametrize("name,data,options,message", BAD_UPLOADS.values(), ids=BAD_UPLOADS.keys())
+def test_bad_uploads_are_refused_with_a_message_naming_the_file(name, data, options, message):
+    with pytest.raises(ValueError, match=message):
+        webapp.decode_upload(name, data, **options)
+
+
+def test_uploads_decode_like_files_including_dicom_and_leave_no_file_behind(tmp_path):
+    scratch = Path(webapp._scratch_root() or tempfile.gettempdir())
+    before = set(scratch.glob("assurexray-upload-*"))
+    stored = np.arange(48 * 40).reshape(40, 48) % 4096
+    gray = webapp.decode_upload("chest.dcm", dicom_bytes(stored))
+    assert gray.shape == (40, 48) and gray.dtype == np.uint8 and (gray.min(), gray.max()) == (0, 255)
+    assert webapp.decode_upload("ramp.png", jpeg_bytes()).shape == (48, 64)
+    assert set(scratch.glob("assurexray-upload-*")) == before
+
+
+def test_a_sample_prediction_matches_assurexray_infer(layout, project):
+    sample = webapp.sample_images(layout)[0]
+    got = webapp.predict_file(sample, layout=layout, variant="stratified")
+    expected = run_inference([sample], model_path=layout.model("stratified")).predictions[0]
+    assert got.probs == pytest.approx(expected.probs, abs=1e-12)
+    assert math.isclose(sum(got.probs.values()), 1.0, abs_tol=1e-9)
+    assert got.pred == max(got.probs, key=got.probs.get) == expected.pred
+    assert got.malignant_flag == int(got.probs["Malignant"] >= THRESHOLD) == expected.malignant_flag
+    assert (got.malignant_threshold, got.temperature) == (THRESHOLD, TEMPERATURE)
+    assert got.gray.shape == (48, 64) and got.overlay.ndim == 3 and got.overlay.shape[2] == 3
+
+
+def test_an_upload_gets_the_same_prediction_as_the_file_on_disk_and_leaves_nothing_behind(layout):
+    scratch = Path(webapp._scratch_root() or tempfile.gettempdir())
+    before = set(scratch.glob("assurexray-*"))
+    sample = webapp.sample_images(layout)[0]
+    from_file = webapp.predict_file(sample, layout=layout, variant="center")
+    from_upload = webapp.predict_upload("mine.jpeg", sample.read_bytes(), layout=layout, variant="center")
+    assert from_upload.probs == from_file.probs and from_upload.name == "mine.jpeg"
+    assert set(scratch.glob("assurexray-*")) == before
+
+
+def test_predicting_a_bad_upload_names_it(layout):
+    with pytest.raises(ValueError, match=r"'cine.dcm': multi-frame DICOM"):
+        webapp.predict_upload("cine.dcm", dicom_bytes(np.zeros((2, 8, 8)), frames=2), layout=layout,
+                              variant="stratified")
+
+
+def test_predicting_without_a_model_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.pt: model not found; run `dvc repro`"):
+        webapp.predict_upload("a.jpg", jpeg_bytes(), layout=webapp.Layout(tmp_path), variant="center")
+
+
+def test_the_decision_explains_the_threshold_or_its_absence(layout):
+    sample = webapp.sample_images(layout)[0]
+    with_op = webapp.predict_file(sample, layout=layout, variant="stratified")
+    without = webapp.predict_file(sample, layout=layout, variant="center")
+    p = with_op.probs["Malignant"]
+    relation = ">=" if p >= THRESHOLD else "<"
+    assert f"P(Malignant) = {p:.3f} {relation} threshold 0.300" in webapp.decision_text(
+        with_op, layout=layout, variant="stratified")
+    assert without.malignant_flag is None and without.temperature == 1.0
+    assert webapp.decision_text(without, layout=layout, variant="center").startswith(
+        "No Malignant decision: operating point metrics/center/eval/operating_point.json not found")
+
+
+@pytest.mark.parametrize("shape,expected", [((2000, 1000), (1024, 512)), ((100, 3000, 3), (34, 1024, 3)),
+                                             ((48, 64), (48, 64))])
+def test_thumbnails_cap_the_long_side_and_keep_the_aspect(shape, expected):
+    image = np.full(shape, 7, dtype=np.uint8)
+    small = webapp.thumbnail(image)
+    assert small.shape == expected and small.dtype == np.uint8 and int(small.max()) == 7
+    assert small is not image
+
+
+def test_a_thumbnail_needs_a_positive_size():
+    with pytest.raises(ValueError, match=r"max_side must be >= 1 px, got 0"):
+        webapp.thumbnail(np.zeros((4, 4), dtype=np.uint8), max_side=0)
+
+
+@pytest.mark.parametrize(
+    "value,text",
+    [
+        (ci(0.81234, 0.7, 0.9), "0.812 [0.700, 0.900]"),
+        ({"value": 0.5, "ci_low": None, "ci_high": None}, "0.500"),
+        ({"value": None, "ci_low": None, "ci_high": None}, "n/a"),
+        (float("nan"), "n/a"),
+        (None, "n/a"),
+        (2, "2.000"),
+    ],
+)
+def test_format_ci_writes_value_and_interval(value, text):
+    assert webapp.format_ci(value) == text
+
+
+def test_missing_results_name_the_files_and_the_command(tmp_path):
+    results = webapp.load_results(webapp.Layout(tmp_path))
+    assert not results.any and len(results.missing) == 5
+    assert webapp.missing_message(results) == (
+        f"No pipeline results yet under {tmp_path}: metrics/stratified/eval/metrics.json, "
+        "metrics/stratified/explain/metrics.json, metrics/center/eval/metrics.json and 2 more. "
+        "Run `dvc repro` there to create them."
+    )
+
+
+def test_results_tables_put_the_variants_side_by_side(tmp_path):
+    results = webapp.load_results(webapp.Layout(write_results(tmp_path)))
+    assert results.any and results.missing == [] and webapp.missing_message(results) == ""
+    assert webapp.headline_rows(results) == [
+        {"metric": "macro_auc", "stratified": "0.900 [0.800, 0.950]", "center": "0.700 [0.600, 0.750]",
+         "gap (stratified - center)": "0.200 [0.050, 0.350]"},
+        {"metric": "accuracy", "stratified": "0.600 [0.500, 0.700]", "center": "0.600 [0.500, 0.700]",
+         "gap (stratified - center)": "n/a"},
+    ]
+    threshold = webapp.operating_point_rows(results)[0]
+    assert threshold == {"quantity": "threshold", "stratified": "0.250", "center": "0.250"}
+    assert webapp.calibration_rows(results)[2] == {"quantity": "ece_after", "stratified": "0.050", "center": "0.050"}
+    assert webapp.localization_rows(results) == [{
+        "metric": "pointing_game", "stratified Grad-CAM": "0.500 [0.300, 0.700]",
+        "stratified baseline": "0.400 [0.200, 0.600]", "center Grad-CAM": "0.500 [0.300, 0.700]",
+        "center baseline": "0.400 [0.200, 0.600]",
+    }]
+    roc = dict(webapp.figure_pairs(results))["ROC curves (one-vs-rest, test)"]
+    assert roc == {"stratified": tmp_path / "plots" / "stratified" / "eval" / "roc.png", "center": None}
+
+
+def test_a_corrupt_metrics_file_is_named(tmp_path):
+    path = tmp_path / "metrics" / "compare.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"compare.json: not valid JSON .*run `dvc repro`"):
+        webapp.load_results(webapp.Layout(tmp_path))
+
+
+def test_streamlit_config_sends_no_telemetry_and_caps_uploads():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    config = tomllib.loads((REPO_ROOT / "app" / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["maxUploadSize"] == webapp.MAX_UPLOAD_MB
+
+
+# --- the app through AppTest ----------------------------------------------------------------------------
+
+
+def test_an_empty_root_shows_the_banner_and_the_command_on_both_views(tmp_path, monkeypatch):
+    at = run_app(tmp_path, monkeypatch)
+    assert DISCLAIMER in at.error[0].value
+    assert any(text.startswith("No trained model under") for text in texts(at, "warning"))
+    assert [c.value for c in at.code] == ["dvc repro"]
+    at.sidebar.radio(key="page").set_value("Results").run()
+    assert DISCLAIMER in at.error[0].value
+    assert any(text.startswith("No pipeline results yet") for text in texts(at, "info"))
+    assert [c.value for c in at.code] == ["dvc repro"]
+
+
+def test_a_sample_image_gets_a_prediction_whose_probabilities_sum_to_one(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    at.radio(key="source").set_value("Sample image").run()
+    assert not at.exception
+    assert at.selectbox(key="sample").value.name == "IMG000001.jpeg"
+    table = at.table[0].value
+    probs = table["probability"].astype(float)
+    assert list(table.index) == CLASSES and math.isclose(probs.sum(), 1.0, abs_tol=2e-4)
+    predicted = table.index[int(np.argmax(probs))]
+    assert at.subheader[0].value.startswith(f"Predicted class: {predicted}")
+    assert any("threshold 0.300" in text for text in texts(at, "warning") + texts(at, "info"))
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert captions == ["IMG000001.jpeg (decoded, grayscale)", "Grad-CAM of the predicted class"]
+
+
+def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    at.file_uploader(key="upload").set_value(("cine.dcm", dicom_bytes(np.zeros((2, 8, 8)), frames=2),
+                                             "application/dicom")).run()
+    assert not at.exception
+    assert any("'cine.dcm': multi-frame DICOM" in text for text in texts(at, "error"))
+    assert len(at.table) == 0
+    at.file_uploader(key="upload").set_value(("ramp.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert not at.exception and len(at.error) == 1  # only the banner is left
+    assert math.isclose(at.table[0].value["probability"].astype(float).sum(), 1.0, abs_tol=2e-4)
+
+
+def test_the_results_view_shows_metrics_side_by_side(tmp_path, monkeypatch):
+    at = run_app(write_results(tmp_path), monkeypatch, page="Results")
+    headline = at.table[0].value
+    assert headline.loc["macro_auc", "gap (stratified - center)"] == "0.200 [0.050, 0.350]"
+    assert list(headline.columns) == ["stratified", "center", "gap (stratified - center)"]
+    assert any(c == "Stratified split (stratified)" for image in at.get("image") for c in image.captions)
+    assert len(at.code) == 0 and not texts(at, "warning")

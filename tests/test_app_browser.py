@@ -1,0 +1,135 @@
+"""End to end in a real headless Chromium: `streamlit run app/app.py` on loopback, driven with Playwright.
+
+Skips cleanly where Chromium or Playwright is absent. Screenshots go to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_app import APP, CLASSES, REPO_ROOT, build_project, jpeg_bytes, write_results
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # --headless comes from headless=True, the fresh --user-data-dir from launch_persistent_context
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+SERVER_START_S = 40  # bounded wait for /_stcore/health
+STEP_MS = 30_000  # bounded wait for each page state, ms
+
+
+@pytest.fixture()
+def server(tmp_path):
+    """A Streamlit server on a free loopback port, its root a tiny project; always stopped afterwards."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    root = write_results(build_project(tmp_path / "project"))
+    port = _free_port()
+    env = {**os.environ, "ASSUREXRAY_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "streamlit.log").open("w")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
+        "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", process, tmp_path / "streamlit.log")
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=STEP_MS)
+    started = time.monotonic()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    good = tmp_path / "ramp.jpg"
+    good.write_bytes(jpeg_bytes())
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 2200},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(STEP_MS)
+            page.goto(server)
+            expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
+
+            page.locator('input[type="file"]').set_input_files(str(broken))
+            expect(page.get_by_text("Could not classify this file.")).to_be_visible()
+            expect(page.get_by_text("'broken.png': not a readable image")).to_be_visible()
+
+            page.locator('input[type="file"]').set_input_files(str(good))
+            expect(page.get_by_text("Predicted class:")).to_be_visible()
+            expect(page.locator('[data-testid="stTable"] tbody tr')).to_have_count(len(CLASSES))
+            rows = page.eval_on_selector_all(
+                '[data-testid="stTable"] tbody tr',
+                "rows => rows.map(r => Array.from(r.querySelectorAll('th, td')).map(c => c.innerText.trim()))",
+            )
+            assert [r[0] for r in rows] == CLASSES
+            assert math.isclose(sum(float(r[1]) for r in rows), 1.0, abs_tol=2e-4)
+            expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)  # the probability bar chart
+            expect(page.get_by_text("Grad-CAM of the predicted class")).to_be_visible()
+            expect(page.locator('[data-testid="stImage"] img')).to_have_count(2)
+            page.wait_for_function(  # original and overlay both decoded by the browser
+                "() => Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
+            expect(page.get_by_text("Could not classify this file.")).to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "app_try.png"), full_page=True)
+
+            page.get_by_test_id("stSidebar").get_by_text("Results", exact=True).click()
+            expect(page.get_by_text("Headline metrics")).to_be_visible()
+            expect(page.get_by_text("0.200 [0.050, 0.350]")).to_be_visible()  # the gap from compare.json
+            expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
+        finally:
+            browser.close()
+    assert time.monotonic() - started < 90
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet; poll again until the deadline
+        time.sleep(0.25)
+    pytest.fail(f"streamlit not healthy at {url} within {SERVER_START_S} s:\n{log.read_text()[-2000:]}")
