@@ -1,0 +1,161 @@
+"""Grad-CAM gallery: the most confident true positives, false positives and false negatives per class.
+
+Fixed output set (a DVC ``out`` must not change shape with the data): one ``<Class>_<outcome>.png`` per
+class and outcome plus ``overview.png``; an empty category gets a figure that says "no cases".
+Confidence is the probability of the *predicted* class, so FP and FN figures show the most confident
+mistakes. Every figure carries the NOT FOR CLINICAL USE disclaimer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from assurexray import DISCLAIMER
+from assurexray.atomic import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OUTCOMES", "Panel", "gallery_keys", "gallery_files", "select_cases", "write_gallery"]
+
+OUTCOMES: tuple[str, ...] = ("tp", "fp", "fn")
+_OUTCOME_TITLES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
+_STAMP = "NOT FOR CLINICAL USE"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One gallery case in the prepared geometry: image (S, S) uint8, heatmap (S, S) in [0, 1], mask or None."""
+
+    image_id: str
+    image: np.ndarray
+    heatmap: np.ndarray
+    mask: np.ndarray | None
+    true_class: str
+    pred_class: str
+    probs: dict[str, float]
+
+
+def gallery_keys(class_names: Sequence[str]) -> list[str]:
+    """``<Class>_<outcome>`` for every class and outcome, in a fixed order."""
+    return [f"{c}_{o}" for c in class_names for o in OUTCOMES]
+
+
+def gallery_files(class_names: Sequence[str]) -> list[str]:
+    """The fixed file names written by ``write_gallery``."""
+    return [f"{k}.png" for k in gallery_keys(class_names)] + ["overview.png"]
+
+
+def select_cases(
+    predictions: pd.DataFrame, *, class_names: Sequence[str], top_k: int
+) -> dict[str, pd.DataFrame]:
+    """Top-``top_k`` rows per ``<Class>_<outcome>`` by confidence in the predicted class (ties: image_id).
+
+    TP: true c, predicted c. FP: predicted c, true another class. FN: true c, predicted another class.
+    """
+    if top_k < 1:
+        raise ValueError(f"explain.gallery_top_k must be >= 1, got {top_k!r}.")
+    missing = [c for c in ("image_id", "label", "pred", *[f"prob_{c}" for c in class_names])
+               if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"select_cases: predictions lack column(s) {missing}; pass evaluate's predictions.csv rows.")
+    probs = predictions[[f"prob_{c}" for c in class_names]].to_numpy(dtype=np.float64)
+    known = {c: i for i, c in enumerate(class_names)}
+    bad = sorted(set(predictions["pred"]) - set(known))
+    if bad:
+        raise ValueError(f"select_cases: predicted classes {bad} are not in class_names {list(class_names)}.")
+    pred_pos = predictions["pred"].map(known).to_numpy(dtype=np.int64)
+    ranked = predictions.assign(_confidence=probs[np.arange(len(predictions)), pred_pos])
+    ranked = ranked.sort_values("image_id").sort_values("_confidence", ascending=False, kind="stable")
+    out: dict[str, pd.DataFrame] = {}
+    for c in class_names:
+        true_c, pred_c = ranked["label"] == c, ranked["pred"] == c
+        for outcome, keep in (("tp", true_c & pred_c), ("fp", pred_c & ~true_c), ("fn", true_c & ~pred_c)):
+            out[f"{c}_{outcome}"] = ranked[keep].head(top_k).drop(columns="_confidence").reset_index(drop=True)
+    return out
+
+
+def write_gallery(
+    figures_dir: str | os.PathLike,
+    panels: Mapping[str, Sequence[Panel]],
+    *,
+    class_names: Sequence[str],
+    dpi: int = 100,
+) -> list[Path]:
+    """Write every ``<Class>_<outcome>.png`` and ``overview.png`` into ``figures_dir`` (replaced atomically)."""
+    keys = gallery_keys(class_names)
+    unknown = sorted(set(panels) - set(keys))
+    if unknown:
+        raise ValueError(f"write_gallery: unknown panel keys {unknown}; expected some of {keys}.")
+    with atomic_dir(figures_dir) as tmp:
+        for key in keys:
+            cls, outcome = key.rsplit("_", 1)
+            cases = list(panels.get(key, ()))
+            if not cases:
+                logger.info("gallery %s: no cases", key)
+            fig = _category_figure(cases, title=f"{cls}: {_OUTCOME_TITLES[outcome]} (most confident first)")
+            fig.savefig(tmp / f"{key}.png", dpi=dpi)
+        _overview_figure(panels, class_names).savefig(tmp / "overview.png", dpi=dpi)
+    return [Path(figures_dir) / name for name in gallery_files(class_names)]
+
+
+def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
+    """One column per case: the radiograph (top) and the heatmap overlay (bottom), contour on both."""
+    n = max(1, len(cases))
+    fig = Figure(figsize=(max(6.5, 2.6 * n), 6.0), layout="constrained")
+    fig.suptitle(f"{title}\n{DISCLAIMER}", fontsize=9)
+    if not cases:
+        ax = fig.add_subplot(1, 1, 1)
+        _empty(ax)
+        return fig
+    axes = fig.subplots(2, n, squeeze=False)
+    for j, panel in enumerate(cases):
+        _draw(axes[0, j], panel, overlay=False)
+        _draw(axes[1, j], panel, overlay=True)
+        axes[0, j].set_title(_caption(panel), fontsize=7)
+    return fig
+
+
+def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequence[str]) -> Figure:
+    """Classes x outcomes grid of each category's most confident case (overlay)."""
+    fig = Figure(figsize=(2.8 * len(OUTCOMES), 3.0 * len(class_names)), layout="constrained")
+    fig.suptitle(f"Grad-CAM overview: most confident case per class and outcome\n{DISCLAIMER}", fontsize=9)
+    axes = fig.subplots(len(class_names), len(OUTCOMES), squeeze=False)
+    for i, cls in enumerate(class_names):
+        for j, outcome in enumerate(OUTCOMES):
+            ax, cases = axes[i, j], list(panels.get(f"{cls}_{outcome}", ()))
+            if cases:
+                _draw(ax, cases[0], overlay=True)
+                ax.set_title(f"{cls} {outcome.upper()}\n{_caption(cases[0])}", fontsize=7)
+            else:
+                _empty(ax, title=f"{cls} {outcome.upper()}")
+    return fig
+
+
+def _draw(ax, panel: Panel, *, overlay: bool) -> None:
+    ax.imshow(panel.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if overlay:
+        ax.imshow(panel.heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+    if panel.mask is not None and np.any(panel.mask):
+        ax.contour(np.asarray(panel.mask, dtype=np.float32), levels=[0.5], colors="lime", linewidths=1.0)
+    ax.text(0.02, 0.02, _STAMP, transform=ax.transAxes, fontsize=5, color="yellow", va="bottom")
+    ax.set_axis_off()
+
+
+def _caption(panel: Panel) -> str:
+    probs = ", ".join(f"{c} {p:.2f}" for c, p in panel.probs.items())
+    return f"{panel.image_id}\ntrue {panel.true_class} | pred {panel.pred_class}\n{probs}"
+
+
+def _empty(ax, *, title: str | None = None) -> None:
+    ax.text(0.5, 0.5, "no cases", ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    if title:
+        ax.set_title(title, fontsize=7)
+    ax.set_axis_off()

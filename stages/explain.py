@@ -1,0 +1,55 @@
+"""Grad-CAM heatmaps, their localisation against the lesion masks, and the gallery (explain@<variant>)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from assurexray import DISCLAIMER
+from assurexray.atomic import atomic_path, write_json
+from assurexray.explain import ExplainConfig, explain_variant
+from assurexray.gallery import write_gallery
+from assurexray.model import load_checkpoint
+from assurexray.params import check_keys, load_params
+from assurexray.transforms import eval_transform
+
+EXPLAIN_KEYS = {f.name for f in dataclasses.fields(ExplainConfig)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, help="prepared cache directory (images.npy, masks.npy)")
+    parser.add_argument("--split", required=True, help="split directory with val.csv and test.csv")
+    parser.add_argument("--model", required=True, help="checkpoint models/<variant>/model.pt")
+    parser.add_argument("--predictions", required=True, help="evaluate's predictions.csv")
+    parser.add_argument("--out", required=True, help="directory for metrics.json and per_image.csv")
+    parser.add_argument("--figures", required=True, help="gallery directory (replaced whole)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info(DISCLAIMER)
+
+    params = check_keys(load_params(args.params, "explain"), EXPLAIN_KEYS, where=f"{args.params} explain")
+    config = ExplainConfig(**params)
+    base = load_params(args.params, "base")
+    model, meta = load_checkpoint(args.model)
+    result = explain_variant(
+        model=model,
+        transform=eval_transform(meta),
+        prepared_dir=args.prepared,
+        split_dir=args.split,
+        predictions_path=args.predictions,
+        config=config,
+        seed=int(base["seed"]),
+        class_names=list(meta["class_names"]),
+    )
+    write_json(f"{args.out}/metrics.json", result.metrics)
+    with atomic_path(f"{args.out}/per_image.csv") as tmp:
+        result.per_image.to_csv(tmp, index=False, float_format="%.6g")
+    write_gallery(args.figures, result.panels, class_names=list(meta["class_names"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
