@@ -85,6 +85,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     _git(repo, "config", "user.email", "e2e@example.invalid")
     _git(repo, "config", "user.name", "e2e")
     _dvc(repo, "init", "-q")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # custom plot templates
     _dvc(repo, "config", "core.autostage", "true")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline definition")  # dvclive needs a repository with a commit
