@@ -7,7 +7,7 @@ import logging
 
 from assurexray.model import file_sha256, save_checkpoint
 from assurexray.params import check_keys, load_params
-from assurexray.training import load_training_data, train_model
+from assurexray.training import is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
 
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         **model_params,
         **train_params,
     )
+    if not is_main_process():
+        return 0  # under torchrun only rank 0 writes
     path = save_checkpoint(args.model, result.model, result.meta)
     logger.info(
         "saved %s (sha256 %s): best epoch %d, val %s %.4f, %.1f images/s",

@@ -210,6 +210,7 @@ def _write_inputs(root: Path, *, size: int = S) -> dict[str, Path]:
 
 
 def _run(paths: dict[str, Path], **config) -> ex.ExplainResult:
+    config.setdefault("layer_search", 0)  # the automatic last conv/norm layer unless a test asks for the search
     cfg = ex.ExplainConfig(bootstrap_resamples=50, gallery_top_k=2, **config)
     return ex.explain_variant(model=_model(), transform=_to_tensor, config=cfg, seed=3, class_names=CLASSES, **paths)
 
@@ -249,6 +250,34 @@ def test_explain_scores_annotated_test_tumours_and_counts_the_unannotated(explai
     for panels in result.panels.values():
         for panel in panels:
             assert panel.heatmap.shape == (S, S) and 0.0 <= panel.heatmap.min() <= panel.heatmap.max() <= 1.0
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("resnet10t", ["layer1", "layer2", "layer3", "layer4"]),
+    ("tf_efficientnet_lite0", ["blocks.5", "blocks", "conv_head", "bn2"]),
+])
+def test_layer_candidates_are_the_last_block_level_layers_each_output_once(name, expected):
+    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    assert ex.layer_candidates(model, input_shape=(3, 64, 64), last=4) == expected
+    assert ex.layer_candidates(model, input_shape=(3, 64, 64), last=0) == []
+
+
+def test_with_layer_search_the_layer_with_the_best_validation_pointing_game_is_used_and_recorded(explained):
+    paths = explained[0]
+    result = _run(paths, layer_search=3)
+    scores = result.metrics["layer_search"]
+    candidates = ex.layer_candidates(_model(), input_shape=(3, S, S), last=3)
+    assert set(candidates) <= set(scores) and len(scores) in (3, 4)  # + the automatic default layer
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert scores[result.metrics["target_layer"]] == max(scores.values())
+    assert _run(paths, layer_search=0).metrics["layer_search"] == {}
+    pinned = _run(paths, layer_search=3, target_layer=candidates[0]).metrics
+    assert pinned["target_layer"] == candidates[0] and pinned["layer_search"] == {}
+
+
+def test_a_negative_layer_search_is_refused():
+    with pytest.raises(ValueError, match=r"explain.layer_search: expected an integer >= 0, got -1"):
+        ex.ExplainConfig(layer_search=-1)
 
 
 def test_the_true_class_can_be_explained_instead_of_the_prediction(tmp_path):

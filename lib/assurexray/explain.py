@@ -93,9 +93,12 @@ class ExplainConfig:
     bootstrap_resamples: int = 1000
     ci_level: float = 0.95
     randomization: str = "full"
+    layer_search: int = 4
 
     def __post_init__(self) -> None:
         cam_method(self.method)
+        if not isinstance(self.layer_search, int) or self.layer_search < 0:
+            raise ValueError(f"explain.layer_search: expected an integer >= 0, got {self.layer_search!r}.")
         if self.target not in TARGETS:
             raise ValueError(f"explain.target: expected one of {list(TARGETS)}, got {self.target!r}.")
         if self.randomization not in RANDOMIZATIONS:
@@ -261,17 +264,19 @@ def explain_variant(
     size = images.shape[1]
     target_col = "pred_idx" if config.target == "predicted" else "label_idx"
     input_shape = tuple(_apply(transform, images[0], size).shape)
-    layer = find_target_layer(model, name=config.target_layer, input_shape=input_shape)
-    heatmaps = functools.partial(
-        compute_heatmaps, transform=transform, method=config.method, target_layer=layer,
-        batch_size=config.batch_size,
-    )
     val, _ = _annotated(parts["val"], masks)
     test, n_skipped = _annotated(parts["test"], masks)
     if n_skipped:
         logger.warning("%d test tumour image(s) have no lesion mask: skipped and counted", n_skipped)
     val_masks, test_masks = masks[val["row"].to_numpy()], masks[test["row"].to_numpy()]
-    val_maps = heatmaps(model, images[val["row"].to_numpy()], val[target_col].to_numpy())
+    val_images, val_targets = images[val["row"].to_numpy()], val[target_col].to_numpy()
+    layer, layer_scores = _choose_layer(model, val_images, val_targets, val_masks, transform=transform,
+                                        config=config, input_shape=input_shape)
+    heatmaps = functools.partial(
+        compute_heatmaps, transform=transform, method=config.method, target_layer=layer,
+        batch_size=config.batch_size,
+    )
+    val_maps = heatmaps(model, val_images, val_targets)
     val_thr = _val_threshold(val_maps, val_masks, config)
     base_thr = _val_threshold(_baselines(val, size, config.baseline_sigma), val_masks, config)
 
@@ -299,6 +304,7 @@ def explain_variant(
         "method": config.method,
         "target": config.target,
         "target_layer": layer,
+        "layer_search": layer_scores,
         "n_images": int(len(test)),
         "n_skipped_no_mask": n_skipped,
         "n_val_images": int(len(val)),
@@ -394,6 +400,45 @@ def _loc_block(per_image: pd.DataFrame, columns: list[str], prefix: str, boot: d
             "per_class": {c: summary(per_image[per_image["label"] == c]) for c in LESION_CLASSES}}
 
 
+def layer_candidates(model: nn.Module, *, input_shape: tuple[int, int, int], last: int) -> list[str]:
+    """The ``last`` block-level target layers (names at most two levels deep), in forward order.
+
+    A container whose output is its last child's tensor is the same layer twice: only the child is kept.
+    """
+    candidates, _ = _probe(model, input_shape, distinct_outputs=True)
+    shallow = [name for name in candidates if name.count(".") <= 1]
+    return shallow[-last:] if last > 0 else []
+
+
+def _choose_layer(
+    model: nn.Module, val_images: np.ndarray, val_targets: np.ndarray, val_masks: np.ndarray, *,
+    transform: Callable[..., Any], config: ExplainConfig, input_shape: tuple[int, ...],
+) -> tuple[str, dict[str, float]]:
+    """The target layer: ``config.target_layer`` when set, else chosen on VALIDATION images only.
+
+    The deepest conv/norm layer of a small-input CNN is often a 4x4 or 5x5 map that cannot point at a
+    lesion, while a slightly earlier block can: among the last ``layer_search`` block-level layers the one
+    with the best validation pointing game (then energy inside the mask; then the deeper one) is used,
+    so the test partition never influences the choice. Returns the layer and the validation scores.
+    """
+    default = find_target_layer(model, name=config.target_layer, input_shape=input_shape)
+    if config.target_layer is not None or config.layer_search == 0 or len(val_images) == 0:
+        return default, {}
+    names = layer_candidates(model, input_shape=input_shape, last=config.layer_search)
+    names = list(dict.fromkeys([*names, default]))
+    scores: dict[str, tuple[float, float, int]] = {}
+    for depth, name in enumerate(names):
+        maps = compute_heatmaps(model, val_images, val_targets, transform=transform, method=config.method,
+                                target_layer=name, batch_size=config.batch_size, progress=False)
+        hits = [loc.pointing_game(m, k, tolerance_px=config.pointing_tolerance_px) for m, k in zip(maps, val_masks)]
+        energy = [loc.energy_inside(m, k) for m, k in zip(maps, val_masks)]
+        scores[name] = (float(np.mean(hits)), float(np.mean(energy)), depth)
+    best = max(scores, key=lambda n: scores[n])
+    logger.info("target layer %s chosen on %d validation images (pointing game %s)", best, len(val_images),
+                {n: round(v[0], 3) for n, v in scores.items()})
+    return best, {n: v[0] for n, v in scores.items()}
+
+
 def _val_threshold(val_maps: np.ndarray, val_masks: np.ndarray, config: ExplainConfig) -> float:
     if len(val_maps):
         return loc.choose_threshold(val_maps, val_masks)
@@ -435,14 +480,25 @@ def _gallery_panels(
     return panels
 
 
-def _probe(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[str], int]:
-    """Candidate target layers (forward-finish order) and the number of model outputs, from a copy."""
+def _probe(
+    model: nn.Module, input_shape: tuple[int, ...], *, distinct_outputs: bool = False
+) -> tuple[list[str], int]:
+    """Candidate target layers (forward-finish order) and the number of model outputs, from a copy.
+
+    With ``distinct_outputs`` a tensor returned again by a later-finishing module (a container passing on
+    its last child's output, or an in-place residual add/activation) is listed once, under the outer name.
+    """
     clone = copy.deepcopy(model).eval()
     finished: list[str] = []
+    slot: dict[int, tuple[int, torch.Tensor]] = {}  # id -> (position, tensor); holding it keeps ids unique
 
     def hook(name: str) -> Callable[..., None]:
         def record(_module: nn.Module, _args: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                if distinct_outputs and id(output) in slot:
+                    finished[slot[id(output)][0]] = name
+                    return
+                slot[id(output)] = (len(finished), output)
                 finished.append(name)
         return record
 

@@ -66,7 +66,7 @@ class CentreStyle:
 CENTRE_SHARE: dict[int, float] = {1: 0.60, 2: 0.25, 3: 0.15}
 #: Class mix (Normal, Benign, Malignant) of each centre's cases; overall about 44 / 40 / 16 %.
 CENTRE_CLASS_MIX: dict[int, tuple[float, float, float]] = {
-    1: (0.52, 0.42, 0.06), 2: (0.45, 0.35, 0.20), 3: (0.10, 0.40, 0.50),
+    1: (0.50, 0.40, 0.10), 2: (0.45, 0.35, 0.20), 3: (0.10, 0.40, 0.50),
 }
 #: Acquisition style per centre: the domain shift the centre split measures.
 CENTRE_STYLES: dict[int, CentreStyle] = {
@@ -91,6 +91,9 @@ SITE_WEIGHTS: dict[str, float] = {
     "femur": 0.32, "tibia": 0.24, "fibula": 0.05, "knee-joint": 0.07, "humerus": 0.14, "radius": 0.06,
     "ulna": 0.05, "elbow-joint": 0.07,
 }
+#: Where the lesion (or a normal case's phantom spot) lands, as a fraction of image width/height (uniform range):
+#: wide, so that "look at the centre" is a weak baseline, as in real radiographs.
+LESION_FRAME: tuple[float, float] = (0.2, 0.8)
 #: Global multiplier of every lesion's effect on attenuation (lower = harder task).
 LESION_CONTRAST: float = 1.25
 #: Lesion extent, fraction of the image long side (uniform range).
@@ -331,7 +334,7 @@ def _render_view(rng: np.random.Generator, case: _Case, view: str,
     phi = (math.pi / 2 if landscape else 0.0) + rng.normal(0, 0.16) + (math.pi if rng.random() < 0.5 else 0)
     d = np.array([math.sin(phi), math.cos(phi)])
     n = np.array([math.cos(phi), -math.sin(phi)])
-    target = np.array([w * rng.uniform(0.32, 0.68), h * rng.uniform(0.32, 0.68)])
+    target = np.array([w * rng.uniform(*LESION_FRAME), h * rng.uniform(*LESION_FRAME)])
     origin = target - u_l * d - v_l * n
     # Anatomy is smooth: draw it on a coarser grid (x RENDER_SCALE) in full-resolution coordinates, then upsample.
     q = RENDER_SCALE if long > 160 else 1.0

@@ -34,7 +34,8 @@ from assurexray.atomic import atomic_dir
 from assurexray.model import FORMAT_VERSION, backbone_norm, create_model
 from assurexray.transforms import eval_transform, train_transform
 
-__all__ = ["MONITORS", "CLASS_WEIGHTS", "TrainResult", "TrainingData", "load_training_data", "train_model"]
+__all__ = ["MONITORS", "CLASS_WEIGHTS", "TrainResult", "TrainingData", "is_main_process", "load_training_data",
+           "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class TrainingData:
     train_index: pd.DataFrame
     val_index: pd.DataFrame
     class_names: list[str]
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0: the one process that writes checkpoints and logs."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_training_data(prepared_dir: str | os.PathLike, split_dir: str | os.PathLike) -> TrainingData:
