@@ -106,6 +106,15 @@ class ReportData:
 # --------------------------------------------------------------------------------------------- formatting
 
 
+def _layer_choice(explain: dict) -> str:
+    """How the Grad-CAM layer was picked: on validation (with each candidate's pointing game) or by default."""
+    scores = explain.get("layer_search") or {}
+    if not scores:
+        return ""
+    listed = ", ".join(f"`{name}` {fmt(value)}" for name, value in scores.items())
+    return f" (chosen on validation by pointing game among {listed})"
+
+
 def fmt(x: Any) -> str:
     """A metric value: floats with 3 decimals, ints as is, None as ``n/a``."""
     if x is None:
@@ -666,8 +675,8 @@ def _localisation_detail(d: ReportData) -> list[Any]:
                               for m in ("pointing_game", "iou@val"))
             sanity = _get(x, "sanity") or {}
             blocks += [
-                _Para(f"Method `{x.get('method')}` on layer `{x.get('target_layer')}`, target {x.get('target')}; "
-                      f"{fmt(x.get('n_images'))} images scored, {fmt(x.get('n_skipped_no_mask'))} tumour images "
+                _Para(f"Method `{x.get('method')}` on layer `{x.get('target_layer')}`{_layer_choice(x)}, "
+                      f"target {x.get('target')}; {fmt(x.get('n_images'))} images scored, {fmt(x.get('n_skipped_no_mask'))} tumour images "
                       f"skipped for lack of a mask; validation-chosen threshold {fmt(x.get('val_threshold'))}."),
                 _Table(("Metric", "Model", "Baseline", "Comparison"), rows),
                 _Table(("Class", "Metric", "Model", "Baseline", "Images"), per_class),
