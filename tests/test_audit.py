@@ -18,7 +18,6 @@ from assurexray import DISCLAIMER
 from assurexray.audit import FIGURES, audit_dataset, render_report, write_audit
 from assurexray.schema import RELEASE_COLUMNS
 
-pytest.importorskip("assurexray.btxrd")
 
 # id, centre, label, view, (width, height), mode, lesion polygon (None: no annotation file), age, gender, site
 SQUARE = [(10, 10), (29, 10), (29, 29), (10, 29)]  # 20 x 20 px (vertices at pixel centres)
@@ -294,7 +293,7 @@ def test_stage_script_rejects_unknown_params(repo_root, tmp_path, dataset):
 
 
 def test_audit_of_the_real_btxrd_excerpt(btxrd_mini, tmp_path):
-    cache = pytest.importorskip("assurexray.cache")
+    from assurexray import cache
     from assurexray.btxrd import load_release
 
     prepared = cache.build_cache(load_release(btxrd_mini), tmp_path / "prepared", size=32,

@@ -15,12 +15,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-model_lib = pytest.importorskip("assurexray.model", reason="assurexray.model (checkpoint helpers) not written yet")
-if not hasattr(model_lib, "save_checkpoint"):
-    pytest.skip("assurexray.model.save_checkpoint not written yet", allow_module_level=True)
-
-from assurexray import cli  # noqa: E402
-from assurexray.infer import (  # noqa: E402
+from assurexray import cli, infer
+from assurexray import model as model_lib
+from assurexray.infer import (
     collect_inputs,
     default_operating_point_path,
     load_operating_point,
@@ -28,7 +25,7 @@ from assurexray.infer import (  # noqa: E402
     run_inference,
     write_predictions,
 )
-from assurexray.transforms import prepare_image  # noqa: E402
+from assurexray.transforms import prepare_image
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
@@ -374,6 +371,30 @@ def test_gradcam_writes_one_overlay_per_image_with_the_disclaimer_banner_and_uni
     assert ((banner[..., 0] > 200) & (banner[..., 2] < 80)).any()  # yellow caption text drawn
     body = overlay[banner_rows:].astype(int)
     assert (np.abs(body[..., 0] - body[..., 2]) > 10).any()  # heatmap colour blended in
+
+
+def test_gradcam_uses_the_layer_the_explain_stage_chose_for_this_model(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+    meta = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
+            "input_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "clahe": False,
+            "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
+            "seed": 0, "format_version": model_lib.FORMAT_VERSION}
+    model_path = model_lib.save_checkpoint(tmp_path / "models" / "v" / "model.pt", net, meta)
+    explain_metrics = tmp_path / "metrics" / "v" / "explain" / "metrics.json"
+    assert infer.default_gradcam_layer(model_path) is None  # explain has not run: automatic layer
+    explain_metrics.parent.mkdir(parents=True)
+    explain_metrics.write_text(json.dumps({"target_layer": "blocks.3"}), encoding="utf-8")
+    assert infer.default_gradcam_layer(model_path) == "blocks.3"
+    used = []
+    real = infer.compute_heatmaps
+    monkeypatch.setattr(infer, "compute_heatmaps", lambda *a, **k: used.append(k["target_layer"]) or real(*a, **k))
+    save_image(tmp_path / "img.png")
+    infer.run_inference([tmp_path / "img.png"], model_path=model_path, gradcam_dir=tmp_path / "cams")
+    assert used == ["blocks.3"]
+    explain_metrics.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"metrics.json: not a valid explain metrics file"):
+        infer.default_gradcam_layer(model_path)
 
 
 # --- real data --------------------------------------------------------------------------------------------

@@ -183,6 +183,23 @@ def read_gray(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     return decode_gray(path)
 
 
+def default_gradcam_layer(model_path: str | os.PathLike) -> str | None:
+    """The Grad-CAM layer the explain stage used for this model (chosen on validation), if it has run.
+
+    Read from ``<root>/metrics/<variant>/explain/metrics.json``; None (the automatic last conv/norm layer)
+    when that file is absent or belongs to a model with other layers.
+    """
+    model_path = Path(model_path)
+    path = model_path.parent.parent.parent / "metrics" / model_path.parent.name / "explain" / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        layer = json.loads(path.read_text(encoding="utf-8")).get("target_layer")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a valid explain metrics file ({err}); re-run the explain stage.") from err
+    return layer if isinstance(layer, str) else None
+
+
 def default_operating_point_path(model_path: str | os.PathLike) -> Path:
     """``<root>/metrics/<variant>/eval/operating_point.json`` for ``<root>/models/<variant>/model.pt``."""
     model_path = Path(model_path)
@@ -255,6 +272,10 @@ def run_inference(
     class_names = [str(c) for c in meta["class_names"]]
     op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
     gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
+    gradcam_layer = default_gradcam_layer(model_path) if gradcam_dir is not None else None
+    if gradcam_layer is not None:
+        layer_names = {name for name, _ in model.named_modules()}
+        gradcam_layer = gradcam_layer if gradcam_layer in layer_names else None
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
     with progress:
@@ -263,6 +284,7 @@ def run_inference(
                 _predict_chunk(
                     chunk, model=model, meta=meta, op=op, class_names=class_names, max_pixels=max_pixels,
                     gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
+                    gradcam_layer=gradcam_layer,
                 )
             )
             progress.update(len(chunk))
@@ -365,6 +387,7 @@ def _predict_chunk(
     max_pixels: int | None,
     gradcam_dir: Path | None,
     gradcam_names: dict[Path, str],
+    gradcam_layer: str | None = None,
 ) -> list[Prediction]:
     """Decode, preprocess and score one batch; each unreadable file becomes an error row."""
     outcome: dict[Path, Prediction] = {}
@@ -402,7 +425,7 @@ def _predict_chunk(
             cam_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
             heatmaps = compute_heatmaps(
                 cam_model, boxed, targets, transform=eval_transform(meta), method="gradcam", batch_size=len(good),
-                progress=False,
+                target_layer=gradcam_layer, progress=False,
             )  # (B, S, S) in [0, 1]
             for path, heat in zip(good, heatmaps):
                 p = outcome[path]
