@@ -97,6 +97,29 @@ def test_evaluation_is_deterministic_and_cluster_mode_is_recorded():
     assert _evaluate(cluster=True).metrics["bootstrap"]["cluster"] is True
 
 
+def test_a_test_set_without_normal_images_is_scored_over_the_classes_present(tmp_path):
+    # The centre holdout on BTXRD may hold tumours only: macro metrics must stay defined, files valid JSON.
+    from assurexray.evaluation import write_evaluation
+
+    y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([1, 2], 30)
+    ev = evaluate_logits(
+        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
+        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=100, cluster=False, ci_level=0.95, bins=10,
+        target_sensitivity=0.9, seed=0, model_sha256="abc",
+    )
+    headline = ev.metrics["headline"]
+    assert all(headline[m]["value"] is not None for m in HEADLINE_METRICS)
+    assert ev.metrics["per_class"]["Normal"]["auc"]["value"] is None
+    assert ev.metrics["per_class"]["Normal"]["support"] == 0
+    present = [ev.metrics["per_class"][c]["auc"]["value"] for c in ("Benign", "Malignant")]
+    assert headline["macro_auc"]["value"] == pytest.approx(np.mean(present))
+    write_evaluation(ev, out_dir=tmp_path / "eval", figures_dir=tmp_path / "plots")
+    for name in ("metrics.json", "roc.json", "pr.json", "confusion.json", "operating_point.json"):
+        text = (tmp_path / "eval" / name).read_text()
+        json.loads(text)
+        assert "NaN" not in text and "Infinity" not in text, name  # DVC reads strict JSON
+
+
 def test_label_names_disagreeing_with_the_class_order_are_rejected():
     y = np.repeat([0, 1, 2], 4)
     frame = _frame(y)

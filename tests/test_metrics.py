@@ -209,3 +209,19 @@ def test_percentile_ci_ignores_nan_replicates():
 def test_bad_inputs_raise_a_message_naming_the_fix(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_macro_averages_run_over_the_classes_present_when_a_class_is_absent_from_the_test_set():
+    # Centre-holdout test sets can lack a class (no Normal image outside centre 1 in BTXRD).
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    y = np.array([1, 1, 2, 2, 1, 2])
+    probs = np.array([[0.1, 0.7, 0.2], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4],
+                      [0.1, 0.2, 0.7], [0.2, 0.6, 0.2]])
+    suite = point_metrics(y, probs)
+    auc = [roc_auc_score(y == c, probs[:, c]) for c in (1, 2)]
+    ap = [average_precision_score(y == c, probs[:, c]) for c in (1, 2)]
+    assert np.isnan(suite["auc"][0]) and suite["support"][0] == 0
+    assert suite["macro_auc"] == pytest.approx(np.mean(auc))
+    assert suite["macro_ap"] == pytest.approx(np.mean(ap))
+    assert suite["macro_f1"] == pytest.approx(f1_score(y, probs.argmax(1), labels=[1, 2], average="macro"))

@@ -164,9 +164,28 @@ def test_a_class_too_rare_for_every_partition_fails_naming_partition_and_class()
         _split(index, "stratified")
 
 
-def test_center_fails_when_the_test_centres_lack_a_class():
+def test_center_fails_when_the_test_centres_lack_a_class_and_the_policy_is_error():
     index = _index([g for g in BACKBONE if not (g[0] == ("Benign",) and g[1] != 1)])
     with pytest.raises(ValueError, match=r"partition 'test' has no image of class\(es\) \['Benign'\]"):
+        _split(index, "center", train_centers=[1], missing_test_classes="error")
+
+
+def test_center_by_default_allows_test_centres_without_a_class_and_records_it(caplog):
+    # BTXRD: the Normal images seem to come from centre 1 only, so unseen centres may hold tumours alone.
+    index = _index([g for g in BACKBONE if not (g[0] == ("Benign",) and g[1] != 1)])
+    parts = _split(index, "center", train_centers=[1])
+    summary = split_summary(parts, CLASSES)
+    assert summary["missing_classes"] == {"train": [], "val": [], "test": ["Benign"]}
+    assert summary["counts"]["test"]["Benign"] == 0 and summary["n_images"]["test"] > 0
+    assert "test has no image of class(es) ['Benign']" in caplog.text
+    with pytest.raises(ValueError, match=r"split.missing_test_classes: expected one of \['error', 'allow'\], "
+                                         r"got 'ignore'"):
+        _split(index, "center", train_centers=[1], missing_test_classes="ignore")
+
+
+def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
+    index = _index([g for g in BACKBONE if g[0] != ("Malignant",)] + [(("Malignant",), 2, 3)])
+    with pytest.raises(ValueError, match=r"partition '(train|val)' has no image of class\(es\) \['Malignant'\]"):
         _split(index, "center", train_centers=[1])
 
 
@@ -175,7 +194,7 @@ def test_center_fails_when_the_test_centres_lack_a_class():
     [
         ("random", {}, r"unknown strategy 'random'; valid strategies are \['center', 'published', 'stratified'\]"),
         ("center", {"test_fraction": 0.2}, r"unknown key\(s\) \['test_fraction'\]; valid keys are "
-                                           r"\['train_centers', 'val_fraction'\]"),
+                                           r"\['missing_test_classes', 'train_centers', 'val_fraction'\]"),
         ("stratified", {"val_fraction": 1.5}, r"split\.val_fraction: expected a number in \[0, 1\), got 1\.5"),
         ("stratified", {"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction \(1\.0\) < 1"),
         ("center", {"train_centers": [9]}, r"train_centers: \[9\] names centre\(s\) \[9\] absent.*present: "

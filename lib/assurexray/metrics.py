@@ -119,9 +119,12 @@ def weighted_suite(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -
     out["accuracy"] = _ratio(tp.sum(axis=1), total[:, 0])
     present = row > 0  # balanced accuracy averages recall over the classes present, as sklearn does
     out["balanced_accuracy"] = _ratio(np.where(present, out["sensitivity"], 0.0).sum(axis=1), present.sum(axis=1))
-    out["macro_f1"] = out["f1"].mean(axis=1)
-    out["macro_auc"] = auc.mean(axis=1)
-    out["macro_ap"] = ap.mean(axis=1)
+    # Macro averages run over the classes present in the evaluated set: a centre-holdout test set may lack a
+    # class altogether (BTXRD's Normal images come from one centre), and its undefined AUC must not void the rest.
+    seen = np.bincount(y, minlength=k) > 0
+    out["macro_f1"] = out["f1"][:, seen].mean(axis=1)
+    out["macro_auc"] = auc[:, seen].mean(axis=1)
+    out["macro_ap"] = ap[:, seen].mean(axis=1)
     return out
 
 

@@ -76,9 +76,13 @@ def split_index(
     spec = STRATEGIES[strategy]
     check_keys(options, spec.defaults, where=f"split (strategy {strategy!r})")
     resolved = {key: default if options.get(key) is None else options[key] for key, default in spec.defaults.items()}
+    policy = resolved.pop("missing_test_classes")
+    if policy not in MISSING_TEST_CLASS_POLICIES:
+        raise ValueError(f"split.missing_test_classes: expected one of {list(MISSING_TEST_CLASS_POLICIES)}, "
+                         f"got {policy!r}.")
     frame = _checked_index(index, class_names).reset_index(drop=True)  # a unique index for the strategies
     parts = spec.func(frame, seed=seed, class_names=tuple(class_names), **resolved).set_axis(index.index)
-    _check_every_class_everywhere(parts, class_names, strategy=strategy)
+    _check_every_class_everywhere(parts, class_names, strategy=strategy, allow_missing_in_test=policy == "allow")
     return parts
 
 
@@ -109,6 +113,7 @@ def split_summary(parts: pd.DataFrame, class_names: Sequence[str]) -> dict[str, 
         "groups_moved": int(moved["group"].nunique()),
         "images_moved": len(moved),
         "groups_straddling": int((straddling > 1).sum()),
+        "missing_classes": {name: [c for c in class_names if counts[name][c] == 0] for name in PARTITIONS},
     }
 
 
@@ -198,10 +203,18 @@ def _published(
     return parts
 
 
+#: What to do when a class has no image in test: ``error``, or ``allow`` (logged, recorded in split.json).
+#: Train and validation always need every class (training, early stopping and the operating point do).
+MISSING_TEST_CLASS_POLICIES = ("error", "allow")
+
+# The centre holdout allows it by default: in BTXRD the Normal images appear to come from centre 1 only (all
+# 10 Normal images of the 30-image excerpt are), so an unseen-centre test set may hold tumours alone; its
+# metrics are then computed over the classes present (macro averages included).
 STRATEGIES: dict[str, _Strategy] = {
-    "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15}),
-    "center": _Strategy(_center, {"train_centers": [1], "val_fraction": 0.15}),
-    "published": _Strategy(_published, {"list_file": None, "unlisted": "test"}),
+    "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15,
+                                          "missing_test_classes": "error"}),
+    "center": _Strategy(_center, {"train_centers": [1], "val_fraction": 0.15, "missing_test_classes": "allow"}),
+    "published": _Strategy(_published, {"list_file": None, "unlisted": "test", "missing_test_classes": "error"}),
 }
 
 
@@ -321,11 +334,17 @@ def _read_listing(path: Path) -> pd.Series:
     return table.drop_duplicates("stem").set_index("stem")["partition"]
 
 
-def _check_every_class_everywhere(parts: pd.DataFrame, class_names: Sequence[str], *, strategy: str) -> None:
+def _check_every_class_everywhere(
+    parts: pd.DataFrame, class_names: Sequence[str], *, strategy: str, allow_missing_in_test: bool = False
+) -> None:
     present = parts.groupby("partition")["label"].unique()
     for name in PARTITIONS:
         labels = set(present.get(name, []))
         missing = [c for c in class_names if c not in labels]
+        if missing and name == "test" and allow_missing_in_test and labels:
+            logger.warning("split (%s): test has no image of class(es) %s; its metrics cover the classes present "
+                           "(missing_test_classes: allow)", strategy, missing)
+            continue
         if missing:
             n_class = {c: int((parts["label"] == c).sum()) for c in missing}
             raise ValueError(
