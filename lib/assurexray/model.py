@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -102,8 +103,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     net = model.module if hasattr(model, "module") else model  # unwrap DistributedDataParallel
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     path = Path(path)
+    # Serialised in memory first: torch.save names the archive's inner folder after the file it writes, and the
+    # temp file's random name would make identical weights hash differently (DVC would see a new model).
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "meta": json.loads(json.dumps(meta))}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": json.loads(json.dumps(meta))}, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return path
 
 
