@@ -183,6 +183,14 @@ def test_center_by_default_allows_test_centres_without_a_class_and_records_it(ca
         _split(index, "center", train_centers=[1], missing_test_classes="ignore")
 
 
+def test_keys_of_another_strategy_are_ignored_with_a_warning(caplog):
+    # Switching `split.stratified.strategy` to center with -S must not require deleting test_fraction.
+    index = _index(BACKBONE)
+    parts = _split(index, "center", train_centers=[1], test_fraction=0.3)
+    assert "key(s) ['test_fraction'] do not apply to strategy 'center'; ignored" in caplog.text
+    assert set(parts.loc[parts["partition"] == "test", "center"]) == {2, 3}
+
+
 def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
     index = _index([g for g in BACKBONE if g[0] != ("Malignant",)] + [(("Malignant",), 2, 3)])
     with pytest.raises(ValueError, match=r"partition '(train|val)' has no image of class\(es\) \['Malignant'\]"):
@@ -193,8 +201,9 @@ def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
     ("strategy", "options", "match"),
     [
         ("random", {}, r"unknown strategy 'random'; valid strategies are \['center', 'published', 'stratified'\]"),
-        ("center", {"test_fraction": 0.2}, r"unknown key\(s\) \['test_fraction'\]; valid keys are "
-                                           r"\['missing_test_classes', 'train_centers', 'val_fraction'\]"),
+        ("center", {"val_fractoin": 0.2}, r"unknown key\(s\) \['val_fractoin'\]; valid keys are "
+                                          r"\['list_file', 'missing_test_classes', 'test_fraction', 'train_centers', "
+                                          r"'unlisted', 'val_fraction'\]"),
         ("stratified", {"val_fraction": 1.5}, r"split\.val_fraction: expected a number in \[0, 1\), got 1\.5"),
         ("stratified", {"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction \(1\.0\) < 1"),
         ("center", {"train_centers": [9]}, r"train_centers: \[9\] names centre\(s\) \[9\] absent.*present: "

@@ -74,7 +74,14 @@ def split_index(
     if strategy not in STRATEGIES:
         raise ValueError(f"split.strategy: unknown strategy {strategy!r}; valid strategies are {sorted(STRATEGIES)}.")
     spec = STRATEGIES[strategy]
-    check_keys(options, spec.defaults, where=f"split (strategy {strategy!r})")
+    # A key of another strategy is ignored (with a warning), so `-S split.stratified.strategy=published` works
+    # without deleting val_fraction; a key no strategy knows is a typo and fails.
+    known = set().union(*(s.defaults for s in STRATEGIES.values()))
+    check_keys(options, known, where=f"split (strategy {strategy!r})")
+    ignored = sorted(set(options) - set(spec.defaults))
+    if ignored:
+        logger.warning("split: key(s) %s do not apply to strategy %r; ignored", ignored, strategy)
+    options = {key: value for key, value in options.items() if key in spec.defaults}
     resolved = {key: default if options.get(key) is None else options[key] for key, default in spec.defaults.items()}
     policy = resolved.pop("missing_test_classes")
     if policy not in MISSING_TEST_CLASS_POLICIES:
