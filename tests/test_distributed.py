@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -10,15 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
+from test_training import CLASSES, _prepared_dirs
 
 from assurexray.model import load_checkpoint
-
-CLASSES = ["Normal", "Benign", "Malignant"]
-S, N = 32, 24
 
 
 def _free_port() -> int:
@@ -27,30 +22,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _tiny_prepared(root: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    labels = np.arange(N) % 3
-    images = rng.integers(0, 60, (N, S, S), dtype=np.uint8)
-    images[:, 8:24, 8:24] += (80 * labels).astype(np.uint8)[:, None, None]
-    index = pd.DataFrame({"row": np.arange(N), "image_id": [f"IMG{i:06d}.jpeg" for i in range(N)],
-                          "label": [CLASSES[k] for k in labels], "label_idx": labels})
-    prepared, split = root / "prepared", root / "split"
-    prepared.mkdir()
-    split.mkdir()
-    np.save(prepared / "images.npy", images)
-    np.save(prepared / "masks.npy", np.zeros_like(images))
-    index.to_csv(prepared / "index.csv", index=False)
-    (prepared / "meta.json").write_text(json.dumps({"size": S, "class_names": CLASSES, "n_images": N}))
-    index.iloc[:15].to_csv(split / "train.csv", index=False)
-    index.iloc[15:].to_csv(split / "val.csv", index=False)
-    return prepared, split
-
-
 def test_train_stage_under_torchrun_with_two_processes_writes_one_loadable_checkpoint(tmp_path, repo_root):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists() and shutil.which("torchrun") is None:
         pytest.skip("torchrun is not installed beside this python")
-    prepared, split = _tiny_prepared(tmp_path)
+    prepared, split = _prepared_dirs(tmp_path)  # the tiny fake cache of the training tests
     params = yaml.safe_load((repo_root / "params.yaml").read_text(encoding="utf-8"))
     params["model"].update(backbone="test_efficientnet", pretrained="none")
     params["train"].update(epochs=2, batch_size=4)

@@ -34,6 +34,10 @@ COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "mali
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("repo") / "models" / "tiny" / "model.pt")
+
+
+def tiny_checkpoint(path: Path) -> Path:
     """A tiny random timm model (32 px input) saved with the project's checkpoint contract."""
     torch.manual_seed(0)
     net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
@@ -43,8 +47,7 @@ def model_path(tmp_path_factory) -> Path:
         "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
         "seed": 0, "format_version": model_lib.FORMAT_VERSION,
     }
-    root = tmp_path_factory.mktemp("repo")
-    return model_lib.save_checkpoint(root / "models" / "tiny" / "model.pt", net, meta)
+    return model_lib.save_checkpoint(path, net, meta)
 
 
 def write_op(path: Path, model_path: Path, *, temperature=1.0, threshold=0.5, sha: str | None = None) -> Path:
@@ -374,13 +377,7 @@ def test_gradcam_writes_one_overlay_per_image_with_the_disclaimer_banner_and_uni
 
 
 def test_gradcam_uses_the_layer_the_explain_stage_chose_for_this_model(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
-    meta = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
-            "input_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "clahe": False,
-            "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
-            "seed": 0, "format_version": model_lib.FORMAT_VERSION}
-    model_path = model_lib.save_checkpoint(tmp_path / "models" / "v" / "model.pt", net, meta)
+    model_path = tiny_checkpoint(tmp_path / "models" / "v" / "model.pt")
     explain_metrics = tmp_path / "metrics" / "v" / "explain" / "metrics.json"
     assert infer.default_gradcam_layer(model_path) is None  # explain has not run: automatic layer
     explain_metrics.parent.mkdir(parents=True)
