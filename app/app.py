@@ -18,8 +18,8 @@ from assurexray import DISCLAIMER, webapp
 
 PAGES = ("Try a radiograph", "Results")
 PRIVACY_NOTE = (
-    "Privacy: nothing you upload is kept. A file is decoded in a private temporary folder, classified and "
-    "deleted at once; no names, images or results are logged or sent anywhere."
+    "Privacy: nothing you upload is kept. A file is decoded and classified in memory, never written to disk; "
+    "no names, images or results are logged or sent anywhere."
 )
 
 

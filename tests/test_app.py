@@ -223,14 +223,27 @@ def test_bad_uploads_are_refused_with_a_message_naming_the_file(name, data, opti
         webapp.decode_upload(name, data, **options)
 
 
-def test_uploads_decode_like_files_including_dicom_and_leave_no_file_behind(tmp_path):
-    scratch = Path(webapp._scratch_root() or tempfile.gettempdir())
-    before = set(scratch.glob("assurexray-upload-*"))
+def _refuse_file_writes(patch: pytest.MonkeyPatch) -> None:
+    """Make any temp-file creation or file write fail: uploads must stay in memory."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the app tried to write a file while handling an upload")
+
+    for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryDirectory", "SpooledTemporaryFile"):
+        patch.setattr(tempfile, name, refuse)
+    patch.setattr(Path, "write_bytes", refuse)
+    patch.setattr(Path, "write_text", refuse)
+    patch.setattr(Image.Image, "save", refuse)
+
+
+def test_uploads_decode_like_files_including_dicom_without_writing_any_file(monkeypatch):
     stored = np.arange(48 * 40).reshape(40, 48) % 4096
-    gray = webapp.decode_upload("chest.dcm", dicom_bytes(stored))
+    dicom, jpeg = dicom_bytes(stored), jpeg_bytes()
+    with monkeypatch.context() as patch:
+        _refuse_file_writes(patch)
+        gray = webapp.decode_upload("chest.dcm", dicom)
+        ramp = webapp.decode_upload("ramp.png", jpeg)
     assert gray.shape == (40, 48) and gray.dtype == np.uint8 and (gray.min(), gray.max()) == (0, 255)
-    assert webapp.decode_upload("ramp.png", jpeg_bytes()).shape == (48, 64)
-    assert set(scratch.glob("assurexray-upload-*")) == before
+    assert ramp.shape == (48, 64)
 
 
 def test_a_sample_prediction_matches_assurexray_infer(layout, project):
@@ -245,14 +258,15 @@ def test_a_sample_prediction_matches_assurexray_infer(layout, project):
     assert got.gray.shape == (48, 64) and got.overlay.ndim == 3 and got.overlay.shape[2] == 3
 
 
-def test_an_upload_gets_the_same_prediction_as_the_file_on_disk_and_leaves_nothing_behind(layout):
-    scratch = Path(webapp._scratch_root() or tempfile.gettempdir())
-    before = set(scratch.glob("assurexray-*"))
+def test_an_upload_gets_the_same_prediction_as_the_file_on_disk_without_writing_any_file(layout, monkeypatch):
     sample = webapp.sample_images(layout)[0]
     from_file = webapp.predict_file(sample, layout=layout, variant="center")
-    from_upload = webapp.predict_upload("mine.jpeg", sample.read_bytes(), layout=layout, variant="center")
+    data = sample.read_bytes()
+    with monkeypatch.context() as patch:
+        _refuse_file_writes(patch)
+        from_upload = webapp.predict_upload("mine.jpeg", data, layout=layout, variant="center")
     assert from_upload.probs == from_file.probs and from_upload.name == "mine.jpeg"
-    assert set(scratch.glob("assurexray-*")) == before
+    assert np.array_equal(from_upload.overlay, from_file.overlay)
 
 
 def test_predicting_a_bad_upload_names_it(layout):

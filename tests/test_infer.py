@@ -404,3 +404,26 @@ def test_every_btxrd_mini_original_is_classified(model_path, btxrd_mini, tmp_pat
     assert code == 0
     assert len(rows) == 30 and all(r["error"] is None for r in rows)
     assert all(sum(r[f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0) for r in rows)
+
+
+def test_in_memory_files_decode_exactly_like_the_same_files_on_disk(tmp_path):
+    png = save_image(tmp_path / "ramp.png")
+    dcm = save_dicom(tmp_path / "scan.dcm", (np.arange(32 * 24).reshape(24, 32) * 5) % 4096)
+    for path in (png, dcm):
+        from_bytes = infer.read_gray_bytes(path.read_bytes(), name=path.name)
+        assert np.array_equal(from_bytes, read_gray(path)), path.name
+    bomb = huge_png_header(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(ValueError, match=r"upload\.png: image too large"):
+        infer.read_gray_bytes(bomb.read_bytes(), name="upload.png")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a readable image"):
+        infer.read_gray_bytes(b"plain text", name="notes.txt")
+
+
+def test_predict_images_scores_arrays_like_run_inference_scores_files(model_path, tmp_path):
+    path = save_image(tmp_path / "img.png")
+    from_files = run_inference([path], model_path=model_path).predictions[0]
+    result, overlays = infer.predict_images({"img": read_gray(path)}, model_path=model_path, gradcam=True)
+    assert result.predictions[0].probs == pytest.approx(from_files.probs, abs=1e-12)
+    assert overlays["img"].ndim == 3 and overlays["img"].shape[2] == 3 and overlays["img"].dtype == np.uint8
+    with pytest.raises(ValueError, match=r"predict_images: no image given"):
+        infer.predict_images({}, model_path=model_path)

@@ -8,6 +8,7 @@ radiologist sees, which is what the model was trained on (8-bit exports of radio
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-__all__ = ["DICOM_SUFFIXES", "is_dicom", "read_dicom_gray", "dicom_to_gray"]
+__all__ = ["DICOM_SUFFIXES", "is_dicom", "read_dicom_gray", "read_dicom_bytes", "dicom_to_gray"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +45,32 @@ def read_dicom_gray(path: str | os.PathLike, *, max_pixels: int | None = None) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found.")
+    # Without the preamble pydicom needs force=True; files named .dcm often lack it.
+    return _read(path, label=path, force=not _has_magic(path), max_pixels=max_pixels)
+
+
+def read_dicom_bytes(data: bytes, *, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an in-memory DICOM file (an upload) like :func:`read_dicom_gray`; errors name ``name``."""
+    force = data[_PREAMBLE_BYTES:_PREAMBLE_BYTES + len(_MAGIC)] != _MAGIC
+    return _read(io.BytesIO(data), label=name, force=force, max_pixels=max_pixels)
+
+
+def _read(source: Path | io.BytesIO, *, label: Path | str, force: bool, max_pixels: int | None) -> np.ndarray:
     try:
-        # Without the preamble pydicom needs force=True; files named .dcm often lack it.
-        ds = pydicom.dcmread(path, force=not _has_magic(path))
+        ds = pydicom.dcmread(source, force=force)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err}).") from err
-    _check_image_object(ds, path=path, max_pixels=max_pixels)
+        raise ValueError(f"{label}: not a readable DICOM file ({type(err).__name__}: {err}).") from err
+    _check_image_object(ds, path=label, max_pixels=max_pixels)
     try:
         pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError, TypeError) as err:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", syntax)
         raise ValueError(
-            f"{path}: cannot decode the DICOM pixel data (transfer syntax {syntax_name!r}): {err}. "
+            f"{label}: cannot decode the DICOM pixel data (transfer syntax {syntax_name!r}): {err}. "
             "Export the image uncompressed or install the matching pydicom pixel-data plugin."
         ) from err
-    return dicom_to_gray(ds, pixels, name=str(path))
+    return dicom_to_gray(ds, pixels, name=str(label))
 
 
 def dicom_to_gray(ds: Dataset, pixels: np.ndarray, *, name: str = "<dataset>") -> np.ndarray:
@@ -99,7 +110,7 @@ def dicom_to_gray(ds: Dataset, pixels: np.ndarray, *, name: str = "<dataset>") -
     return gray
 
 
-def _check_image_object(ds: Dataset, *, path: Path, max_pixels: int | None) -> None:
+def _check_image_object(ds: Dataset, *, path: Path | str, max_pixels: int | None) -> None:
     """Refuse objects that are not one decodable 2-D image, each with a message naming the file."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = ds.get("SOPClassUID", None)

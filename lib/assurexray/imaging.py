@@ -7,6 +7,7 @@ the radiograph where they were computed.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -22,6 +23,7 @@ __all__ = [
     "Letterbox",
     "decode_gray",
     "decode_gray_with_mode",
+    "decode_gray_bytes",
     "decode_gray_array",
     "letterbox_geometry",
     "letterbox",
@@ -61,21 +63,30 @@ def decode_gray_with_mode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found.")
+    return _decode_pil(path, label=str(path))
+
+
+def decode_gray_bytes(data: bytes, *, name: str) -> np.ndarray:
+    """Decode an in-memory image file (an upload) like :func:`decode_gray`; errors name ``name``."""
+    return _decode_pil(io.BytesIO(data), label=name)[0]
+
+
+def _decode_pil(source: Path | io.BytesIO, *, label: str) -> tuple[np.ndarray, str]:
     try:
         with warnings.catch_warnings():
             # Above MAX_IMAGE_PIXELS PIL only warns; a radiograph that large is treated as a bomb too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 mode = im.mode
                 im = ImageOps.exif_transpose(im)
                 gray = _pil_to_gray(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(
-            f"{path}: image too large to decode safely ({err}). Downscale the file or raise "
+            f"{label}: image too large to decode safely ({err}). Downscale the file or raise "
             "PIL.Image.MAX_IMAGE_PIXELS if it is trusted."
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it.") from err
+        raise ValueError(f"{label}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it.") from err
     return gray, mode
 
 

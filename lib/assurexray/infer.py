@@ -30,9 +30,9 @@ from tqdm import tqdm
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_path, write_text
 from assurexray.calibration import apply_temperature
-from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_gray
+from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes, read_dicom_gray
 from assurexray.explain import compute_heatmaps
-from assurexray.imaging import decode_gray, letterbox, letterbox_geometry
+from assurexray.imaging import decode_gray, decode_gray_bytes, letterbox, letterbox_geometry
 from assurexray.model import file_sha256, load_checkpoint
 from assurexray.transforms import eval_transform, prepare_image
 
@@ -45,6 +45,9 @@ __all__ = [
     "Prediction",
     "InferenceResult",
     "collect_inputs",
+    "read_gray_bytes",
+    "predict_images",
+    "render_overlay",
     "read_gray",
     "default_operating_point_path",
     "load_operating_point",
@@ -183,6 +186,53 @@ def read_gray(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     return decode_gray(path)
 
 
+def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an in-memory file (an upload) exactly as :func:`read_gray` decodes one on disk; nothing is written.
+
+    DICOM is recognised by the ``name``'s suffix or the "DICM" marker. Errors name ``name``.
+    """
+    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
+        return read_dicom_bytes(data, name=name, max_pixels=max_pixels)
+    if max_pixels is not None:
+        width, height = _image_size(io.BytesIO(data), label=name)
+        if width * height > max_pixels:
+            raise ValueError(
+                f"{name}: image too large: {width}x{height} = {width * height} pixels exceeds "
+                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
+            )
+    return decode_gray_bytes(data, name=name)
+
+
+def predict_images(
+    images: dict[str, np.ndarray],
+    *,
+    model_path: str | os.PathLike = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    gradcam: bool = False,
+) -> tuple[InferenceResult, dict[str, np.ndarray]]:
+    """Score decoded uint8 (H, W) images held in memory (the web demo); optionally their overlays (RGB arrays).
+
+    Same model, preprocessing, temperature, operating point and Grad-CAM layer as :func:`run_inference`.
+    """
+    if not images:
+        raise ValueError("predict_images: no image given.")
+    model_path = Path(model_path)
+    model, meta = load_checkpoint(model_path, device=_resolve_device(device))
+    sha = file_sha256(model_path)
+    class_names = [str(c) for c in meta["class_names"]]
+    op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
+    layer = _gradcam_layer_for(model, model_path) if gradcam else None
+    scored, heatmaps = _score(dict(images), model=model, meta=meta, op=op, class_names=class_names,
+                              gradcam=gradcam, gradcam_layer=layer)
+    overlays = {key: render_overlay(images[key], heat,
+                                    caption=f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})")
+                for key, heat in heatmaps.items()}
+    result = InferenceResult(predictions=[scored[k] for k in images], class_names=class_names, operating_point=op,
+                             model_sha256=sha, gradcam_paths={})
+    return result, overlays
+
+
 def default_gradcam_layer(model_path: str | os.PathLike) -> str | None:
     """The Grad-CAM layer the explain stage used for this model (chosen on validation), if it has run.
 
@@ -272,10 +322,7 @@ def run_inference(
     class_names = [str(c) for c in meta["class_names"]]
     op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
     gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
-    gradcam_layer = default_gradcam_layer(model_path) if gradcam_dir is not None else None
-    if gradcam_layer is not None:
-        layer_names = {name for name, _ in model.named_modules()}
-        gradcam_layer = gradcam_layer if gradcam_layer in layer_names else None
+    gradcam_layer = _gradcam_layer_for(model, model_path) if gradcam_dir is not None else None
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
     with progress:
@@ -401,42 +448,61 @@ def _predict_chunk(
             outcome[path] = Prediction(str(path), error=message)
     good = list(grays)
     if good:
-        device = next(model.parameters()).device
-        batch = torch.stack([prepare_image(grays[p], meta) for p in good]).to(device)  # (B, 3, S, S)
-        with torch.inference_mode():
-            logits = model(batch).float().cpu().numpy()  # (B, K)
-        probs = apply_temperature(logits, op.temperature)
-        malignant = class_names.index(MALIGNANT) if MALIGNANT in class_names else None
-        for path, row in zip(good, probs):
-            flag = None
-            if op.malignant_threshold is not None and malignant is not None:
-                flag = int(row[malignant] >= op.malignant_threshold)
-            outcome[path] = Prediction(
-                str(path),
-                probs={name: float(v) for name, v in zip(class_names, row)},
-                pred=class_names[int(np.argmax(row))],
-                malignant_flag=flag,
-            )
-        if gradcam_dir is not None:
-            size = int(meta["input_size"])
-            boxed = np.stack([letterbox(grays[p], size)[0] for p in good])  # (B, S, S) uint8
-            targets = [int(np.argmax(row)) for row in probs]  # explain the predicted class
-            # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
-            cam_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
-            heatmaps = compute_heatmaps(
-                cam_model, boxed, targets, transform=eval_transform(meta), method="gradcam", batch_size=len(good),
-                target_layer=gradcam_layer, progress=False,
-            )  # (B, S, S) in [0, 1]
-            for path, heat in zip(good, heatmaps):
-                p = outcome[path]
-                caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
-                _write_overlay(gradcam_dir / gradcam_names[path], grays[path], heat, caption=caption)
+        scored, heatmaps = _score(grays, model=model, meta=meta, op=op, class_names=class_names,
+                                  gradcam=gradcam_dir is not None, gradcam_layer=gradcam_layer)
+        outcome.update(scored)
+        for path, heat in heatmaps.items():
+            p = outcome[path]
+            caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
+            _write_overlay(gradcam_dir / gradcam_names[path], grays[path], heat, caption=caption)
     return [outcome[p] for p in files]
 
 
+def _score(
+    grays: dict[Any, np.ndarray], *, model: torch.nn.Module, meta: dict, op: OperatingPoint, class_names: list[str],
+    gradcam: bool, gradcam_layer: str | None,
+) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray]]:
+    """Predictions (and, with ``gradcam``, (S, S) heatmaps of the predicted class) for decoded images."""
+    keys = list(grays)
+    device = next(model.parameters()).device
+    batch = torch.stack([prepare_image(grays[k], meta) for k in keys]).to(device)  # (B, 3, S, S)
+    with torch.inference_mode():
+        logits = model(batch).float().cpu().numpy()  # (B, K)
+    probs = apply_temperature(logits, op.temperature)
+    malignant = class_names.index(MALIGNANT) if MALIGNANT in class_names else None
+    outcome: dict[Any, Prediction] = {}
+    for key, row in zip(keys, probs):
+        flag = None
+        if op.malignant_threshold is not None and malignant is not None:
+            flag = int(row[malignant] >= op.malignant_threshold)
+        outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(class_names, row)},
+                                  pred=class_names[int(np.argmax(row))], malignant_flag=flag)
+    if not gradcam:
+        return outcome, {}
+    size = int(meta["input_size"])
+    boxed = np.stack([letterbox(grays[k], size)[0] for k in keys])  # (B, S, S) uint8
+    targets = [int(np.argmax(row)) for row in probs]  # explain the predicted class
+    # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
+    cam_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+    heatmaps = compute_heatmaps(
+        cam_model, boxed, targets, transform=eval_transform(meta), method="gradcam", batch_size=len(keys),
+        target_layer=gradcam_layer, progress=False,
+    )  # (B, S, S) in [0, 1]
+    return outcome, dict(zip(keys, heatmaps))
+
+
 def _write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str) -> Path:
+    """Write :func:`render_overlay` as a PNG, atomically."""
+    canvas = Image.fromarray(render_overlay(gray, heat, caption=caption))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str) -> np.ndarray:
     """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a two-line banner:
-    the disclaimer, then ``caption``. The long side is scaled into [256, 1024] px so text stays legible."""
+    the disclaimer, then ``caption``. The long side is scaled into [256, 1024] px so text stays legible.
+    Returns uint8 RGB (H, W, 3)."""
     from matplotlib import colormaps
     from PIL import ImageDraw, ImageFont
 
@@ -464,9 +530,7 @@ def _write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: s
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((4, 2 + i * line_h), line, fill=(255, 255, 0), font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    return np.asarray(canvas)
 
 
 def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
@@ -478,6 +542,12 @@ def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
         seen[stem] = seen.get(stem, 0) + 1
         names[path] = f"{stem}_gradcam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_gradcam.png"
     return names
+
+
+def _gradcam_layer_for(model: torch.nn.Module, model_path: Path) -> str | None:
+    """The explain stage's layer for this model when the model has it, else None (automatic)."""
+    layer = default_gradcam_layer(model_path)
+    return layer if layer in {name for name, _ in model.named_modules()} else None
 
 
 def _resolve_operating_point(
@@ -528,16 +598,17 @@ def _suffix_hint() -> str:
     return ", ".join(IMAGE_SUFFIXES) + ", or DICOM by content"
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(source: Path | io.BytesIO, *, label: str | None = None) -> tuple[int, int]:
     """(width, height) from the header; unreadable files raise ``ValueError`` naming the file."""
+    label = str(source) if label is None else label
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             return im.size
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: image too large to decode safely ({err}).") from err
+        raise ValueError(f"{label}: image too large to decode safely ({err}).") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(
-            f"{path}: not a readable image ({type(err).__name__}: {err}); expected JPEG, PNG, TIFF, BMP or DICOM."
+            f"{label}: not a readable image ({type(err).__name__}: {err}); expected JPEG, PNG, TIFF, BMP or DICOM."
         ) from err
 
 

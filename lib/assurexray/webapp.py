@@ -1,13 +1,12 @@
 """Page logic of the Streamlit demo (``app/app.py``), kept free of Streamlit so it is tested directly.
 
-Prediction goes through the engine of ``assurexray infer`` (:func:`assurexray.infer.run_inference`): the same
-decoding (``read_gray``, DICOM via ``assurexray.dicom``), preprocessing (``transforms.prepare_image``),
+Prediction goes through the engine of ``assurexray infer`` (:func:`assurexray.infer.predict_images`): the same
+decoding (``read_gray_bytes``, DICOM via ``assurexray.dicom``), preprocessing (``transforms.prepare_image``),
 temperature, Malignant threshold and Grad-CAM overlay, so the page shows what the CLI would print. The
 results view only reads files the pipeline wrote (schemas in docs/ARCHITECTURE.md).
 
-Privacy: nothing about users is stored. An upload lives in memory; the library decodes files by path, so
-its bytes are written to a private temporary folder (RAM-backed ``/dev/shm`` where available) for the
-duration of one prediction and deleted right after. NOT FOR CLINICAL USE.
+Privacy: nothing about users is stored or written. An upload is decoded, classified and drawn in memory;
+no file is created. NOT FOR CLINICAL USE.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import json
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,19 +224,15 @@ def check_upload(name: str, data: bytes, *, max_mb: int = MAX_UPLOAD_MB) -> str:
 def decode_upload(
     name: str, data: bytes, *, max_pixels: int = MAX_PIXELS, max_mb: int = MAX_UPLOAD_MB
 ) -> np.ndarray:
-    """Decode uploaded bytes to uint8 (H, W) with ``assurexray.infer.read_gray`` (DICOM included).
+    """Decode uploaded bytes to uint8 (H, W) in memory with ``assurexray.infer.read_gray_bytes`` (DICOM included).
 
-    Raises ``ValueError`` naming the upload: not an image, corrupt, over ``max_mb`` or ``max_pixels``,
-    a decompression bomb, multi-frame DICOM.
+    Nothing is written to disk. Raises ``ValueError`` naming the upload: not an image, corrupt, over ``max_mb``
+    or ``max_pixels``, a decompression bomb, multi-frame DICOM.
     """
-    from assurexray.infer import read_gray  # torch-heavy; imported on first use so the results view is quick
+    from assurexray.infer import read_gray_bytes  # torch-heavy; imported on first use so the results view is quick
 
-    suffix = check_upload(name, data, max_mb=max_mb)
-    with _scratch_file(data, suffix) as path:
-        try:
-            return read_gray(path, max_pixels=max_pixels)
-        except ValueError as err:
-            raise ValueError(_renamed(str(err), path, name)) from err
+    check_upload(name, data, max_mb=max_mb)
+    return read_gray_bytes(data, name=repr(name), max_pixels=max_pixels)
 
 
 def predict_upload(
@@ -251,18 +244,19 @@ def predict_upload(
     max_pixels: int = MAX_PIXELS,
     max_mb: int = MAX_UPLOAD_MB,
 ) -> AppPrediction:
-    """Classify uploaded bytes with ``variant``'s model; ``ValueError`` naming the upload when it is bad."""
-    suffix = check_upload(name, data, max_mb=max_mb)
-    with _scratch_file(data, suffix) as path:
-        return _predict(path, name=name, layout=layout, variant=variant, max_pixels=max_pixels)
+    """Classify uploaded bytes with ``variant``'s model, in memory; ``ValueError`` naming the upload when it is bad."""
+    gray = decode_upload(name, data, max_pixels=max_pixels, max_mb=max_mb)
+    return _predict(gray, name=name, layout=layout, variant=variant)
 
 
 def predict_file(
     path: str | os.PathLike, *, layout: Layout, variant: str, max_pixels: int = MAX_PIXELS
 ) -> AppPrediction:
     """Classify an image file already on disk (a sample image) with ``variant``'s model."""
+    from assurexray.infer import read_gray  # torch-heavy; see decode_upload
+
     path = Path(path)
-    return _predict(path, name=path.name, layout=layout, variant=variant, max_pixels=max_pixels)
+    return _predict(read_gray(path, max_pixels=max_pixels), name=path.name, layout=layout, variant=variant)
 
 
 def decision_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
@@ -402,9 +396,9 @@ def gradcam_figures(results: Results, variant: str) -> list[Path]:
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def _predict(path: Path, *, name: str, layout: Layout, variant: str, max_pixels: int) -> AppPrediction:
-    """Decode ``path`` for display, then score it with ``run_inference`` (overlay into a scratch folder)."""
-    from assurexray.infer import read_gray, run_inference  # torch-heavy; see decode_upload
+def _predict(gray: np.ndarray, *, name: str, layout: Layout, variant: str) -> AppPrediction:
+    """Score a decoded radiograph with ``infer.predict_images`` (the CLI's engine), overlay included, in memory."""
+    from assurexray.infer import predict_images  # torch-heavy; see decode_upload
 
     if variant not in VARIANTS:
         raise ValueError(f"model variant {variant!r} is not one of {list(VARIANTS)}.")
@@ -412,51 +406,16 @@ def _predict(path: Path, *, name: str, layout: Layout, variant: str, max_pixels:
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model not found; run `{RESULTS_COMMAND}` to train it.")
     op_path = layout.operating_point(variant)
-    try:
-        gray = read_gray(path, max_pixels=max_pixels)
-    except ValueError as err:
-        raise ValueError(_renamed(str(err), path, name)) from err
-    with tempfile.TemporaryDirectory(prefix="assurexray-app-", dir=_scratch_root()) as scratch:
-        result = run_inference(
-            [path], model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
-            max_pixels=max_pixels, gradcam_dir=scratch, batch_size=1,
-        )
-        outcome = result.predictions[0]
-        if not outcome.ok:
-            raise ValueError(_renamed(str(outcome.error), path, name))
-        with Image.open(result.gradcam_paths[str(path)]) as im:
-            overlay = np.asarray(im.convert("RGB")).copy()  # read fully before the folder is deleted
-    op = result.operating_point
+    result, overlays = predict_images(
+        {name: gray}, model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
+        gradcam=True,
+    )
+    outcome, op = result.predictions[0], result.operating_point
     return AppPrediction(
         name=name, probs=dict(outcome.probs or {}), pred=str(outcome.pred), malignant_flag=outcome.malignant_flag,
         malignant_threshold=op.malignant_threshold, temperature=op.temperature, operating_point=op.source,
-        model_sha256=result.model_sha256, gray=gray, overlay=overlay,
+        model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
     )
-
-
-@contextmanager
-def _scratch_file(data: bytes, suffix: str) -> Iterator[Path]:
-    """The upload as a file for the library's path-based decoders, deleted when the block ends.
-
-    The name keeps only the suffix (DICOM is recognised by it), never the user's file name.
-    """
-    with tempfile.TemporaryDirectory(prefix="assurexray-upload-", dir=_scratch_root()) as folder:
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(data)
-        yield path
-
-
-def _scratch_root() -> str | None:
-    """``/dev/shm`` (RAM) where writable, so an upload never reaches a disk; else the system temp folder."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
-def _renamed(message: str, path: Path, name: str) -> str:
-    """A library message about the scratch ``path`` rewritten to name the upload instead."""
-    if str(path) not in message:
-        return f"{name!r}: {message}"
-    return message.replace(repr(str(path)), repr(name)).replace(str(path), repr(name))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
