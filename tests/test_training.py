@@ -218,3 +218,12 @@ def test_train_stage_writes_a_loadable_checkpoint_and_metrics(tmp_path, repo_roo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['epochz'\]"):
         stage.main(argv)
+
+
+def test_a_git_repository_without_a_commit_gets_a_message_saying_to_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match=r"no commit yet; run `git add -A && git commit -m 'pipeline'`"):
+        train_model(**_options(tmp_path, epochs=1))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from dvclive import Live
+from scmrepo.exceptions import SCMError
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
@@ -187,9 +188,7 @@ def train_model(
     # DVCLive writes into a temp dir that replaces live_dir only when training succeeds (atomic output).
     live_ctx = atomic_dir(live_dir) if rank == 0 and live_dir is not None else contextlib.nullcontext(None)
     with live_ctx as live_tmp:
-        live = None if live_tmp is None else Live(
-            dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None
-        )
+        live = None if live_tmp is None else _open_live(live_tmp)
         for epoch in range(1, epochs + 1):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
@@ -308,6 +307,21 @@ class _ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = np.ascontiguousarray(self.images[self.rows[i]])  # (S, S) uint8, copied out of the mmap
         return self.transform(image=image)["image"], int(self.labels[i])
+
+
+def _open_live(live_dir: str | os.PathLike) -> Live:
+    """DVCLive logger that leaves the hand-written dvc.yaml alone.
+
+    dvclive reads the git HEAD even with save_dvc_exp=False and fails with a bare "Empty git repo" in a
+    repository without a commit: say what to do instead.
+    """
+    try:
+        return Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    except SCMError as err:
+        raise RuntimeError(
+            f"DVCLive cannot log to {live_dir}: {err}. The project's git repository has no commit yet; run "
+            "`git add -A && git commit -m 'pipeline'` and repeat."
+        ) from err
 
 
 def _train_sampler(dataset: Dataset, *, world_size: int, rank: int, seed: int,
