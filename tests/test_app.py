@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from streamlit.testing.v1 import AppTest
+from test_infer import dicom_bytes
 
 from assurexray import DISCLAIMER, webapp
 from assurexray import model as model_lib
@@ -105,29 +104,6 @@ def write_results(root: Path) -> Path:
     figure.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(gradient()).save(figure)
     return root
-
-
-def dicom_bytes(stored: np.ndarray, *, frames: int | None = None, pixels: bool = True) -> bytes:
-    """A DICOM Part 10 file (12-bit MONOCHROME2) in memory; ``frames`` > 1 makes a multi-frame object."""
-    from io import BytesIO
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    if pixels:
-        ds.Rows, ds.Columns = stored.shape[-2:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        if frames:
-            ds.NumberOfFrames = frames
-        ds.PixelData = stored.astype("<u2").tobytes()
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def png_header_bytes(width: int, height: int) -> bytes:

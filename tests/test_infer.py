@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import zlib
@@ -68,7 +69,8 @@ def save_image(path: Path, array: np.ndarray | None = None, **kwargs) -> Path:
     return path
 
 
-def save_dicom(path: Path, stored: np.ndarray, *, photometric="MONOCHROME2", frames=None, pixels=True) -> Path:
+def dicom_bytes(stored: np.ndarray, *, photometric="MONOCHROME2", frames=None, pixels=True) -> bytes:
+    """A DICOM Part 10 file (12-bit) in memory; ``frames`` > 1 makes a multi-frame object, ``pixels`` False none."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -83,8 +85,14 @@ def save_dicom(path: Path, stored: np.ndarray, *, photometric="MONOCHROME2", fra
         if frames:
             ds.NumberOfFrames = frames
         ds.PixelData = stored.astype("<u2").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def save_dicom(path: Path, stored: np.ndarray, **options) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_bytes(stored, **options))
     return path
 
 
