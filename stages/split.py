@@ -7,7 +7,7 @@ import logging
 
 from assurexray.atomic import write_json
 from assurexray.params import load_params
-from assurexray.splits import read_index, split_index, split_summary, write_splits
+from assurexray.splits import read_index, split_partitions, split_summary, write_splits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"variants defined: {sorted(variants)}.")
     options = dict(variants[args.variant])
     strategy = options.pop("strategy", None)
-    parts = split_index(
+    parts, notes = split_partitions(
         read_index(args.index), strategy=strategy, seed=base["seed"], class_names=base["class_names"], **options
     )
     write_splits(parts, args.out)
     summary = split_summary(parts, base["class_names"])
-    write_json(args.metrics, {"variant": args.variant, "strategy": strategy, "seed": base["seed"], **summary})
+    record = {"variant": args.variant, "strategy": strategy, "seed": base["seed"], **summary}
+    if notes:
+        record["published"] = notes
+    write_json(args.metrics, record)
     logging.getLogger("split").info("%s: %s images per partition", args.variant, summary["n_images"])
     return 0
 

@@ -174,12 +174,19 @@ def test_read_metadata_keeps_site_flags_in_the_table_untouched(tmp_path):
     assert out.loc[0, "femur"] == 1 and set(SITE_COLUMNS) <= set(out.columns)
 
 
-@pytest.mark.parametrize("column", ["case_id", "Original Name"])
-def test_read_metadata_takes_the_case_id_from_case_id_or_original_name(tmp_path, column):
+def test_read_metadata_takes_the_case_id_from_case_id_as_given(tmp_path):
     table = sheet([{}, {}, {}])
-    table[column] = ["P1", np.nan, 7.0]
+    table["case_id"] = ["P1", np.nan, 7.0]
     table.to_excel(tmp_path / "dataset.xlsx", index=False)
     assert read_metadata(tmp_path / "dataset.xlsx")["case_id"].tolist() == ["P1", "", "7"]
+
+
+def test_read_metadata_derives_the_case_from_the_authors_original_name(tmp_path):
+    table = sheet([{}, {}, {}, {}])
+    table["Original Name"] = ["b1-M-12-恶-骨肉瘤-胫骨-2.jpeg", "b1-M-12-恶-骨肉瘤-胫骨-1.jpeg", np.nan, "30f_12.jpeg"]
+    table.to_excel(tmp_path / "dataset.xlsx", index=False)
+    assert read_metadata(tmp_path / "dataset.xlsx")["case_id"].tolist() == [
+        "b1-m-12-恶-骨肉瘤-胫骨", "b1-m-12-恶-骨肉瘤-胫骨", "", ""]
 
 
 def test_read_metadata_skips_fully_blank_rows_but_keeps_sheet_row_numbers(tmp_path):

@@ -53,8 +53,10 @@ def test_metrics_follow_the_schema_with_ranges_and_bracketing_cis():
     cis = list(m["headline"].values()) + [m["per_class"][c][k] for c in NAMES for k in PER_CLASS_METRICS]
     cis += [m["operating_point"]["test_sensitivity"], m["operating_point"]["test_specificity"]]
     for ci in cis:
-        assert set(ci) == {"value", "ci_low", "ci_high"}
+        assert {"value", "ci_low", "ci_high"} <= set(ci) <= {"value", "ci_low", "ci_high", "n", "interval"}
         assert 0.0 <= ci["ci_low"] <= ci["value"] <= ci["ci_high"] <= 1.0
+    # 20+ images in every denominator here: proportions keep their bootstrap interval.
+    assert m["per_class"]["Malignant"]["sensitivity"]["interval"] == "bootstrap"
     assert [m["per_class"][c]["support"] for c in NAMES] == [30, 30, 30]
     assert np.sum(m["confusion"]["counts"]) == 90
     assert set(m["calibration"]) == {"temperature", "ece_before", "ece_after", "bins"}
@@ -226,3 +228,27 @@ def test_load_partition_names_missing_files_columns_and_bad_rows(tmp_path):
     _frame(np.array([0, 1]), offset=2).to_csv(tmp_path / "val.csv", index=False)
     frame, images = load_partition(tmp_path, tmp_path, "val")
     assert len(frame) == 2 and images.shape == (2, 8, 8)
+
+
+def test_test_metrics_are_reported_per_centre_with_their_own_counts():
+    m = _evaluate(cluster=True).metrics
+    assert sorted(m["by_center"]) == ["1", "2"]  # _frame alternates centres 1 and 2
+    assert sum(c["n"] for c in m["by_center"].values()) == m["n_test"]
+    for center in m["by_center"].values():
+        assert sum(center["counts"].values()) == center["n"]
+        assert center["classes_present"] == NAMES
+        auc = center["headline"]["macro_auc"]
+        assert 0.0 <= auc["ci_low"] <= auc["value"] <= auc["ci_high"] <= 1.0
+    assert {"tumour_vs_normal_auc", "benign_vs_malignant_auc"} <= set(m["diagnostics"])
+
+
+def test_a_threshold_fitted_on_few_validation_malignant_images_is_flagged_unreliable():
+    y_val, y_test = np.array([0] * 20 + [1] * 20 + [2] * 5), np.repeat([0, 1, 2], 30)
+    m = evaluate_logits(
+        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
+        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=50, cluster=False, ci_level=0.95, bins=10,
+        target_sensitivity=0.9, seed=0, model_sha256="abc",
+    ).metrics
+    assert m["operating_point"]["val_positives"] == 5
+    assert m["operating_point"]["reliable"] is False
+    assert _evaluate().metrics["operating_point"]["reliable"] is True  # 20 validation Malignant images

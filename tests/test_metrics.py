@@ -170,9 +170,25 @@ def test_binary_rates_at_a_threshold_match_the_hand_count():
     positive = np.array([1, 1, 1, 0, 0], dtype=bool)
     flagged = np.array([1, 1, 0, 1, 0], dtype=bool)
     out = binary_rates_with_ci(positive, flagged, np.ones((3, 5)), ci_level=0.9)
-    assert out["sensitivity"] == {"value": pytest.approx(2 / 3), "ci_low": pytest.approx(2 / 3),
-                                  "ci_high": pytest.approx(2 / 3)}
+    assert out["sensitivity"]["value"] == pytest.approx(2 / 3)
     assert out["specificity"]["value"] == pytest.approx(0.5)
+    # 3 positives: a Wilson interval, not the collapsed bootstrap (2/3, 2/3). Hand value: k=2, n=3, z=1.645.
+    z, n, k = 1.6448536269514722, 3, 2
+    centre = (k + z**2 / 2) / (n + z**2)
+    half = z * np.sqrt(k * (n - k) / n + z**2 / 4) / (n + z**2)
+    assert out["sensitivity"]["interval"] == "wilson" and out["sensitivity"]["n"] == 3
+    assert (out["sensitivity"]["ci_low"], out["sensitivity"]["ci_high"]) == (
+        pytest.approx(centre - half), pytest.approx(centre + half))
+
+
+def test_a_proportion_with_all_of_few_positives_found_is_not_reported_as_certain():
+    positive = np.array([1, 1, 1] + [0] * 30, dtype=bool)
+    flagged = positive.copy()
+    weights = bootstrap_weights(positive.astype(int), resamples=200, seed=0)
+    out = binary_rates_with_ci(positive, flagged, weights, ci_level=0.95)
+    assert out["sensitivity"]["value"] == 1.0
+    assert out["sensitivity"]["ci_low"] < 0.6  # Wilson (0.44, 1.00), not bootstrap (1.00, 1.00)
+    assert out["specificity"]["interval"] == "bootstrap" and out["specificity"]["n"] == 30
 
 
 def test_curves_end_at_the_corners_and_skip_absent_classes():

@@ -13,7 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assurexray.splits import PARTITIONS, read_index, split_index, split_summary, write_splits
+from assurexray.splits import (
+    PARTITIONS, grouping_summary, read_index, split_index, split_partitions, split_summary, write_splits,
+)
 
 CLASSES = ("Normal", "Benign", "Malignant")
 #: Every class in every centre, 4 single-image groups each: enough for any partition to hold every class.
@@ -202,13 +204,13 @@ def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
     [
         ("random", {}, r"unknown strategy 'random'; valid strategies are \['center', 'published', 'stratified'\]"),
         ("center", {"val_fractoin": 0.2}, r"unknown key\(s\) \['val_fractoin'\]; valid keys are "
-                                          r"\['list_file', 'missing_test_classes', 'test_fraction', 'train_centers', "
-                                          r"'unlisted', 'val_fraction'\]"),
+                                          r"\['list_file', 'missing_test_classes', 'test_fraction', 'test_list', "
+                                          r"'train_centers', 'train_list', 'unlisted', 'val_fraction', 'val_list'\]"),
         ("stratified", {"val_fraction": 1.5}, r"split\.val_fraction: expected a number in \[0, 1\), got 1\.5"),
         ("stratified", {"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction \(1\.0\) < 1"),
         ("center", {"train_centers": [9]}, r"train_centers: \[9\] names centre\(s\) \[9\] absent.*present: "
                                            r"\[1, 2, 3\]"),
-        ("published", {}, r"split\.list_file: required by the published strategy"),
+        ("published", {}, r"the published strategy needs the authors' split: list_file"),
         ("published", {"list_file": "x.csv", "unlisted": "drop"}, r"split\.unlisted: expected 'test' or 'error', "
                                                                   r"got 'drop'"),
     ],
@@ -276,12 +278,10 @@ def test_published_unlisted_images_go_to_test_or_fail_and_straddling_groups_are_
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ("IMG999999.jpeg,train\nIMG888888.jpeg,val\n", r"2 image id\(s\) not in the index, e.g. \['IMG999999', "
-                                                       r"'IMG888888'\]"),
         ("IMG000001.jpeg,holdout\n", r"partition 'holdout' for image 'IMG000001\.jpeg'; expected train, val or test"),
         ("IMG000001.png,test\n", r"image\(s\) \['IMG000001'\] listed in two partitions"),
     ],
-    ids=["unknown-ids", "bad-partition", "conflict"],
+    ids=["bad-partition", "conflict"],
 )
 def test_a_bad_published_list_is_refused_naming_the_ids(tmp_path, extra, match):
     index = _index(BACKBONE)
@@ -334,3 +334,54 @@ def test_the_split_stage_writes_partitions_and_metrics(repo_root, tmp_path):
     assert metrics["n_images"] == sizes | {"total": len(index)}
     assert sizes["test"] == int((index["center"] != 1).sum())
     assert (metrics["variant"], metrics["strategy"], metrics["seed"]) == ("center", "center", params["base"]["seed"])
+
+
+def test_listed_images_absent_from_the_index_are_reported_not_fatal(tmp_path):
+    index = _index(BACKBONE)
+    path = tmp_path / "split.csv"
+    rows = "\n".join(f"{i},{p}" for i, p in _published_rows(index))
+    path.write_text("image_id,partition\n" + rows + "\nIMG999999.jpeg,train\nIMG888888.jpeg,val\n")
+    parts, notes = split_partitions(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path))
+    assert notes["listed_absent"] == 2 and notes["listed_absent_examples"] == ["IMG888888", "IMG999999"]
+    assert len(parts) == len(index)
+
+
+def test_the_authors_train_and_val_sheets_replicate_their_split_with_validation_carved_from_train(tmp_path):
+    index = _index(BACKBONE)
+    rows = dict(_published_rows(index))
+    train = [i for i, p in rows.items() if p in ("train", "val")]
+    test = [i for i, p in rows.items() if p == "test"]
+    pd.DataFrame({"image_id": train}).to_excel(tmp_path / "train.xlsx", index=False)
+    pd.DataFrame({"image_id": test}).to_excel(tmp_path / "val.xlsx", index=False)
+    parts, notes = split_partitions(index, strategy="published", seed=0, class_names=CLASSES,
+                                    train_list=str(tmp_path / "train.xlsx"), test_list=str(tmp_path / "val.xlsx"),
+                                    val_fraction=0.2)
+    by_id = dict(zip(parts["image_id"].map(lambda s: Path(s).stem), parts["partition"]))
+    assert all(by_id[i] == "test" for i in test)  # the authors' held-out sheet is our test, image for image
+    assert all(by_id[i] in ("train", "val") for i in train)
+    assert notes["val_carved_from_train"] == int((parts["partition"] == "val").sum()) > 0
+    carved = parts[parts["partition"].isin(["train", "val"])]
+    assert (carved.groupby("group")["partition"].nunique() == 1).all()  # validation is carved by group
+
+
+def test_a_published_sheet_without_an_image_id_column_is_named(tmp_path):
+    pd.DataFrame({"name": ["IMG000001"]}).to_excel(tmp_path / "train.xlsx", index=False)
+    with pytest.raises(ValueError, match=r"train\.xlsx: no image_id column; columns found: \['name'\]"):
+        split_index(_index(BACKBONE), strategy="published", seed=0, class_names=CLASSES,
+                    train_list=str(tmp_path / "train.xlsx"), val_fraction=0.2)
+
+
+def test_grouping_summary_counts_cases_duplicates_and_what_straddles():
+    parts = pd.DataFrame({
+        "image_id": [f"IMG{i}" for i in range(6)],
+        "case_id": ["a", "a", "b", "", "", "c"],
+        "dup_of": ["", "", "", "", "IMG3", ""],
+        "group": ["IMG0", "IMG0", "IMG2", "IMG3", "IMG3", "IMG5"],
+        "partition": ["train", "test", "test", "val", "val", "test"],
+    })
+    g = grouping_summary(parts)
+    assert g["basis"] == "cases+duplicates"
+    assert (g["n_images_with_case"], g["n_cases"], g["n_cases_multi_image"]) == (4, 3, 1)
+    assert (g["n_duplicate_images"], g["n_groups"], g["n_groups_multi_image"]) == (1, 4, 2)
+    assert (g["groups_straddling"], g["cases_straddling"], g["test_images_with_case_elsewhere"]) == (1, 1, 1)
+    assert grouping_summary(parts.assign(case_id=""))["basis"] == "duplicates only"

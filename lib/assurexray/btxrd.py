@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from assurexray.cases import case_key
 from assurexray.schema import CLASS_NAMES, RELEASE_COLUMNS, REQUIRED_COLUMNS, VIEW_COLUMNS
 
 __all__ = [
@@ -74,6 +75,8 @@ class Release:
     annotations: dict[str, Path] = field(default_factory=dict)
     metadata_path: Path | None = None
     n_nested_annotations: int = 0
+    #: Where ``case_id`` came from: "cases.csv", a sheet column name, or "" (no case information).
+    case_source: str = ""
 
 
 def find_metadata(root: str | os.PathLike) -> Path:
@@ -237,12 +240,39 @@ def load_release(root: str | os.PathLike, *, class_names: Sequence[str] = CLASS_
             images_dir, len(extra), metadata_path.name, extra[:5],
         )
     table = table.assign(path=paths)
+    case_source = next((f"{metadata_path.name} column {c!r}" for c in CASE_COLUMNS if c in table.columns), "")
+    table, case_source = _merge_case_table(root, table, case_source)
 
     annotations, n_nested = _annotation_files(root, table, metadata_path)
     return Release(
         root=root, table=table, annotations=annotations, metadata_path=metadata_path,
-        n_nested_annotations=n_nested,
+        n_nested_annotations=n_nested, case_source=case_source,
     )
+
+
+def _merge_case_table(root: Path, table: pd.DataFrame, case_source: str) -> tuple[pd.DataFrame, str]:
+    """Take ``case_id`` from ``root/cases.csv`` (written by fetch from data.btxrd.case_sheets) when present."""
+    path = root / "cases.csv"
+    if not path.is_file():
+        return table, case_source
+    cases = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("image_id", "case_id") if c not in cases.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; columns found: {list(cases.columns)}. "
+                         "Re-run the fetch stage (it writes this file from data.btxrd.case_sheets).")
+    by_stem = dict(zip(cases["image_id"].map(_stem), cases["case_id"].str.strip()))
+    stems = table["image_id"].map(_stem)
+    unknown = sorted(set(by_stem) - set(stems))
+    if unknown:
+        logger.warning("%s: %d listed image(s) are not in the release and are ignored (e.g. %s)",
+                       path.name, len(unknown), unknown[:5])
+    unlisted = int((~stems.isin(by_stem)).sum())
+    if unlisted:
+        logger.warning("%s: %d image(s) of the release are not listed; each stays its own case", path.name, unlisted)
+    table = table.assign(case_id=[by_stem.get(s, "") for s in stems])
+    logger.info("%s: %d of %d images carry a case key (%d cases)", path.name, int((table["case_id"] != "").sum()),
+                len(table), table.loc[table["case_id"] != "", "case_id"].nunique())
+    return table, "cases.csv"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -371,9 +401,12 @@ def _views(table: pd.DataFrame, sheet_rows: pd.Series, path: Path) -> list[str]:
 
 
 def _case_ids(table: pd.DataFrame) -> list[str]:
+    """Case per row from ``case_id`` (as given) or ``Original Name`` (the authors' file names, see cases.py)."""
     for column in CASE_COLUMNS:
         if column in table.columns:
             values = ["" if _is_blank(v) else str(v).strip() for v in table[column]]
+            if column == "original name":
+                return [case_key(v) if v else "" for v in values]
             # Excel turns numeric ids into floats: '12.0' -> '12'.
             return [v[:-2] if re.fullmatch(r"\d+\.0", v) else v for v in values]
     return [""] * len(table)

@@ -131,6 +131,8 @@ def build_cache(
             "n_stretched_annotations": len(stretched),
             "n_annotations": len(release.annotations),
             "n_nested_annotations_ignored": release.n_nested_annotations,
+            "case_source": release.case_source,
+            "n_with_case_id": int((index["case_id"] != "").sum()),
             "n_groups": int(index["group"].nunique()),
             "n_duplicate_pairs": len(grouping.pairs),
             "n_exact_duplicate_pairs": int((grouping.pairs["kind"] == "exact").sum()),

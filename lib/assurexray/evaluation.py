@@ -31,6 +31,7 @@ from assurexray.calibration import (
     sensitivity_threshold,
 )
 from assurexray.metrics import (
+    binary_auc_with_ci,
     binary_rates_with_ci,
     bootstrap_weights,
     pr_curves,
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 POSITIVE_CLASS = "Malignant"
+#: A sensitivity threshold fitted on fewer validation Malignant images than this is flagged unreliable: with
+#: 5 positives, "90% sensitivity" is the 5th-lowest score, and one image more or less moves it anywhere.
+MIN_THRESHOLD_POSITIVES = 20
 SPLIT_COLUMNS: tuple[str, ...] = ("row", "image_id", "label", "label_idx", "group", "center")
 
 
@@ -182,6 +186,8 @@ def evaluate_logits(
     suite = suite_with_ci(y_test, p_test, weights, class_names=class_names, ci_level=ci_level,
                           positive_class=POSITIVE_CLASS)
     rates = binary_rates_with_ci(y_test == pos, p_test[:, pos] >= threshold, weights, ci_level=ci_level)
+    by_center = _by_center(test_frame, y_test, p_test, class_names=class_names, threshold=threshold,
+                           resamples=resamples, seed=seed, cluster=cluster, ci_level=ci_level)
     # Timing goes to the log, not to metrics.json: same params + data must give byte-identical metrics.
     logger.info("bootstrap: %d resamples of the whole suite in %.3f s", resamples, time.perf_counter() - start)
     raw_test = apply_temperature(test_logits, 1.0)
@@ -189,12 +195,21 @@ def evaluate_logits(
                    "ece_after": expected_calibration_error(y_test, p_test, bins=bins), "bins": bins}
     reliability = {"before": reliability_data(y_test, raw_test, bins=bins),
                    "after": reliability_data(y_test, p_test, bins=bins)}
+    val_positives = int((y_val == pos).sum())
     op_block = {"class": POSITIVE_CLASS, "threshold": threshold, "target_sensitivity": target_sensitivity,
-                "val_sensitivity": val_sens, "test_sensitivity": rates["sensitivity"],
-                "test_specificity": rates["specificity"]}
+                "val_sensitivity": val_sens, "val_positives": val_positives,
+                "reliable": val_positives >= MIN_THRESHOLD_POSITIVES,
+                "min_val_positives": MIN_THRESHOLD_POSITIVES,
+                "test_sensitivity": rates["sensitivity"], "test_specificity": rates["specificity"]}
+    if not op_block["reliable"]:
+        logger.warning("the Malignant threshold rests on %d validation Malignant image(s) (< %d): unreliable",
+                       val_positives, MIN_THRESHOLD_POSITIVES)
     metrics = {
         "n_test": int(y_test.size), "n_val": int(y_val.size), "class_names": list(class_names),
+        "test_counts": {c: int((y_test == i).sum()) for i, c in enumerate(class_names)},
         "headline": suite["headline"], "per_class": suite["per_class"], "confusion": suite["confusion"],
+        "diagnostics": _binary_questions(y_test, p_test, weights, class_names=class_names, ci_level=ci_level),
+        "by_center": by_center,
         "calibration": calibration, "operating_point": op_block,
         "bootstrap": {"resamples": resamples, "ci_level": ci_level, "cluster": cluster,
                       "stratified": True, "seed": seed, "standard_error": suite["standard_error"],
@@ -214,6 +229,54 @@ def evaluate_logits(
     confusion = [{"actual": class_names[a], "predicted": class_names[b]}
                  for a, b in zip(y_test, p_test.argmax(axis=1))]
     return Evaluation(metrics, predictions, operating_point, roc, pr, confusion, reliability)
+
+
+def _binary_questions(y: np.ndarray, p: np.ndarray, weights: np.ndarray, *, class_names: list[str],
+                      ci_level: float) -> dict[str, Any]:
+    """Two questions the 3-class AUC hides: is there a tumour at all, and is a tumour malignant?
+
+    ``tumour_vs_normal_auc`` scores P(Benign) + P(Malignant) on every image; ``benign_vs_malignant_auc`` scores
+    P(Malignant | tumour) on tumour images only (its bootstrap reuses the test weights restricted to them).
+    """
+    normal, benign, malignant = (class_names.index(c) for c in ("Normal", "Benign", POSITIVE_CLASS))
+    out: dict[str, Any] = {}
+    tumour = y != normal
+    if 0 < tumour.sum() < y.size:
+        out["tumour_vs_normal_auc"] = binary_auc_with_ci(tumour, 1.0 - p[:, normal], weights, ci_level=ci_level)
+    is_mal = y[tumour] == malignant
+    if 0 < is_mal.sum() < is_mal.size:
+        share = p[tumour, malignant] / np.maximum(p[tumour, benign] + p[tumour, malignant], 1e-12)
+        out["benign_vs_malignant_auc"] = binary_auc_with_ci(is_mal, share, weights[:, tumour], ci_level=ci_level)
+    return out
+
+
+def _by_center(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, *, class_names: list[str], threshold: float,
+               resamples: int, seed: int, cluster: bool, ci_level: float) -> dict[str, Any]:
+    """The metric suite on each centre of the test set separately (centres differ in source and class mix).
+
+    Each centre gets its own bootstrap (same seed), so its interval reflects its own size. Macro averages cover
+    the classes present in that centre (``classes_present``).
+    """
+    pos = class_names.index(POSITIVE_CLASS)
+    out: dict[str, Any] = {}
+    centers = frame["center"].to_numpy()
+    for center in sorted(pd.unique(centers).tolist()):
+        mask = centers == center
+        yc, pc = y[mask], p[mask]
+        groups = frame["group"].to_numpy()[mask] if cluster else None
+        w = bootstrap_weights(yc, resamples=resamples, seed=seed, groups=groups)
+        suite = suite_with_ci(yc, pc, w, class_names=class_names, ci_level=ci_level, positive_class=POSITIVE_CLASS)
+        rates = binary_rates_with_ci(yc == pos, pc[:, pos] >= threshold, w, ci_level=ci_level)
+        counts = {c: int((yc == i).sum()) for i, c in enumerate(class_names)}
+        out[str(center)] = {
+            "n": int(mask.sum()), "counts": counts, "classes_present": [c for c in class_names if counts[c]],
+            "headline": suite["headline"],
+            "per_class_auc": {c: suite["per_class"][c]["auc"] for c in class_names},
+            "operating_point": {"test_sensitivity": rates["sensitivity"], "test_specificity": rates["specificity"]},
+            "diagnostics": _binary_questions(yc, pc, w, class_names=class_names, ci_level=ci_level),
+            "standard_error": suite["standard_error"],
+        }
+    return out
 
 
 def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> None:

@@ -40,7 +40,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png")
 #: Metadata sheet names, in order of preference.
 SHEET_NAMES: tuple[str, ...] = ("dataset.xlsx", "dataset.csv")
 SAMPLE_KEYS: tuple[str, ...] = ("n_cases", "image_size", "duplicate_fraction")
-BTXRD_KEYS: tuple[str, ...] = ("path", "url", "md5", "size_bytes", "download_dir")
+BTXRD_KEYS: tuple[str, ...] = ("path", "url", "md5", "size_bytes", "download_dir", "case_sheets")
+#: Written beside dataset.xlsx when ``data.btxrd.case_sheets`` is set: one row per image, its case (cases.py).
+CASES_NAME = "cases.csv"
 ARCHIVE_NAME = "BTXRD.zip"
 _RELEASE_DIR = "BTXRD"
 _HASH_CHUNK = 1 << 20
@@ -72,9 +74,11 @@ def fetch_data(
         return out_dir
 
     check_keys(btxrd, BTXRD_KEYS, where="data.btxrd")
+    cases = _case_table(btxrd.get("case_sheets"))
     if btxrd.get("path") is not None:
         return import_release(
-            btxrd["path"], out_dir, expected_size=btxrd.get("size_bytes"), expected_md5=btxrd.get("md5")
+            btxrd["path"], out_dir, expected_size=btxrd.get("size_bytes"), expected_md5=btxrd.get("md5"),
+            cases=cases,
         )
     if not btxrd.get("url"):
         raise ValueError("data.btxrd: `path` is null and `url` is empty; set one of them in params.yaml.")
@@ -85,7 +89,23 @@ def fetch_data(
         expected_size=btxrd.get("size_bytes"),
         expected_md5=btxrd.get("md5"),
     )
-    return extract_release(archive, out_dir)
+    return extract_release(archive, out_dir, cases=cases)
+
+
+def _case_table(case_sheets: Any) -> Any:
+    """The case table of ``data.btxrd.case_sheets`` (a path or a list of paths), or None when unset."""
+    if case_sheets is None or case_sheets == []:
+        return None
+    from assurexray.cases import read_case_sheets
+
+    paths = [case_sheets] if isinstance(case_sheets, (str, os.PathLike)) else list(case_sheets)
+    return read_case_sheets(paths)
+
+
+def _write_cases(tmp: Path, cases: Any) -> None:
+    if cases is not None:
+        cases.to_csv(tmp / CASES_NAME, index=False)
+        logger.info("%s: case ids of %d images from %s", CASES_NAME, len(cases), sorted(set(cases["sheet"])))
 
 
 def download(
@@ -169,7 +189,7 @@ def verify_archive(path: str | os.PathLike, *, expected_size: int | None, expect
     logger.info("%s: size and MD5 verified", path)
 
 
-def extract_release(zip_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def extract_release(zip_path: str | os.PathLike, out_dir: str | os.PathLike, *, cases: Any = None) -> Path:
     """Extract the ``BTXRD/`` folder of the release zip into ``out_dir`` (replaced atomically); return it.
 
     Kept: ``images/*`` (jpeg/jpg/png), ``Annotations/*.json`` and the dataset sheet. Skipped and counted in the
@@ -206,6 +226,7 @@ def extract_release(zip_path: str | os.PathLike, out_dir: str | os.PathLike) -> 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst, _HASH_CHUNK)
+            _write_cases(tmp, cases)  # after the copy: the given sheets win over a cases.csv in the source
     _log_summary(out_dir, skipped)
     return out_dir
 
@@ -216,6 +237,7 @@ def import_release(
     *,
     expected_size: int | None,
     expected_md5: str | None,
+    cases: Any = None,
 ) -> Path:
     """Import a local ``BTXRD.zip`` (verified first) or an extracted release folder into ``out_dir``.
 
@@ -236,7 +258,7 @@ def import_release(
                 f"{err} This is not the official BTXRD.zip; give the official archive, or an extracted "
                 "BTXRD folder instead (data.btxrd.path may point to a folder, which is not checksummed)."
             ) from err
-        return extract_release(path, out_dir)
+        return extract_release(path, out_dir, cases=cases)
     root = path / _RELEASE_DIR if (path / _RELEASE_DIR / "images").is_dir() else path
     files = sorted(p for p in root.rglob("*") if p.is_file())
     plan: list[tuple[Path, PurePosixPath]] = []
@@ -255,6 +277,7 @@ def import_release(
             target = tmp.joinpath(*relative.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
+        _write_cases(tmp, cases)  # after the copy: the given sheets win over a cases.csv in the source
     _log_summary(out_dir, skipped)
     return out_dir
 
@@ -372,7 +395,7 @@ def _skip_reason(relative: PurePosixPath) -> str | None:
     if parts[0] == "__MACOSX" or name == ".DS_Store" or name.startswith("._"):
         return "macOS metadata"
     if len(parts) == 1:
-        return None if name in SHEET_NAMES else "unexpected top-level file"
+        return None if name in SHEET_NAMES + (CASES_NAME,) else "unexpected top-level file"
     if parts[0] == "Annotations":
         if len(parts) > 2 and parts[1] == "Annotations":
             return "nested Annotations/Annotations/ copy"

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ __all__ = [
     "suite_with_ci",
     "binary_rates",
     "binary_rates_with_ci",
+    "binary_auc_with_ci",
+    "proportion_ci",
+    "MIN_BOOTSTRAP_COUNT",
     "percentile_ci",
     "ci_value",
     "roc_curves",
@@ -39,6 +43,10 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "malignant_sensitivity", "malignant_specificity",
 )
 _SCALAR_METRICS: tuple[str, ...] = HEADLINE_METRICS[:5]
+#: Below this many images in its denominator (positives for a sensitivity, negatives for a specificity) a
+#: proportion gets a Wilson score interval: a bootstrap of 3 positives that were all found prints
+#: "1.000 (1.000-1.000)", a certainty the data do not hold; Wilson gives (0.44-1.00).
+MIN_BOOTSTRAP_COUNT = 20
 
 
 def bootstrap_weights(
@@ -171,21 +179,33 @@ def suite_with_ci(
     scalars["malignant_specificity"] = (point["specificity"][0, pos], reps["specificity"][:, pos])
     nan_counts: dict[str, int] = {}
     headline, std_err = {}, {}
+    counts = np.rint(point["confusion"][0]).astype(np.int64)  # (K, K) actual x predicted
+    support = counts.sum(axis=1)
+    n_total = int(support.sum())
+    tp = np.diag(counts)
+    tn = n_total - support - counts.sum(axis=0) + tp
+    fractions = {"sensitivity": (tp, support), "specificity": (tn, n_total - support)}
     for name in HEADLINE_METRICS:
         value, rep = scalars[name]
-        headline[name] = ci_value(value, rep, ci_level)
+        if name in ("malignant_sensitivity", "malignant_specificity"):
+            k, n = fractions[name.split("_", 1)[1]]
+            headline[name] = proportion_ci(value, rep, int(k[pos]), int(n[pos]), ci_level)
+        else:
+            headline[name] = ci_value(value, rep, ci_level)
         std_err[name] = _none_if_nan(np.nanstd(rep, ddof=1) if np.isfinite(rep).sum() > 1 else np.nan)
         _count_nan(nan_counts, name, rep)
-    support = np.bincount(y, minlength=p.shape[1])
     per_class: dict[str, dict[str, Any]] = {}
     for c, cname in enumerate(class_names):
         entry: dict[str, Any] = {}
         for m in PER_CLASS_METRICS:
-            entry[m] = ci_value(point[m][0, c], reps[m][:, c], ci_level)
+            if m in fractions:
+                k, n = fractions[m]
+                entry[m] = proportion_ci(point[m][0, c], reps[m][:, c], int(k[c]), int(n[c]), ci_level)
+            else:
+                entry[m] = ci_value(point[m][0, c], reps[m][:, c], ci_level)
             _count_nan(nan_counts, f"{cname}.{m}", reps[m][:, c])
         entry["support"] = int(support[c])
         per_class[cname] = entry
-    counts = np.rint(point["confusion"][0]).astype(np.int64)
     row_sums = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
     if nan_counts:
@@ -213,12 +233,45 @@ def binary_rates(positive: np.ndarray, flagged: np.ndarray, weights: np.ndarray)
 
 def binary_rates_with_ci(
     positive: np.ndarray, flagged: np.ndarray, weights: np.ndarray, *, ci_level: float
-) -> dict[str, dict[str, float | None]]:
-    """``{"sensitivity": CI, "specificity": CI}`` of binary flags, e.g. Malignant at an operating point."""
-    n = np.asarray(positive).size
+) -> dict[str, dict[str, Any]]:
+    """``{"sensitivity": CI, "specificity": CI}`` of binary flags, e.g. Malignant at an operating point.
+
+    Each CI carries ``n`` (its denominator) and ``interval`` (``bootstrap``, or ``wilson`` below
+    MIN_BOOTSTRAP_COUNT images, see :func:`proportion_ci`).
+    """
+    positive, flagged = np.asarray(positive, dtype=bool), np.asarray(flagged, dtype=bool)
+    n = positive.size
     (sens0,), (spec0,) = binary_rates(positive, flagged, np.ones((1, n)))
     sens, spec = binary_rates(positive, flagged, weights)
-    return {"sensitivity": ci_value(sens0, sens, ci_level), "specificity": ci_value(spec0, spec, ci_level)}
+    return {
+        "sensitivity": proportion_ci(sens0, sens, int((positive & flagged).sum()), int(positive.sum()), ci_level),
+        "specificity": proportion_ci(spec0, spec, int((~positive & ~flagged).sum()), int((~positive).sum()),
+                                     ci_level),
+    }
+
+
+def proportion_ci(value: float, replicates: np.ndarray, k: int, n: int, ci_level: float) -> dict[str, Any]:
+    """CI value of the proportion ``k / n``: bootstrap percentile, or Wilson score when ``n`` is small.
+
+    With fewer than MIN_BOOTSTRAP_COUNT images the bootstrap collapses (all 3 positives found in every resample),
+    so the exact-coverage-friendly Wilson interval (scipy) is used instead and marked ``interval: wilson``.
+    """
+    if n >= MIN_BOOTSTRAP_COUNT:
+        return {**ci_value(value, replicates, ci_level), "n": int(n), "interval": "bootstrap"}
+    if n == 0:
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0, "interval": "undefined"}
+    low, high = binomtest(int(k), int(n)).proportion_ci(confidence_level=ci_level, method="wilson")
+    return {"value": _none_if_nan(value), "ci_low": float(low), "ci_high": float(high), "n": int(n),
+            "interval": "wilson"}
+
+
+def binary_auc_with_ci(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray, *,
+                       ci_level: float) -> dict[str, Any]:
+    """ROC AUC of one binary question (e.g. tumour vs normal) with its bootstrap CI and class counts."""
+    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    (point,), _ = _ranking_metrics(positive, scores, np.ones((1, positive.size)))
+    reps, _ = _ranking_metrics(positive, scores, np.asarray(weights, dtype=np.float64))
+    return {**ci_value(point, reps, ci_level), "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
 
 
 def percentile_ci(replicates: np.ndarray, ci_level: float) -> tuple[float, float]:

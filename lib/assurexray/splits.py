@@ -5,10 +5,14 @@ Strategies live in a registry keyed by ``split.<variant>.strategy``:
 - ``stratified``: class-stratified random split by group (default 70/15/15).
 - ``center``: train/val from ``train_centers``, test = every other centre (external validation). A group with
   images in both train and test centres is kept out of test (on the train side) and counted (``groups_moved``).
-- ``published``: the authors' split from ``list_file`` (a CSV with ``image_id`` and ``partition`` columns, or a
-  TXT with one ``image_id partition`` pair a line); ids are matched on their stem (``IMG000001`` matches
-  ``IMG000001.jpeg`` or a resized ``.png``). Images the list does not name go to test (``unlisted: test``,
-  logged) or fail (``unlisted: error``); ids unknown to the index fail. Groups straddling partitions are kept as
+- ``published``: the authors' split, from ``list_file`` (a CSV with ``image_id`` and ``partition`` columns, or a
+  TXT with one ``image_id partition`` pair a line) or from one sheet per partition, ``train_list`` /
+  ``val_list`` / ``test_list`` (.xlsx, .csv or .txt with an ``image_id`` column: the authors ship
+  ``classification task/Distribution/{train,val}.xlsx``). Without a validation list, ``val_fraction`` of the
+  listed train images (by group, class-stratified) becomes validation. Ids are matched on their stem
+  (``IMG000001`` matches ``IMG000001.jpeg`` or a resized ``.png``). Images no list names go to test
+  (``unlisted: test``, logged) or fail (``unlisted: error``); listed ids absent from the index are reported
+  (``listed_absent``), not fatal. The authors' split is image-level: groups straddling partitions are kept as
   listed (the protocol is replicated) and reported as ``groups_straddling``.
 
 The greedy group assignment places large groups first, each where it best reduces the squared deviation of every
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,7 +35,8 @@ import pandas as pd
 from assurexray.atomic import atomic_dir
 from assurexray.params import check_keys
 
-__all__ = ["PARTITIONS", "STRATEGIES", "read_index", "split_index", "split_summary", "write_splits"]
+__all__ = ["PARTITIONS", "STRATEGIES", "grouping_summary", "read_index", "split_index", "split_partitions",
+           "split_summary", "write_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,13 @@ def split_index(
     ``options`` are the strategy's keys from ``split.<variant>``; ``None`` means the default. Fails if a class
     ends up missing from a partition (the metrics of that partition would be undefined).
     """
+    return split_partitions(index, strategy=strategy, seed=seed, class_names=class_names, **options)[0]
+
+
+def split_partitions(
+    index: pd.DataFrame, *, strategy: str, seed: int, class_names: Sequence[str], **options: Any
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`split_index` plus the strategy's notes for split.json (e.g. ``listed_absent`` of published)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"split.strategy: unknown strategy {strategy!r}; valid strategies are {sorted(STRATEGIES)}.")
     spec = STRATEGIES[strategy]
@@ -78,7 +91,7 @@ def split_index(
     # without deleting val_fraction; a key no strategy knows is a typo and fails.
     known = set().union(*(s.defaults for s in STRATEGIES.values()))
     check_keys(options, known, where=f"split (strategy {strategy!r})")
-    ignored = sorted(set(options) - set(spec.defaults))
+    ignored = sorted(key for key in set(options) - set(spec.defaults) if options[key] is not None)
     if ignored:
         logger.warning("split: key(s) %s do not apply to strategy %r; ignored", ignored, strategy)
     options = {key: value for key, value in options.items() if key in spec.defaults}
@@ -88,9 +101,11 @@ def split_index(
         raise ValueError(f"split.missing_test_classes: expected one of {list(MISSING_TEST_CLASS_POLICIES)}, "
                          f"got {policy!r}.")
     frame = _checked_index(index, class_names).reset_index(drop=True)  # a unique index for the strategies
-    parts = spec.func(frame, seed=seed, class_names=tuple(class_names), **resolved).set_axis(index.index)
+    result = spec.func(frame, seed=seed, class_names=tuple(class_names), **resolved)
+    parts, notes = result if isinstance(result, tuple) else (result, {})
+    parts = parts.set_axis(index.index)
     _check_every_class_everywhere(parts, class_names, strategy=strategy, allow_missing_in_test=policy == "allow")
-    return parts
+    return parts, notes
 
 
 def split_summary(parts: pd.DataFrame, class_names: Sequence[str]) -> dict[str, Any]:
@@ -121,7 +136,42 @@ def split_summary(parts: pd.DataFrame, class_names: Sequence[str]) -> dict[str, 
         "images_moved": len(moved),
         "groups_straddling": int((straddling > 1).sum()),
         "missing_classes": {name: [c for c in class_names if counts[name][c] == 0] for name in PARTITIONS},
+        "grouping": grouping_summary(parts),
     }
+
+
+def grouping_summary(parts: pd.DataFrame) -> dict[str, Any]:
+    """How groups were formed and what straddles: the facts every sentence about leakage is written from.
+
+    ``basis`` is ``cases+duplicates`` when any image carries a case key, else ``duplicates only`` (then views of
+    one case may sit in different partitions). ``*_straddling`` count groups/cases with images in more than one
+    partition; ``test_images_with_case_elsewhere`` counts test images whose case has another image outside test.
+    """
+    case = parts["case_id"].fillna("").astype(str).str.strip() if "case_id" in parts else pd.Series("", index=parts.index)
+    dup = parts["dup_of"].fillna("").astype(str) if "dup_of" in parts else pd.Series("", index=parts.index)
+    with_case = parts[case != ""]
+    per_case = with_case.groupby(case[case != ""])
+    sizes = parts.groupby("group").size()
+    out: dict[str, Any] = {
+        "basis": "cases+duplicates" if len(with_case) else "duplicates only",
+        "n_images": len(parts),
+        "n_images_with_case": len(with_case),
+        "n_cases": int(per_case.ngroups),
+        "n_cases_multi_image": int((per_case.size() > 1).sum()) if len(with_case) else 0,
+        "n_duplicate_images": int((dup != "").sum()),
+        "n_groups": int(sizes.size),
+        "n_groups_multi_image": int((sizes > 1).sum()),
+        "n_images_in_multi_image_groups": int(sizes[sizes > 1].sum()),
+        "largest_groups": [int(v) for v in sizes.sort_values(ascending=False).head(5)],
+    }
+    if "partition" in parts:
+        case_parts = with_case.groupby(case[case != ""])["partition"].nunique()
+        out["groups_straddling"] = int((parts.groupby("group")["partition"].nunique() > 1).sum())
+        out["cases_straddling"] = int((case_parts > 1).sum())
+        test = parts["partition"] == "test"
+        outside = set(case[(case != "") & ~test])
+        out["test_images_with_case_elsewhere"] = int(((case != "") & test & case.isin(outside)).sum())
+    return out
 
 
 def write_splits(parts: pd.DataFrame, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -173,41 +223,65 @@ def _center(
 
 
 def _published(
-    index: pd.DataFrame, *, seed: int, class_names: tuple[str, ...], list_file: str, unlisted: str
-) -> pd.DataFrame:
-    del seed, class_names  # the published split is fixed
-    if list_file is None:
-        raise ValueError("split.list_file: required by the published strategy; give the authors' split file.")
+    index: pd.DataFrame, *, seed: int, class_names: tuple[str, ...], list_file: str | None, train_list: str | None,
+    val_list: str | None, test_list: str | None, unlisted: str, val_fraction: float | None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    sheets = {"train": train_list, "val": val_list, "test": test_list}
+    if list_file is None and all(v is None for v in sheets.values()):
+        raise ValueError("split: the published strategy needs the authors' split: list_file (image_id,partition) "
+                         "or train_list / val_list / test_list (one image_id sheet each, e.g. the authors' "
+                         "classification task/Distribution/train.xlsx and val.xlsx).")
+    if list_file is not None and any(v is not None for v in sheets.values()):
+        raise ValueError("split: give either list_file or train_list/val_list/test_list for the published "
+                         f"strategy, not both (list_file={list_file!r}, lists={sheets!r}).")
     if unlisted not in ("test", "error"):
         raise ValueError(f"split.unlisted: expected 'test' or 'error', got {unlisted!r}.")
-    listing = _read_listing(Path(list_file))
+    if list_file is not None:
+        listing = _read_listing(Path(list_file))
+        source = str(list_file)
+    else:
+        listing = _read_partition_sheets({k: v for k, v in sheets.items() if v is not None})
+        source = ", ".join(f"{k}: {v}" for k, v in sheets.items() if v is not None)
     stems = index["image_id"].map(lambda s: Path(s).stem)
     if stems.duplicated().any():
         raise ValueError(f"index: image ids {sorted(stems[stems.duplicated()])[:5]} share a stem; cannot match "
-                         f"{list_file} by stem.")
-    known = set(stems)
-    unknown = [i for i in listing.index if i not in known]
-    if unknown:
-        raise ValueError(
-            f"{list_file}: {len(unknown)} image id(s) not in the index, e.g. {unknown[:10]}; the list must come "
-            "from the same release. Remove them or check the data source."
-        )
+                         f"{source} by stem.")
+    absent = sorted(set(listing.index) - set(stems))
+    if absent:
+        logger.warning("%s: %d listed image(s) are not in the index (not in this copy of the release), e.g. %s; "
+                       "they are reported in split.json (listed_absent)", source, len(absent), absent[:10])
     partition = stems.map(listing)
     missing = partition.isna()
     if missing.any():
         examples = index.loc[missing, "image_id"].tolist()[:10]
         if unlisted == "error":
             raise ValueError(
-                f"{list_file}: {int(missing.sum())} image(s) of the index are not listed, e.g. {examples}; list "
+                f"{source}: {int(missing.sum())} image(s) of the index are not listed, e.g. {examples}; list "
                 "them or set split.<variant>.unlisted: test."
             )
-        logger.warning("%d image(s) not in %s go to test, e.g. %s", int(missing.sum()), list_file, examples)
-    parts = _with_partitions(index, partition.fillna("test"))
+        logger.warning("%d image(s) not in %s go to test, e.g. %s", int(missing.sum()), source, examples)
+    partition = partition.fillna("test")
+    carved = 0
+    if not (partition == "val").any():
+        if val_fraction is None:
+            raise ValueError(f"{source}: no validation images listed; give val_list or split.<variant>.val_fraction "
+                             "(the share of the listed train images, by group, used for validation).")
+        train_rows = index[partition == "train"]
+        if train_rows.empty:
+            raise ValueError(f"{source}: no train images listed; give train_list.")
+        fractions = _fractions(val_fraction=val_fraction, test_fraction=0.0)
+        partition.loc[train_rows.index] = _assign_groups(train_rows, fractions, class_names=class_names, seed=seed)
+        carved = int((partition == "val").sum())
+        logger.info("published split: %d of the listed train images (by group) carved out as validation", carved)
+    parts = _with_partitions(index, partition)
     straddling = parts.groupby("group")["partition"].nunique()
     if (straddling > 1).any():
         logger.warning("%d group(s) straddle partitions in the published split (kept as published)",
                        int((straddling > 1).sum()))
-    return parts
+    notes = {"source": source, "n_listed": int(len(listing)), "listed_absent": len(absent),
+             "listed_absent_examples": absent[:10], "unlisted_to_test": int(missing.sum()),
+             "val_carved_from_train": carved}
+    return parts, notes
 
 
 #: What to do when a class has no image in test: ``error``, or ``allow`` (logged, recorded in split.json).
@@ -221,7 +295,8 @@ STRATEGIES: dict[str, _Strategy] = {
     "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15,
                                           "missing_test_classes": "error"}),
     "center": _Strategy(_center, {"train_centers": [1], "val_fraction": 0.15, "missing_test_classes": "allow"}),
-    "published": _Strategy(_published, {"list_file": None, "unlisted": "test", "missing_test_classes": "error"}),
+    "published": _Strategy(_published, {"list_file": None, "train_list": None, "val_list": None, "test_list": None,
+                                        "unlisted": "test", "val_fraction": None, "missing_test_classes": "error"}),
 }
 
 
@@ -305,6 +380,42 @@ def _with_partitions(index: pd.DataFrame, partition: pd.Series) -> pd.DataFrame:
     parts["partition"] = partition.to_numpy()
     parts["moved"] = False
     return parts
+
+
+def _read_partition_sheets(sheets: dict[str, str]) -> pd.Series:
+    """Partition per image-id stem from one image-id sheet per partition (the authors' train.xlsx, val.xlsx)."""
+    rows = []
+    for partition, name in sheets.items():
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"split.{partition}_list: {str(path)!r} not found; give the authors' "
+                                    f"{partition} sheet (an image_id column).")
+        suffix = path.suffix.lower()
+        try:
+            if suffix in {".xlsx", ".xlsm"}:
+                table = pd.read_excel(path, engine="openpyxl", dtype=str)
+            elif suffix == ".csv":
+                table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            elif suffix == ".txt":
+                ids = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+                table = pd.DataFrame({"image_id": [i for i in ids if i]})
+            else:
+                raise ValueError(f"{path}: unsupported list format {suffix!r}; expected .xlsx, .csv or .txt.")
+        except (zipfile.BadZipFile, OSError, KeyError) as err:
+            raise ValueError(f"{path}: cannot read the split sheet ({err}); re-save it as .xlsx or .csv.") from err
+        columns = {str(c).strip().lower().replace(" ", "_"): c for c in table.columns}
+        if "image_id" not in columns:
+            raise ValueError(f"{path}: no image_id column; columns found: {[str(c) for c in table.columns]}.")
+        ids = table[columns["image_id"]].fillna("").astype(str).str.strip()
+        rows += [(i, partition) for i in ids if i]
+    table = pd.DataFrame(rows, columns=["image_id", "partition"])
+    table["stem"] = table["image_id"].map(lambda s: Path(s).stem)
+    conflicts = table.groupby("stem")["partition"].nunique()
+    if (conflicts > 1).any():
+        stem = sorted(conflicts[conflicts > 1].index)[0]
+        raise ValueError(f"split lists: image {stem!r} is listed in "
+                         f"{sorted(table.loc[table['stem'] == stem, 'partition'])}; each image belongs to one.")
+    return table.drop_duplicates("stem").set_index("stem")["partition"]
 
 
 def _read_listing(path: Path) -> pd.Series:
