@@ -18,13 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="markdown report to write")
     parser.add_argument("--figures", required=True, help="figures folder to (re)write")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--datasheet", required=True, help="datasheet markdown to write (Gebru et al. 2021)")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = check_keys(load_params(args.params, "audit"), AUDIT_KEYS, where=f"{args.params} audit")
     result = audit_dataset(args.raw, args.prepared, montage_groups=params["montage_groups"])
-    write_audit(result, report_path=args.report, figures_dir=args.figures, metrics_path=args.metrics)
+    write_audit(result, report_path=args.report, figures_dir=args.figures, metrics_path=args.metrics,
+                datasheet_path=args.datasheet)
     duplicates = result.metrics["duplicates"]
     print(f"audit: {result.metrics['n_images']} images, {duplicates['exact_pairs']} exact + "
           f"{duplicates['near_pairs']} near duplicate pairs ({duplicates['cross_class_pairs']} cross-class) "

@@ -173,7 +173,9 @@ def test_leakage_measures_id_ranges_nearest_id_rule_and_flags(result):
     assert leak["tumour_rows_with_site_flag_pct"] == 75.0
     assert leak["tumour_rows_with_subtype_flag_pct"] == 100.0
     assert leak["grayscale_mode_pct_by_center"] == {"1": 100.0, "2": 66.7}
-    assert leak["burned_in_text_images"] == {"3": 0}
+    # Overlaid text is not measured: the audit quotes the statement and claims no count.
+    assert leak["burned_in_text"]["measured"] is False and leak["burned_in_text"]["centers_of_concern"] == [2]
+    assert "not counted" in leak["burned_in_text"]["statement"]
 
 
 def test_report_has_every_section_and_the_disclaimer(result):
@@ -181,7 +183,7 @@ def test_report_has_every_section_and_the_disclaimer(result):
     assert DISCLAIMER in report
     for section in ("## Dataset composition", "## Image sizes", "## Views", "## Annotation coverage",
                     "## Missing values", "## Duplicates", "## Leakage and shortcut risks",
-                    "### Image-id ranges", "### Burned-in text", "Cross-class duplicates exist"):
+                    "### Image-id ranges", "### Side markers, rulers and overlaid text (not measured)", "Cross-class duplicates exist"):
         assert section in report
     for name in FIGURES.values():
         assert f"](audit/{name})" in report
@@ -272,7 +274,8 @@ def _run_stage(repo_root: Path, tmp_path: Path, raw: Path, prepared: Path, param
     return subprocess.run(
         [sys.executable, "stages/audit.py", "--raw", str(raw), "--prepared", str(prepared),
          "--report", str(tmp_path / "out" / "audit.md"), "--figures", str(tmp_path / "out" / "audit"),
-         "--metrics", str(tmp_path / "out" / "audit.json"), "--params", str(tmp_path / "params.yaml")],
+         "--metrics", str(tmp_path / "out" / "audit.json"), "--datasheet", str(tmp_path / "out" / "datasheet.md"),
+         "--params", str(tmp_path / "params.yaml")],
         cwd=repo_root, capture_output=True, text=True, timeout=120,
     )
 
@@ -284,6 +287,7 @@ def test_stage_script_writes_every_output(repo_root, tmp_path, dataset):
     metrics = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert metrics["duplicates"]["groups_shown"] == 1
     assert "](audit/duplicate_review.png)" in (tmp_path / "out" / "audit.md").read_text()
+    assert "# Datasheet" in (tmp_path / "out" / "datasheet.md").read_text()
 
 
 def test_stage_script_rejects_unknown_params(repo_root, tmp_path, dataset):
@@ -305,7 +309,10 @@ def test_audit_of_the_real_btxrd_excerpt(btxrd_mini, tmp_path):
     assert m["modes"] == {"L": 24, "RGB": 6}
     assert m["annotations"]["tumour_with_annotation"] == 20 and m["annotations"]["tumour_without_annotation"] == 0
     assert m["leakage"]["normal_rows_with_site_flag_pct"] == 0.0
-    assert m["leakage"]["burned_in_text_images"] == {"3": 1}
+    assert m["leakage"]["burned_in_text"]["centers_of_concern"] == [2, 3]
+    # No case sheet given: the audit says only duplicates are grouped, and the report says views may straddle.
+    assert m["grouping"]["basis"] == "duplicates only"
+    assert "Other views of one case may sit in different partitions" in m["grouping_statement"]
     assert m["image_size"]["all"]["width_min"] == 277 and m["image_size"]["all"]["height_max"] == 4250
     write_audit(result, report_path=tmp_path / "reports" / "audit.md", figures_dir=tmp_path / "reports" / "audit",
                 metrics_path=tmp_path / "metrics" / "audit.json")
@@ -313,3 +320,17 @@ def test_audit_of_the_real_btxrd_excerpt(btxrd_mini, tmp_path):
     assert DISCLAIMER in report
     known = _numbers(m)
     assert [x for x in _report_numbers(report) if not any(math.isclose(x, k) for k in known)] == []
+
+
+def test_the_datasheet_documents_every_sheet_column_with_counts_from_the_sheet(result, tmp_path):
+    sheet = result.datasheet
+    table_columns = [c["column"] for c in sheet["columns"]]
+    assert "image_id" in table_columns and "center" in table_columns and "label" not in table_columns
+    center = next(c for c in sheet["columns"] if c["column"] == "center")
+    assert sum(center["values"].values()) == sheet["n_rows"] == result.metrics["n_metadata_rows"]
+    assert all(c["meaning"] != "not documented by the release" for c in sheet["columns"])
+    write_audit(result, report_path=tmp_path / "audit.md", figures_dir=tmp_path / "audit",
+                metrics_path=tmp_path / "audit.json", datasheet_path=tmp_path / "datasheet.md")
+    text = (tmp_path / "datasheet.md").read_text()
+    assert DISCLAIMER in text and "CC BY-NC-ND 4.0" in text and "## Known traps" in text
+    assert text.count("| `") == len(sheet["columns"])  # one table row per column

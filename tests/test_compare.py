@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -143,3 +144,34 @@ def test_missing_or_broken_inputs_are_named(tmp_path):
     del center["headline"]["macro_f1"]
     with pytest.raises(ValueError, match=r"center metrics.json lacks headline metric 'macro_f1'"):
         compare_variants(_eval_metrics(0.0), center)
+
+
+def _eval_metrics_pair() -> tuple[dict, dict]:
+    pair = []
+    for shift in (0.0, 0.2):
+        m = _eval_metrics(shift)
+        m["per_class"] = {c: {"auc": _ci(0.9 - shift - 0.05 * i, 0.85 - shift - 0.05 * i, 0.95 - shift - 0.05 * i),
+                              "support": 10} for i, c in enumerate(m["class_names"])}
+        pair.append(m)
+    return pair[0], pair[1]
+
+
+def _with_classes(metrics: dict, present: list[str]) -> dict:
+    """A copy of an evaluate metrics dict whose test holds only ``present`` classes (support 0 elsewhere)."""
+    out = copy.deepcopy(metrics)
+    for name, entry in out["per_class"].items():
+        entry["support"] = entry.get("support", 10) if name in present else 0
+    return out
+
+
+def test_the_gap_is_recomputed_over_the_shared_classes_when_the_test_class_sets_differ():
+    s_metrics, c_metrics = _eval_metrics_pair()
+    c_metrics = _with_classes(c_metrics, ["Benign", "Malignant"])
+    out = compare_variants(s_metrics, c_metrics)
+    block = out["like_for_like"]
+    assert block["same_classes"] is False and block["shared"] == ["Benign", "Malignant"]
+    expected = sum(s_metrics["per_class"][c]["auc"]["value"] for c in ("Benign", "Malignant")) / 2
+    assert block["macro_auc_shared"]["stratified"]["value"] == pytest.approx(expected)
+    assert "Over the shared classes (Benign, Malignant)" in render_report(out)
+    same = compare_variants(*_eval_metrics_pair())
+    assert same["like_for_like"]["same_classes"] is True and "macro_auc_shared" not in same["like_for_like"]

@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_dir, write_json, write_text
+from assurexray.datasheet import build_datasheet, render_datasheet
 from assurexray.schema import CLASS_NAMES, SITE_COLUMNS, SUBTYPE_COLUMNS
+from assurexray.splits import grouping_statement, grouping_summary
 
 __all__ = [
     "AuditResult", "audit_dataset", "write_audit", "render_report",
@@ -36,9 +38,16 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "orig_mode",
 )
 PAIR_COLUMNS: tuple[str, ...] = ("image_id_a", "image_id_b", "distance", "kind")
-#: BTXRD centre 3 images come from MedPix and carry a burned-in watermark and uploader line (visible in the
-#: release): a model can read the centre, and through it the class mix, off that text.
-BURNED_IN_TEXT_CENTERS: tuple[int, ...] = (3,)
+#: Overlaid text, side markers ('L'/'R') and rulers: the dataset description says many radiographs carry them,
+#: and centres 2 and 3 are web-collected teaching images. The audit does NOT count them (no detector has been
+#: validated on BTXRD); it quotes the statement and names the centres, instead of pretending every image of a
+#: centre has text.
+BURNED_IN_TEXT_CENTERS: tuple[int, ...] = (2, 3)
+BURNED_IN_TEXT_STATEMENT = (
+    "The dataset authors and readers of the release report side markers ('L'/'R'), rulers and overlaid text on "
+    "many radiographs, and centres 2 and 3 are teaching-collection images gathered from the web. These overlays "
+    "are not counted here (no validated detector); Grad-CAM has been seen sitting on an 'R' marker."
+)
 #: Figure file names inside the figures directory.
 FIGURES: dict[str, str] = {
     "composition": "class_by_center.png", "sizes": "image_sizes.png", "views": "views.png",
@@ -64,6 +73,7 @@ class AuditResult:
     tables: dict[str, pd.DataFrame]
     images_dir: Path
     class_names: tuple[str, ...]
+    datasheet: dict[str, Any] | None = None  # datasheet.build_datasheet of the metadata sheet
 
 
 def audit_dataset(
@@ -100,11 +110,15 @@ def audit_dataset(
     metrics.update(_missing_values(table))
     metrics["duplicates"] = _duplicate_metrics(pair_table, group_table, montage_groups)
     metrics["leakage"] = _leakage(index, table, class_names)
+    metrics["case_source"] = _case_source(prepared_dir / "meta.json")
+    metrics["grouping"] = grouping_summary(index)
+    metrics["grouping_statement"] = grouping_statement({"grouping": metrics["grouping"]})
     tables = {"index": index, "annotations": annotations,
               "duplicate_pairs": pair_table, "duplicate_groups": group_table}
     logger.info("audited %d images: %d duplicate pairs in %d groups",
                 len(index), len(pair_table), len(group_table))
-    return AuditResult(metrics, tables, release_root / "images", class_names)
+    sheet = build_datasheet(table, source=str(sheet_path.name), case_source=metrics["case_source"])
+    return AuditResult(metrics, tables, release_root / "images", class_names, datasheet=sheet)
 
 
 def write_audit(
@@ -113,9 +127,12 @@ def write_audit(
     report_path: str | os.PathLike,
     figures_dir: str | os.PathLike,
     metrics_path: str | os.PathLike,
+    datasheet_path: str | os.PathLike | None = None,
 ) -> None:
-    """Write the figures directory (as a whole), the metrics JSON, then the report that links both."""
+    """Write the figures directory (as a whole), the metrics JSON, the report that links both, the datasheet."""
     report_path, figures_dir = Path(report_path), Path(figures_dir)
+    if datasheet_path is not None and result.datasheet is not None:
+        write_text(datasheet_path, render_datasheet(result.datasheet))
     with atomic_dir(figures_dir) as tmp:
         _draw_figures(result, tmp)
         result.tables["duplicate_groups"].to_csv(tmp / "duplicate_groups.csv", index=False)
@@ -153,11 +170,13 @@ def render_report(result: AuditResult, *, figures_rel: str = "audit") -> str:
         "## Views", "",
         _table(["view", *names, "total"],
                [[v, *[m["views_by_class"][n][v] for n in names], m["views"][v]] for v in m["views"]]),
-        "", f"Case identifiers: {m['cases']['n_images_with_case_id']} images carry one; "
-        f"{m['cases']['n_cases']} cases, {m['cases']['n_cases_multi_image']} with several images and "
-        f"{m['cases']['n_cases_multi_view']} with several views. Split groups: {m['groups']['n_groups']} "
+        "", f"Case identifiers ({m['case_source'] or 'none given'}): {m['cases']['n_images_with_case_id']} "
+        f"images carry one; {m['cases']['n_cases']} cases, {m['cases']['n_cases_multi_image']} with several images "
+        f"and {m['cases']['n_cases_multi_view']} with several views. Split groups: {m['groups']['n_groups']} "
         f"groups, {m['groups']['n_multi_image_groups']} with several images (largest "
-        f"{m['groups']['largest_group']}).", "",
+        f"{m['groups']['largest_group']}; the five largest: "
+        f"{', '.join(map(str, m['grouping']['largest_groups']))}).", "",
+        m["grouping_statement"], "",
         f"![views]({fig['views']})", "",
         "## Annotation coverage", "",
         _table(["measure", "value"], [
@@ -447,8 +466,15 @@ def _leakage(index: pd.DataFrame, table: pd.DataFrame, class_names: Sequence[str
         out[f"tumour_rows_with_{family}_flag_pct"] = _pct(int((any_flag & ~normal).sum()), n_tumour)
     out["grayscale_mode_pct_by_center"] = {
         str(c): _pct(int((r["orig_mode"] == "L").sum()), len(r)) for c, r in index.groupby("center", sort=True)}
-    out["burned_in_text_images"] = {str(c): int((index["center"] == c).sum()) for c in BURNED_IN_TEXT_CENTERS}
+    out["burned_in_text"] = {"measured": False, "statement": BURNED_IN_TEXT_STATEMENT,
+                             "centers_of_concern": [c for c in BURNED_IN_TEXT_CENTERS
+                                                    if (index["center"] == c).any()]}
     return out
+
+
+def _case_source(meta_path: Path) -> str:
+    """Where prepare took the case ids from (cache meta.json ``case_source``), or "" when none."""
+    return str(json.loads(meta_path.read_text(encoding="utf-8")).get("case_source", "")) if meta_path.is_file() else ""
 
 
 def _id_number(image_id: str) -> float:
@@ -553,7 +579,6 @@ def _duplicates_section(result: AuditResult, montage: str) -> list[str]:
 def _leakage_section(m: dict, leak: dict, dup: dict, names: Sequence[str], centers: list[str]) -> list[str]:
     rows = [[c, n, r["first"], r["last"], r["n"]] for c in centers
             for n, r in leak["id_ranges"].get(c, {}).items()]
-    burned = ", ".join(f"centre {c} ({n} of the images here)" for c, n in leak["burned_in_text_images"].items())
     gray = ", ".join(f"centre {c}: {_f(p)}%" for c, p in leak["grayscale_mode_pct_by_center"].items())
     medians = ", ".join(f"centre {c}: {s['width_median']} x {s['height_median']} px"
                         for c, s in m["image_size"]["by_center"].items())
@@ -579,19 +604,20 @@ def _leakage_section(m: dict, leak: dict, dup: dict, names: Sequence[str], cente
         "Size, bit depth and colour mode tell centres apart, and centres differ in class mix (see "
         "composition). **Pipeline:** every image is decoded to grayscale and letterboxed to one size; "
         "a centre-holdout split measures how much performance depends on the centre.", "",
-        "### Burned-in text", "",
-        f"BTXRD radiographs from {burned} carry a burned-in watermark and uploader line. "
-        "**Pipeline:** centre-holdout evaluation and Grad-CAM localisation checks expose a model that reads "
-        "text instead of bone.", "",
+        "### Side markers, rulers and overlaid text (not measured)", "",
+        f"{leak['burned_in_text']['statement']} **Pipeline:** centre-holdout evaluation and Grad-CAM "
+        "localisation against the lesion masks expose a model that reads markers instead of bone.", "",
         "### Duplicates and multiple views", "",
         f"{dup['exact_pairs']} exact and {dup['near_pairs']} near duplicate pairs "
         f"({dup['cross_center_pairs']} across centres); cases with several views: "
-        f"{m['cases']['n_cases_multi_view']}. **Pipeline:** duplicates and views of one case share a "
-        "`group`; every split keeps a group on one side, so no radiograph (or its twin) is in both training "
-        "and test.", "",
+        f"{m['cases']['n_cases_multi_view']}. {m['grouping_statement']} Each split keeps a group on one side; "
+        "what each split actually guarantees is in its `metrics/<variant>/split.json` (`grouping`).", "",
         "### What the pipeline does", "",
         "- Ids, file names, sheet flags, centre and size are never used as features.",
-        "- Splits are group-aware (duplicates and views of a case stay together).",
+        "- Splits are group-aware: " + ("duplicates and views of a case stay together."
+                                        if m["grouping"]["basis"] == "cases+duplicates" else
+                                        "duplicates stay together; without case information, views of one case "
+                                        "may straddle partitions."),
         "- A centre-holdout evaluation reports the gap to the stratified split.",
         "",
     ]

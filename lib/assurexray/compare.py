@@ -81,8 +81,22 @@ def compare_variants(
         for name, value in s_loc.items():
             if isinstance(value, dict) and isinstance(c_loc.get(name), dict):
                 localization[name] = {"stratified": value, "center": c_loc[name]}
+    classes = {v: [c for c, e in evals[v].get("per_class", {}).items() if e.get("support", 0) > 0] for v in VARIANTS}
+    shared = [c for c in classes["stratified"] if c in classes["center"]]
+    like_for_like: dict[str, Any] = {"classes": classes, "shared": shared,
+                                     "same_classes": classes["stratified"] == classes["center"]}
+    if not like_for_like["same_classes"]:
+        # Macro AUC over different class sets compares unlike things: recompute both over the shared classes.
+        s_auc, c_auc = (_shared_macro_auc(evals[v], shared, ci_level) for v in VARIANTS)
+        like_for_like["macro_auc_shared"] = {"stratified": s_auc, "center": c_auc,
+                                             "gap": gap_ci(s_auc, c_auc, ci_level=ci_level)}
+        logger.warning("test class sets differ (%s); the gap is also computed over the shared classes %s",
+                       classes, shared)
     return {
         "headline": headline,
+        "like_for_like": like_for_like,
+        "by_center": {v: {c: {"n": b["n"], "counts": b["counts"], "macro_auc": b["headline"]["macro_auc"]}
+                          for c, b in (evals[v].get("by_center") or {}).items()} for v in VARIANTS},
         "localization": localization,
         "operating_point": operating_point,
         "n_test": {v: evals[v]["n_test"] for v in VARIANTS},
@@ -90,6 +104,22 @@ def compare_variants(
         "ci_level": ci_level,
         "gap_method": GAP_METHOD,
     }
+
+
+def _shared_macro_auc(metrics: dict[str, Any], shared: list[str], ci_level: float) -> dict[str, float | None]:
+    """Mean one-vs-rest AUC over ``shared`` classes; its interval averages the per-class intervals' bounds.
+
+    Averaging the bounds assumes the per-class AUCs move together (perfect correlation), which makes the interval
+    conservative (too wide rather than too narrow).
+    """
+    entries = [metrics["per_class"][c]["auc"] for c in shared]
+    if not entries or any(e.get("value") is None for e in entries):
+        return {"value": None, "ci_low": None, "ci_high": None}
+    value = sum(e["value"] for e in entries) / len(entries)
+    if any(e.get("ci_low") is None or e.get("ci_high") is None for e in entries):
+        return {"value": value, "ci_low": None, "ci_high": None}
+    return {"value": value, "ci_low": sum(e["ci_low"] for e in entries) / len(entries),
+            "ci_high": sum(e["ci_high"] for e in entries) / len(entries)}
 
 
 def gap_ci(
@@ -129,6 +159,8 @@ def render_report(comparison: dict[str, Any]) -> str:
         "",
         *_table(comparison["headline"], with_gap=True),
         "",
+        *_like_for_like(comparison),
+        *_center_lines(comparison),
         "## Malignant operating point (threshold fitted on validation, applied to test)",
         "",
         f"Thresholds: {VARIANT_TITLES['stratified']} {_num(comparison['threshold']['stratified'])}, "
@@ -145,6 +177,28 @@ def render_report(comparison: dict[str, Any]) -> str:
         lines.append("Not available: the explain stage's metrics are absent for at least one variant.")
     lines += ["", "## Method", "", f"Generalisation gap: {comparison['gap_method']}.", ""]
     return "\n".join(lines)
+
+
+def _like_for_like(comparison: dict[str, Any]) -> list[str]:
+    block = comparison.get("like_for_like") or {}
+    if not block or block.get("same_classes"):
+        return ["Both test sets hold the same classes, so the gap compares like with like.", ""]
+    classes = block["classes"]
+    lines = [f"The test sets hold different classes ({VARIANT_TITLES['stratified']}: {', '.join(classes['stratified'])}; "
+             f"{VARIANT_TITLES['center']}: {', '.join(classes['center'])}), so macro averages differ in what they "
+             f"average. Over the shared classes ({', '.join(block['shared'])}):", ""]
+    return lines + _table({"macro_auc (shared classes)": block["macro_auc_shared"]}, with_gap=True) + [""]
+
+
+def _center_lines(comparison: dict[str, Any]) -> list[str]:
+    rows = [(v, c, b) for v in VARIANTS for c, b in (comparison.get("by_center") or {}).get(v, {}).items()]
+    if not rows:
+        return []
+    lines = ["## Per test centre", "", "| Variant | Centre | Images | Classes (counts) | Macro AUC |", "|---|---|---|---|---|"]
+    for v, c, b in rows:
+        counts = ", ".join(f"{k} {n}" for k, n in b["counts"].items())
+        lines.append(f"| {VARIANT_TITLES[v]} | {c} | {b['n']} | {counts} | {_ci(b['macro_auc'])} |")
+    return lines + [""]
 
 
 def _table(block: dict[str, dict[str, Any]], *, with_gap: bool) -> list[str]:

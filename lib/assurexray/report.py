@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from assurexray import DISCLAIMER, __version__
 from assurexray.atomic import write_text
 from assurexray.params import check_keys
+from assurexray.splits import grouping_statement
 from assurexray.schema import DATASET_CITATION, DATASET_LICENSE
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def fmt_ci(ci: Mapping[str, Any] | None) -> str:
         return "undefined"
     if ci.get("ci_low") is None or ci.get("ci_high") is None:
         return f"{fmt(ci['value'])} (no interval)"
-    return f"{fmt(ci['value'])} ({fmt(ci['ci_low'])}–{fmt(ci['ci_high'])})"
+    # A proportion over few images carries a Wilson interval (metrics.proportion_ci): say so, with its n.
+    few = f", Wilson, n={ci['n']}" if ci.get("interval") == "wilson" else ""
+    return f"{fmt(ci['value'])} ({fmt(ci['ci_low'])}–{fmt(ci['ci_high'])}{few})"
 
 
 def fmt_param(x: Any) -> str:
@@ -336,8 +339,8 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
         _partition_table(d, ("test",)),
         _Heading(2, "Training data"),
         _Para("Training and validation partitions (validation selects the checkpoint, fits the temperature and "
-              "the Malignant threshold). Duplicates and views of one case share a group and never straddle "
-              "partitions."),
+              "the Malignant threshold)."),
+        _Bullets(tuple(f"{VARIANT_TITLES[v]}: {grouping_statement(d.splits[v])}" for v in VARIANTS)),
         _partition_table(d, ("train", "val")),
         _Bullets((f"Augmentation (training only): {_flat(d.params['train'].get('augment', {}))}.",)),
         _Heading(2, "Quantitative analyses"),
@@ -382,7 +385,12 @@ def _report_blocks(d: ReportData) -> list[Any]:
         _Heading(3, "Malignant operating point"),
         _Para("The threshold reaching the target sensitivity on validation, applied unchanged to test."),
         _operating_point_table(d),
+        *_threshold_warnings(d),
         _operating_point_gap(d),
+        _Heading(3, "Per centre (test)"),
+        _Para("Each test centre on its own (own bootstrap; macro averages over the classes it holds). Centres differ "
+              "in source and class mix, so a pooled figure can hide a centre where the model fails."),
+        *_center_results(d),
     ]
     for v in VARIANTS:
         blocks += [_Heading(3, f"Per-class metrics: {VARIANT_TITLES[v]}"), _per_class_table(d, v),
@@ -412,9 +420,12 @@ def _summary(d: ReportData) -> tuple[str, ...]:
     items = []
     for v in VARIANTS:
         e = d.evals[v]
-        items.append(f"{VARIANT_TITLES[v]}: macro AUC {fmt_ci(_get(e, 'headline', 'macro_auc'))}, Malignant "
-                     f"sensitivity at the operating point {fmt_ci(_get(e, 'operating_point', 'test_sensitivity'))} "
-                     f"on {fmt(e['n_test'])} test images.")
+        centers = "; ".join(f"centre {c}: {fmt_ci(_get(b, 'headline', 'macro_auc'))} (n={fmt(b['n'])})"
+                            for c, b in (e.get("by_center") or {}).items())
+        items.append(f"{VARIANT_TITLES[v]}: macro AUC {fmt_ci(_get(e, 'headline', 'macro_auc'))} on "
+                     f"{fmt(e['n_test'])} test images ({centers}); Malignant sensitivity at the operating point "
+                     f"{fmt_ci(_get(e, 'operating_point', 'test_sensitivity'))}, specificity "
+                     f"{fmt_ci(_get(e, 'operating_point', 'test_specificity'))}.")
     gap = _get(d.compare, "headline", "macro_auc", "gap")
     items.append(f"Generalisation gap in macro AUC (stratified - centre): {fmt_ci(gap)}; {_gap_verdict(gap)}."
                  if d.compare else _unavailable("Generalisation gap", f"{d.metrics_name}/compare.json"))
@@ -429,8 +440,8 @@ def _methods(d: ReportData) -> list[Any]:
     return [
         _Heading(3, "Data"),
         _Para(f"Source `{p['data']['source']}`; images letterboxed to {fmt_param(p['prepare']['size'])} px "
-              "squares. Duplicate and near-duplicate images and views of one case form groups that are split "
-              "together. Audit summary below."),
+              "squares. Groups (below) are split as a whole. Audit summary below."),
+        _Bullets(tuple(f"{VARIANT_TITLES[v]}: {grouping_statement(d.splits[v])}" for v in VARIANTS)),
         _Heading(3, "Splits"),
         _Bullets((
             f"{VARIANT_TITLES['stratified']}: train/validation/test stratified by class over groups.",
@@ -571,6 +582,40 @@ def _operating_point_table(d: ReportData) -> _Table:
                      fmt_ci(op.get("test_specificity"))))
     return _Table(("Variant", "Malignant threshold", "Target sensitivity (val)", "Sensitivity (val)",
                    "Sensitivity (test)", "Specificity (test)"), tuple(rows))
+
+
+def _threshold_warnings(d: ReportData) -> list[Any]:
+    """Flag thresholds fitted on too few validation Malignant images (evaluation.MIN_THRESHOLD_POSITIVES)."""
+    out = []
+    for v in VARIANTS:
+        op = d.evals[v]["operating_point"]
+        if op.get("reliable") is False:
+            out.append(_Para(f"**Unreliable threshold ({VARIANT_TITLES[v]})**: fitted on {fmt(op.get('val_positives'))} "
+                             f"validation Malignant image(s), fewer than {fmt(op.get('min_val_positives'))}; its test "
+                             "sensitivity and specificity can land far from the target."))
+    return out
+
+
+def _center_results(d: ReportData) -> list[Any]:
+    rows = []
+    for v in VARIANTS:
+        e = d.evals[v]
+        for center, c in (e.get("by_center") or {}).items():
+            counts = "/".join(fmt(c["counts"].get(k)) for k in d.class_names)
+            rows.append((VARIANT_TITLES[v], center, fmt(c["n"]), counts, fmt_ci(_get(c, "headline", "macro_auc")),
+                         fmt_ci(_get(c, "diagnostics", "tumour_vs_normal_auc")),
+                         fmt_ci(_get(c, "diagnostics", "benign_vs_malignant_auc")),
+                         fmt_ci(_get(c, "operating_point", "test_sensitivity")),
+                         fmt_ci(_get(c, "operating_point", "test_specificity"))))
+        rows.append((VARIANT_TITLES[v], "all (pooled)", fmt(e["n_test"]),
+                     "/".join(fmt((e.get("test_counts") or {}).get(k)) for k in d.class_names),
+                     fmt_ci(_get(e, "headline", "macro_auc")), fmt_ci(_get(e, "diagnostics", "tumour_vs_normal_auc")),
+                     fmt_ci(_get(e, "diagnostics", "benign_vs_malignant_auc")),
+                     fmt_ci(_get(e, "operating_point", "test_sensitivity")),
+                     fmt_ci(_get(e, "operating_point", "test_specificity"))))
+    return [_Table(("Variant", "Centre", "Images", "/".join(d.class_names), "Macro AUC", "Tumour vs normal AUC",
+                    "Benign vs malignant AUC", "Malignant sensitivity (op.)", "Malignant specificity (op.)"),
+                   tuple(rows))]
 
 
 def _operating_point_gap(d: ReportData) -> _Para:
@@ -728,8 +773,9 @@ def _audit(d: ReportData) -> list[Any]:
             f"Duplicate pairs: exact {fmt(dup.get('exact_pairs'))}, near {fmt(dup.get('near_pairs'))}, forming "
             f"{fmt(dup.get('groups'))} groups; pairs across classes {fmt(dup.get('cross_class_pairs'))}, across "
             f"centres {fmt(dup.get('cross_center_pairs'))}. Each group is split as a whole.",
-            f"Case groups: {fmt(_get(a, 'groups', 'n_groups'))} ({fmt(_get(a, 'groups', 'n_multi_image_groups'))} with "
-            "several images).",
+            f"Split groups: {fmt(_get(a, 'groups', 'n_groups'))} ({fmt(_get(a, 'groups', 'n_multi_image_groups'))} with "
+            f"several images); images with a case key: {fmt(_get(a, 'cases', 'n_images_with_case_id'))}, in "
+            f"{fmt(_get(a, 'cases', 'n_cases'))} cases.",
             f"Annotations: {fmt_pct(ann.get('tumour_annotated_pct'))} of tumour images have a lesion annotation; "
             f"{fmt(ann.get('tumour_without_annotation'))} do not.",
             f"Leakage probe: the image with the nearest id number has the same class for "
@@ -796,8 +842,8 @@ def _weights_text(source: Any) -> str:
 
 
 def _burned_in(d: ReportData) -> str:
-    counts = _get(d.audit, "leakage", "burned_in_text_images")
-    return f" Images from centres known to carry burned-in text: {_pairs(counts, fmt)}." if counts else ""
+    statement = _get(d.audit, "leakage", "burned_in_text", "statement")
+    return f" {statement}" if statement else ""
 
 
 def _variant_list() -> str:

@@ -35,7 +35,7 @@ import pandas as pd
 from assurexray.atomic import atomic_dir
 from assurexray.params import check_keys
 
-__all__ = ["PARTITIONS", "STRATEGIES", "grouping_summary", "read_index", "split_index", "split_partitions",
+__all__ = ["PARTITIONS", "STRATEGIES", "grouping_statement", "grouping_summary", "read_index", "split_index", "split_partitions",
            "split_summary", "write_splits"]
 
 logger = logging.getLogger(__name__)
@@ -470,3 +470,34 @@ def _check_every_class_everywhere(
                 f"index: {n_class}); its metrics would be undefined. Use more data, other fractions or other "
                 "train_centers."
             )
+
+
+def grouping_statement(split: dict[str, Any] | None) -> str:
+    """What a split guarantees about leakage, in one paragraph written from its split.json (never assumed).
+
+    Reports, model card and audit quote this, so a sentence about grouping is true of the split it describes.
+    """
+    g = (split or {}).get("grouping")
+    if not g:
+        return "The split's grouping is not recorded (split.json lacks `grouping`): re-run the split stage."
+    dup = (f"{g['n_duplicate_images']} exact or near duplicate image(s) share a group with their twin"
+           if g["n_duplicate_images"] else "no exact or near duplicates were found")
+    if g["basis"] == "cases+duplicates":
+        text = (f"Groups join duplicates and views of one case: {g['n_images_with_case']} of {g['n_images']} images "
+                f"carry a case key ({g['n_cases']} cases, {g['n_cases_multi_image']} with several images); {dup}; "
+                f"{g['n_groups']} groups in all, the largest of {', '.join(map(str, g['largest_groups'][:3]))} images. "
+                f"Images without a case key are their own group.")
+    else:
+        text = (f"No case identifiers: only duplicates are grouped ({dup}; {g['n_groups']} groups for "
+                f"{g['n_images']} images). Other views of one case may sit in different partitions, so test figures "
+                "may be optimistic; set data.btxrd.case_sheets (the dataset authors' detection sheets) to group cases.")
+    if "groups_straddling" not in g:
+        return text
+    if (split or {}).get("strategy") == "published":
+        return (text + f" The authors' published split is image-level and is kept as published: "
+                f"{g['groups_straddling']} group(s) and {g['cases_straddling']} case(s) straddle partitions, and "
+                f"{g['test_images_with_case_elsewhere']} test image(s) have another image of their case outside test.")
+    if g["groups_straddling"] == 0:
+        return text + " No group straddles train, validation and test in this split."
+    return (text + f" {g['groups_straddling']} group(s) ({g['cases_straddling']} case(s)) straddle partitions; "
+            f"{g['test_images_with_case_elsewhere']} test image(s) have another image of their case outside test.")
