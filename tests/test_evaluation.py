@@ -252,3 +252,20 @@ def test_a_threshold_fitted_on_few_validation_malignant_images_is_flagged_unreli
     assert m["operating_point"]["val_positives"] == 5
     assert m["operating_point"]["reliable"] is False
     assert _evaluate().metrics["operating_point"]["reliable"] is True  # 20 validation Malignant images
+
+
+def test_temperature_and_threshold_are_fitted_on_validation_only():
+    """Perturb only the test partition (logits shuffled and rescaled): nothing fitted may move."""
+    y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 30)
+    kwargs = dict(val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
+                  class_names=NAMES, resamples=50, cluster=False, ci_level=0.95, bins=10, target_sensitivity=0.9,
+                  seed=0, model_sha256="abc")
+    base = evaluate_logits(test_logits=_logits(y_test, 1), **kwargs)
+    rng = np.random.default_rng(5)
+    scrambled = 4.0 * rng.permutation(_logits(y_test, 2))
+    moved = evaluate_logits(test_logits=scrambled, **kwargs)
+    assert moved.operating_point == base.operating_point  # temperature, threshold, val sensitivity
+    assert moved.metrics["calibration"]["temperature"] == base.metrics["calibration"]["temperature"]
+    val = lambda ev: ev.predictions[ev.predictions.partition == "val"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(val(moved), val(base))
+    assert moved.metrics["headline"] != base.metrics["headline"]  # the perturbation did reach the test figures

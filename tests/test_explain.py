@@ -394,3 +394,22 @@ def test_the_explain_stage_rejects_unknown_params_keys(tmp_path, repo_root):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['methd'\]"):
         main(["--prepared", "p", "--split", "s", "--model", "m", "--predictions", "x", "--out", "o",
               "--figures", "f", "--params", str(params)])
+
+
+def test_the_layer_and_threshold_are_chosen_on_validation_only(tmp_path):
+    """Scramble only the test partition (images and masks): every choice explain makes must stay put."""
+    paths = _write_inputs(tmp_path)
+    base = _run(paths, layer_search=3).metrics
+    images = np.load(paths["prepared_dir"] / "images.npy")
+    masks = np.load(paths["prepared_dir"] / "masks.npy")
+    test_rows = pd.read_csv(paths["split_dir"] / "test.csv")["row"].to_numpy()
+    rng = np.random.default_rng(0)
+    images[test_rows] = rng.integers(0, 256, size=images[test_rows].shape, dtype=np.uint8)
+    masks[test_rows] = np.roll(masks[test_rows], shift=S // 3, axis=2)
+    np.save(paths["prepared_dir"] / "images.npy", images)
+    np.save(paths["prepared_dir"] / "masks.npy", masks)
+    moved = _run(paths, layer_search=3).metrics
+    assert moved["target_layer"] == base["target_layer"]
+    assert moved["layer_search"] == base["layer_search"]
+    assert moved["val_threshold"] == base["val_threshold"]
+    assert moved["baseline_val_threshold"] == base["baseline_val_threshold"]
