@@ -10,7 +10,7 @@ from assurexray.params import check_keys, load_params
 
 EVALUATE_KEYS = {
     "bootstrap_resamples", "bootstrap_cluster", "ci_level", "calibration_bins",
-    "malignant_target_sensitivity", "bootstrap_seed", "batch_size",
+    "malignant_target_sensitivity", "bootstrap_seed", "batch_size", "tta_flip",
 }
 
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         target_sensitivity=params["malignant_target_sensitivity"],
         seed=params["bootstrap_seed"],
         batch_size=params["batch_size"],
+        tta_flip=params["tta_flip"],
     )
     write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures)
     return 0

@@ -435,3 +435,27 @@ def test_predict_images_scores_arrays_like_run_inference_scores_files(model_path
     assert overlays["img"].ndim == 3 and overlays["img"].shape[2] == 3 and overlays["img"].dtype == np.uint8
     with pytest.raises(ValueError, match=r"predict_images: no image given"):
         infer.predict_images({}, model_path=model_path)
+
+
+def test_inference_averages_with_the_mirror_image_when_evaluate_did(model_path, tmp_path):
+    """operating_point.json records tta_flip; infer must score as evaluate did, or the threshold means nothing."""
+    from assurexray.evaluation import flip_averaged_logits
+    from assurexray.transforms import prepare_image
+
+    image = gradient(32, 32)  # left-right asymmetric: its mirror scores differently
+    path = save_image(tmp_path / "g.png", image)
+    net, meta = model_lib.load_checkpoint(model_path)
+    batch = prepare_image(image, meta)[None]
+    with torch.inference_mode():
+        plain, flipped = flip_averaged_logits(net, batch, tta_flip=False), flip_averaged_logits(net, batch,
+                                                                                                  tta_flip=True)
+        mirror = net(torch.flip(batch, dims=(3,))).float().numpy()
+    np.testing.assert_allclose(flipped, (plain + mirror) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, mirror)
+    op = write_op(tmp_path / "op.json", model_path)
+    data = json.loads(op.read_text())
+    op.write_text(json.dumps({**data, "tta_flip": True}))
+    result = run_inference([path], model_path=model_path, operating_point_path=op)
+    assert result.operating_point.tta_flip is True
+    probs = np.exp(flipped[0]) / np.exp(flipped[0]).sum()
+    np.testing.assert_allclose([result.predictions[0].probs[c] for c in CLASSES], probs, rtol=1e-5)

@@ -227,3 +227,11 @@ def test_a_git_repository_without_a_commit_gets_a_message_saying_to_commit(tmp_p
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError, match=r"no commit yet; run `git add -A && git commit -m 'pipeline'`"):
         train_model(**_options(tmp_path, epochs=1))
+
+
+def test_the_checkpoint_records_the_intensity_standardisation_it_was_trained_with(tmp_path):
+    augment = {"hflip": 0.0, "rotate_deg": 0, "scale": 0.0, "translate": 0.0, "brightness_contrast": 0.0,
+               "clahe": False, "intensity": "percentile", "gamma": 0.2, "jpeg_quality": 50}
+    result = train_model(**_options(tmp_path, epochs=1, augment=augment))
+    assert result.meta["intensity"] == "percentile"
+    assert result.meta["params"]["train"]["augment"]["gamma"] == 0.2

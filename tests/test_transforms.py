@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from assurexray.transforms import AUGMENT_KEYS, eval_transform, prepare_image, train_transform
+from assurexray.transforms import AUGMENT_KEYS, eval_transform, prepare_image, standardise_intensity, train_transform
 
 S = 32
 NO_AUGMENT = {"hflip": 0.0, "rotate_deg": 0, "scale": 0.0, "translate": 0.0, "brightness_contrast": 0.0}
@@ -115,3 +115,67 @@ def test_prepare_image_rejects_non_uint8_grey(bad):
 def test_transforms_refuse_meta_without_the_input_contract():
     with pytest.raises(ValueError, match=r"meta lacks key\(s\) \['mean', 'std'\]"):
         eval_transform({"input_size": S, "clahe": False})
+
+
+# --- hospital-shift levers: intensity standardisation and appearance augmentation ----------------------------
+
+APPEARANCE = {"gamma": 0.3, "blur_sharpen": 0.5, "noise": 0.05, "downscale": 0.5, "jpeg_quality": 40}
+
+
+def _radiograph() -> np.ndarray:
+    """A letterboxed image: a dim ramp (values 40..103) framed by zero padding."""
+    image = np.zeros((S, S), dtype=np.uint8)
+    image[4:28, :] = (40 + np.arange(S) * 2)[None, :].astype(np.uint8)
+    return image
+
+
+@pytest.mark.parametrize("mode", ["equalize", "percentile"])
+def test_intensity_standardisation_stretches_the_radiograph_and_keeps_the_padding_black(mode):
+    image = _radiograph()
+    out = standardise_intensity(image, mode)
+    body = image > 0
+    assert (out[~body] == 0).all()  # padding stays the padding value
+    assert out[body].min() <= 5 and out[body].max() >= 250  # a dim 40..103 ramp now spans the range
+    assert (np.diff(out[10].astype(int)) >= 0).all()  # monotone: bone stays brighter than soft tissue
+    # A brighter or darker copy of the same radiograph standardises to (nearly) the same image.
+    brighter = np.where(body, np.clip(image.astype(int) + 60, 0, 255), 0).astype(np.uint8)
+    assert np.abs(standardise_intensity(brighter, mode).astype(int) - out.astype(int)).max() <= 2
+
+
+def test_intensity_standardisation_is_applied_identically_at_train_and_eval_from_the_meta():
+    meta = _meta() | {"intensity": "percentile"}
+    image = _radiograph()
+    evaluated = eval_transform(meta)(image=image)["image"]
+    trained = train_transform(meta, NO_AUGMENT | {"intensity": "percentile"}, seed=0)(image=image)["image"]
+    torch.testing.assert_close(evaluated, trained)
+    plain = eval_transform(_meta())(image=image)["image"]
+    assert not torch.allclose(evaluated, plain)  # the meta switch reaches the model input
+    prepared = prepare_image(image, meta)  # the infer / app path
+    torch.testing.assert_close(prepared, evaluated)
+
+
+def test_training_refuses_an_intensity_mode_that_disagrees_with_the_checkpoint_meta():
+    with pytest.raises(ValueError, match=r"train\.augment\.intensity='equalize' disagrees with meta\['intensity'\]"):
+        train_transform(_meta(), NO_AUGMENT | {"intensity": "equalize"})
+    with pytest.raises(ValueError, match=r"intensity: expected one of \['none', 'equalize', 'percentile'\]"):
+        standardise_intensity(_radiograph(), "zscore")
+
+
+def test_appearance_augmentation_changes_pixels_is_seeded_and_is_off_at_zero():
+    image = _images(1)[0]
+    a = train_transform(_meta(), NO_AUGMENT | APPEARANCE, seed=3)
+    b = train_transform(_meta(), NO_AUGMENT | APPEARANCE, seed=3)
+    outs_a = [a(image=image)["image"] for _ in range(6)]
+    outs_b = [b(image=image)["image"] for _ in range(6)]
+    for x, y in zip(outs_a, outs_b):
+        torch.testing.assert_close(x, y)  # same seed, same sequence
+    plain = eval_transform(_meta())(image=image)["image"]
+    assert any(not torch.allclose(x, plain) for x in outs_a)
+    off = train_transform(_meta(), NO_AUGMENT | {k: 0 for k in APPEARANCE}, seed=3)
+    torch.testing.assert_close(off(image=image)["image"], plain)
+
+
+@pytest.mark.parametrize(("key", "value"), [("gamma", 1.5), ("noise", -0.1), ("jpeg_quality", 120), ("downscale", 2)])
+def test_out_of_range_appearance_strengths_are_refused(key, value):
+    with pytest.raises(ValueError, match=rf"train\.augment: values out of range \{{'{key}'"):
+        train_transform(_meta(), NO_AUGMENT | {key: value})

@@ -47,6 +47,7 @@ __all__ = [
     "Evaluation",
     "evaluate_checkpoint",
     "evaluate_logits",
+    "flip_averaged_logits",
     "load_partition",
     "predict_logits",
     "write_evaluation",
@@ -85,8 +86,13 @@ def evaluate_checkpoint(
     target_sensitivity: float,
     seed: int,
     batch_size: int,
+    tta_flip: bool = False,
 ) -> Evaluation:
-    """Load ``model_path``, predict the val and test partitions of ``split_dir`` and evaluate them."""
+    """Load ``model_path``, predict the val and test partitions of ``split_dir`` and evaluate them.
+
+    ``tta_flip`` averages the logits of each image and its mirror image (val and test alike, so the temperature
+    and threshold are fitted on what is scored); operating_point.json records it so inference does the same.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: checkpoint not found; run `dvc repro train` first.")
@@ -100,12 +106,16 @@ def evaluate_checkpoint(
                 f"{prepared}: cached images are {images.shape[1:]!r} px but the checkpoint expects "
                 f"input_size {meta['input_size']!r}; re-run prepare and train with the same size."
             )
-        logits[partition] = predict_logits(model, images, transform, batch_size=batch_size, desc=partition)
-    return evaluate_logits(
+        logits[partition] = predict_logits(model, images, transform, batch_size=batch_size, desc=partition,
+                                           tta_flip=tta_flip)
+    evaluation = evaluate_logits(
         val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"], test_logits=logits["test"],
         class_names=list(meta["class_names"]), resamples=resamples, cluster=cluster, ci_level=ci_level,
         bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=file_sha256(model_path),
     )
+    evaluation.operating_point["tta_flip"] = bool(tta_flip)
+    evaluation.metrics["tta_flip"] = bool(tta_flip)
+    return evaluation
 
 
 def load_partition(
@@ -141,8 +151,12 @@ def predict_logits(
     *,
     batch_size: int = 64,
     desc: str = "predict",
+    tta_flip: bool = False,
 ) -> np.ndarray:
-    """Logits ``(n, K)`` of uint8 gray images ``(n, S, S)``, preprocessed by the albumentations ``transform``."""
+    """Logits ``(n, K)`` of uint8 gray images ``(n, S, S)``, preprocessed by the albumentations ``transform``.
+
+    ``tta_flip``: the mean of the logits of the image and of its left-right mirror (test-time augmentation).
+    """
     if batch_size < 1:
         raise ValueError(f"evaluate.batch_size must be >= 1, got {batch_size!r}.")
     device = next(model.parameters()).device
@@ -150,8 +164,16 @@ def predict_logits(
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch_size), desc=f"evaluate {desc}", unit="batch"):
             batch = torch.stack([transform(image=img)["image"] for img in images[start:start + batch_size]])
-            out.append(model(batch.to(device)).float().cpu().numpy())  # (B, K)
+            out.append(flip_averaged_logits(model, batch.to(device), tta_flip=tta_flip))  # (B, K)
     return np.concatenate(out, axis=0)
+
+
+def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor, *, tta_flip: bool) -> np.ndarray:
+    """Logits ``(B, K)`` of a preprocessed batch ``(B, 3, S, S)``; with ``tta_flip`` averaged with its mirror."""
+    logits = model(batch).float()
+    if tta_flip:
+        logits = (logits + model(torch.flip(batch, dims=(3,))).float()) / 2.0
+    return logits.cpu().numpy()
 
 
 def evaluate_logits(

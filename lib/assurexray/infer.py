@@ -30,6 +30,7 @@ from tqdm import tqdm
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_path, write_text
 from assurexray.calibration import apply_temperature
+from assurexray.evaluation import flip_averaged_logits
 from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes, read_dicom_gray
 from assurexray.explain import compute_heatmaps
 from assurexray.imaging import decode_gray, decode_gray_bytes, letterbox, letterbox_geometry
@@ -78,6 +79,7 @@ class OperatingPoint:
     temperature: float = 1.0
     malignant_threshold: float | None = None
     source: Path | None = None
+    tta_flip: bool = False  # average with the mirror image, as evaluate did when it fitted the threshold
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,8 @@ def load_operating_point(
             f"{path}: a Malignant threshold needs a {MALIGNANT!r} class, but the checkpoint's classes are "
             f"{list(class_names)!r}."
         )
-    return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path)
+    return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path,
+                          tta_flip=bool(data.get("tta_flip", False)))
 
 
 def run_inference(
@@ -467,7 +470,7 @@ def _score(
     device = next(model.parameters()).device
     batch = torch.stack([prepare_image(grays[k], meta) for k in keys]).to(device)  # (B, 3, S, S)
     with torch.inference_mode():
-        logits = model(batch).float().cpu().numpy()  # (B, K)
+        logits = flip_averaged_logits(model, batch, tta_flip=op.tta_flip)  # (B, K), as evaluate scored
     probs = apply_temperature(logits, op.temperature)
     malignant = class_names.index(MALIGNANT) if MALIGNANT in class_names else None
     outcome: dict[Any, Prediction] = {}

@@ -144,7 +144,8 @@ def train_model(
     meta: dict[str, Any] = {
         "backbone": backbone, "num_classes": num_classes, "class_names": list(class_names),
         "dropout": float(dropout), "input_size": int(images.shape[1]), "in_chans": 3, "mean": mean,
-        "std": std, "clahe": bool(augment.get("clahe", False)), "letterbox_fill": 0,
+        "std": std, "clahe": bool(augment.get("clahe", False)),
+        "intensity": augment.get("intensity") or "none", "letterbox_fill": 0,
         "params": {
             "model": {"backbone": backbone, "pretrained": pretrained, "dropout": dropout},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,

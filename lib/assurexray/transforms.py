@@ -1,9 +1,13 @@
 """The one preprocessing definition shared by training, evaluation and inference.
 
-uint8 grayscale (S, S) -> optional CLAHE -> grey replicated to 3 channels -> Normalize(mean, std) ->
-float tensor (3, S, S). Training adds augmentation in front of exactly these steps. At evaluation and
-inference time the checkpoint's meta is the only source of settings (size, mean/std, CLAHE), so the model
-always sees images prepared as during training.
+uint8 grayscale (S, S) -> optional intensity standardisation -> optional CLAHE -> grey replicated to 3
+channels -> Normalize(mean, std) -> float tensor (3, S, S). Training adds augmentation in front of exactly these
+steps. At evaluation and inference time the checkpoint's meta is the only source of settings (size, mean/std,
+intensity, CLAHE), so the model always sees images prepared as during training.
+
+Hospital shift (other detectors, display curves, web re-compression) is what the centre holdout measures; the
+appearance augmentations (gamma, blur/sharpen, noise, downscale, JPEG) and the intensity standardisation are
+the levers against it, each off by default and switched on by evidence (see params.yaml and the README).
 """
 
 from __future__ import annotations
@@ -20,16 +24,22 @@ from albumentations.pytorch import ToTensorV2
 from assurexray.imaging import letterbox
 
 __all__ = [
-    "AUGMENT_KEYS", "CLAHE_CLIP_LIMIT", "CLAHE_TILES", "eval_transform", "train_transform", "prepare_image",
+    "AUGMENT_KEYS", "CLAHE_CLIP_LIMIT", "CLAHE_TILES", "INTENSITY_MODES", "eval_transform", "train_transform",
+    "prepare_image", "standardise_intensity",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Keys of params ``train.augment`` (meaning and units are commented in params.yaml).
-AUGMENT_KEYS = ("hflip", "rotate_deg", "scale", "translate", "brightness_contrast", "clahe")
+AUGMENT_KEYS = ("hflip", "rotate_deg", "scale", "translate", "brightness_contrast", "clahe", "intensity",
+                "gamma", "blur_sharpen", "noise", "downscale", "jpeg_quality")
+#: Values of ``train.augment.intensity``: none, per-image histogram equalisation, or a 1-99 percentile stretch,
+#: both computed over the radiograph only (letterbox padding, value 0, excluded and kept at 0).
+INTENSITY_MODES = ("none", "equalize", "percentile")
 CLAHE_CLIP_LIMIT = 2.0  # contrast clip limit; fixed (albumentations would otherwise sample it per image)
 CLAHE_TILES = (8, 8)  # CLAHE tile grid (rows, columns)
 _META_KEYS = ("input_size", "mean", "std", "clahe")
+_PERCENTILES = (1.0, 99.0)  # the percentile stretch maps these to 0 and 255
 
 
 def eval_transform(meta: Mapping[str, Any]) -> A.Compose:
@@ -61,9 +71,56 @@ def prepare_image(gray: np.ndarray, meta: Mapping[str, Any]) -> torch.Tensor:
     return eval_transform(meta)(image=boxed)["image"]
 
 
+def standardise_intensity(gray: np.ndarray, mode: str) -> np.ndarray:
+    """Per-image intensity standardisation of a uint8 (S, S) letterboxed radiograph (padding 0 stays 0).
+
+    ``equalize``: histogram equalisation over the non-zero pixels; ``percentile``: linear stretch of their 1st-99th
+    percentiles to 0-255. Both make a dark centre-3 JPEG and a bright centre-1 PACS export look alike.
+    """
+    if mode == "none":
+        return gray
+    if mode not in INTENSITY_MODES:
+        raise ValueError(f"train.augment.intensity: expected one of {list(INTENSITY_MODES)}, got {mode!r}.")
+    body = gray > 0
+    if body.sum() < 2:
+        return gray
+    values = gray[body]
+    out = np.zeros_like(gray)
+    if mode == "equalize":
+        hist = np.bincount(values, minlength=256)
+        cdf = np.cumsum(hist).astype(np.float64)
+        lo = cdf[hist > 0][0]
+        lut = np.clip(np.round((cdf - lo) / max(cdf[-1] - lo, 1.0) * 254.0) + 1.0, 1, 255).astype(np.uint8)
+    else:
+        lo, hi = np.percentile(values, _PERCENTILES)
+        scale = 254.0 / max(hi - lo, 1.0)
+        lut = np.clip(np.round((np.arange(256) - lo) * scale) + 1.0, 1, 255).astype(np.uint8)
+    out[body] = lut[values]  # the radiograph maps into 1..255, so 0 still marks only the padding
+    return out
+
+
+class _StandardiseIntensity(A.ImageOnlyTransform):
+    """albumentations wrapper of :func:`standardise_intensity` (deterministic, p=1)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(p=1.0)
+        self.mode = mode
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return standardise_intensity(img, self.mode)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("mode",)
+
+
 def _base_steps(meta: Mapping[str, Any]) -> list[A.BasicTransform]:
     _check_meta(meta)
     steps: list[A.BasicTransform] = []
+    intensity = meta.get("intensity", "none")  # checkpoints from before this option standardised nothing
+    if intensity != "none":
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"checkpoint meta intensity {intensity!r} is not one of {list(INTENSITY_MODES)}.")
+        steps.append(_StandardiseIntensity(intensity))
     if meta["clahe"]:
         clip = (CLAHE_CLIP_LIMIT, CLAHE_CLIP_LIMIT)
         steps.append(A.CLAHE(clip_limit=clip, tile_grid_size=CLAHE_TILES, p=1.0))
@@ -84,12 +141,20 @@ def _augment_steps(meta: Mapping[str, Any], augment: Mapping[str, Any]) -> list[
             f"train.augment.clahe={augment['clahe']!r} disagrees with meta['clahe']={meta['clahe']!r}; "
             "CLAHE must be the same at training and evaluation: build meta from the same params."
         )
-    values = {k: float(augment.get(k) or 0.0) for k in AUGMENT_KEYS if k != "clahe"}
-    bad = {k: v for k, v in values.items() if v < 0 or (k in {"hflip", "scale", "translate"} and v > 1)}
+    if (augment.get("intensity") or "none") != meta.get("intensity", "none"):
+        raise ValueError(
+            f"train.augment.intensity={augment.get('intensity')!r} disagrees with meta['intensity']="
+            f"{meta.get('intensity', 'none')!r}; build meta from the same params."
+        )
+    values = {k: float(augment.get(k) or 0.0) for k in AUGMENT_KEYS if k not in ("clahe", "intensity")}
+    fractions = {"hflip", "scale", "translate", "blur_sharpen", "noise", "gamma"}
+    bad = {k: v for k, v in values.items() if v < 0 or (k in fractions and v > 1)
+           or (k == "downscale" and v > 1) or (k == "jpeg_quality" and v > 100)}
     if bad:
         raise ValueError(
-            f"train.augment: values out of range {bad}; hflip, scale and translate are fractions in [0, 1], "
-            "rotate_deg and brightness_contrast are >= 0."
+            f"train.augment: values out of range {bad}; hflip, scale, translate, gamma, blur_sharpen, noise and "
+            "downscale are fractions in [0, 1], jpeg_quality is a JPEG quality in [0, 100] (0 = off), rotate_deg "
+            "and brightness_contrast are >= 0."
         )
     steps: list[A.BasicTransform] = []
     if values["hflip"] > 0:
@@ -103,6 +168,25 @@ def _augment_steps(meta: Mapping[str, Any], augment: Mapping[str, Any]) -> list[
     if values["brightness_contrast"] > 0:
         limit = values["brightness_contrast"]
         steps.append(A.RandomBrightnessContrast(brightness_limit=limit, contrast_limit=limit, p=1.0))
+    steps += _appearance_steps(values)
+    return steps
+
+
+def _appearance_steps(values: Mapping[str, float]) -> list[A.BasicTransform]:
+    """Hospital-shift augmentation: detector curve (gamma), focus (blur/sharpen), noise, resolution, JPEG."""
+    steps: list[A.BasicTransform] = []
+    if values["gamma"] > 0:  # gamma in [1 - g, 1 + g]; albumentations takes it in percent
+        g = values["gamma"]
+        steps.append(A.RandomGamma(gamma_limit=(100 * (1 - g), 100 * (1 + g)), p=0.5))
+    if values["blur_sharpen"] > 0:
+        steps.append(A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.2), p=1.0),
+                              A.Sharpen(alpha=(0.1, 0.4), lightness=(0.9, 1.1), p=1.0)], p=values["blur_sharpen"]))
+    if values["noise"] > 0:  # Gaussian noise with std up to this fraction of the 0-255 range
+        steps.append(A.GaussNoise(std_range=(0.0, values["noise"]), p=0.5))
+    if values["downscale"] > 0:  # down- then up-sample by a factor in [downscale, 1]: a lower-resolution source
+        steps.append(A.Downscale(scale_range=(values["downscale"], 1.0), p=0.3))
+    if values["jpeg_quality"] > 0:  # re-compress with a quality in [jpeg_quality, 100] (web-collected centres)
+        steps.append(A.ImageCompression(quality_range=(int(values["jpeg_quality"]), 100), p=0.5))
     return steps
 
 
