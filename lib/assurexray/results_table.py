@@ -1,0 +1,104 @@
+"""The README's "results on real BTXRD" table, generated from a run's metrics files (never typed by hand).
+
+``python -m assurexray.results_table --metrics metrics --command "..." --readme README.md`` rewrites the block
+between ``<!-- results:begin -->`` and ``<!-- results:end -->`` of the README with a table of both variants,
+pooled and per test centre, with intervals, the grouping each split guarantees, the command and the date.
+NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from assurexray.atomic import write_text
+from assurexray.splits import grouping_statement
+
+__all__ = ["results_table", "update_readme", "BEGIN", "END"]
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+VARIANTS = (("stratified", "Stratified (grouped)"), ("center", "Centre holdout (train centre 1)"))
+
+
+def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: str = "") -> str:
+    """Markdown: one row per (variant, test set), pooled then each centre, from ``metrics_dir`` only."""
+    root = Path(metrics_dir)
+    lines = ["| Variant | Test set | Images (N/B/M) | Macro AUC (95% CI) | Tumour vs normal AUC | "
+             "Malignant sens. / spec. at the val threshold |", "|---|---|---|---|---|---|"]
+    notes = []
+    for variant, title in VARIANTS:
+        e = _read(root / variant / "eval" / "metrics.json")
+        split = _read(root / variant / "split.json")
+        rows = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
+        if variant == "stratified":
+            rows = rows[:1]  # per-centre rows of the stratified test are small; the holdout is the question
+        for label, block in rows:
+            counts = block.get("test_counts") or block.get("counts") or {}
+            op = block.get("operating_point") or {}
+            lines.append(
+                f"| {title} | {label} | {block.get('n_test', block.get('n'))} "
+                f"({'/'.join(str(counts.get(c, 0)) for c in ('Normal', 'Benign', 'Malignant'))}) | "
+                f"{_ci(_get(block, 'headline', 'macro_auc'))} | {_ci(_get(block, 'diagnostics', 'tumour_vs_normal_auc'))} | "
+                f"{_ci(op.get('test_sensitivity'))} / {_ci(op.get('test_specificity'))} |")
+        notes.append(f"- {title}: {grouping_statement(split)}")
+        op = e.get("operating_point") or {}
+        if op.get("reliable") is False:
+            notes.append(f"- {title}: the Malignant threshold rests on {op.get('val_positives')} validation "
+                         "Malignant images and is flagged unreliable.")
+    made = f"Made by `{command}` on {date}" + (f" at commit {commit}" if commit else "") + "."
+    return "\n".join(lines + ["", *notes, "", made])
+
+
+def update_readme(readme: str | Path, table: str) -> None:
+    """Replace the README block between BEGIN and END with ``table`` (atomically)."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path}: no {BEGIN} ... {END} block; add the two markers where the table belongs.")
+    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
+    write_text(path, new)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the pipeline (dvc repro) before making the table.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _ci(ci: Mapping[str, Any] | None) -> str:
+    if not ci or ci.get("value") is None:
+        return "n/a"
+    if ci.get("ci_low") is None:
+        return f"{ci['value']:.3f}"
+    return f"{ci['value']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", default="metrics", help="the run's metrics folder")
+    parser.add_argument("--command", required=True, help="the command that made the run (quoted in the table)")
+    parser.add_argument("--date", required=True, help="the date of the run (YYYY-MM-DD)")
+    parser.add_argument("--commit", default="", help="the commit the run used")
+    parser.add_argument("--readme", help="rewrite this README's results block instead of printing")
+    args = parser.parse_args(argv)
+    table = results_table(args.metrics, command=args.command, date=args.date, commit=args.commit)
+    if args.readme:
+        update_readme(args.readme, table)
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Ablation table from DVC experiments: configurations over seeds, paired differences, report and figure."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from assurexray.ablation import (
+    COLUMNS,
+    experiments_from_exp_show,
+    main,
+    measure,
+    plot,
+    render_markdown,
+    summarise,
+)
+
+CLASSES = ["Normal", "Benign", "Malignant"]
+
+
+def _predictions(seed: int, skill: float) -> str:
+    """val + test predictions; a higher ``skill`` puts more probability on the true class."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for partition, n in (("val", 30), ("test", 45)):
+        labels = np.arange(n) % 3
+        for i, y in enumerate(labels):
+            logits = rng.normal(size=3) + skill * np.eye(3)[y]
+            p = np.exp(logits) / np.exp(logits).sum()
+            rows.append({"row": i if partition == "test" else 100 + i, "image_id": f"IMG{i}", "partition": partition,
+                         "label": CLASSES[y], "label_idx": y, "prob_Normal": p[0], "prob_Benign": p[1],
+                         "prob_Malignant": p[2], "group": f"g{i // 2}", "center": 2 + i % 2})
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def _files(seed: int, skill: float) -> dict[str, str]:
+    auc = lambda v: {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05}  # noqa: E731
+    center = {"headline": {"macro_auc": auc(0.6 + skill / 20)},
+              "by_center": {"2": {"headline": {"macro_auc": auc(0.65 + skill / 20)}},
+                            "3": {"headline": {"macro_auc": auc(0.55 + skill / 20)}}}}
+    return {"metrics/center/eval/metrics.json": json.dumps(center),
+            "metrics/stratified/eval/metrics.json": json.dumps({"headline": {"macro_auc": auc(0.9)}}),
+            "metrics/center/explain/metrics.json": json.dumps(
+                {"model": {"overall": {"pointing_game": auc(0.3 + skill / 10)}},
+                 "baseline": {"overall": {"pointing_game": auc(0.2)}}}),
+            "metrics/center/eval/predictions.csv": _predictions(seed, skill)}
+
+
+def _exp_show(grid: dict[str, tuple[dict, int]]) -> list[dict]:
+    """A `dvc exp show --json` document: a baseline commit with the experiments of ``grid`` under it."""
+    def node(name, rev, params):
+        return {"rev": rev, "name": name, "data": {"rev": rev, "name": name, "status": "Success",
+                                                   "params": {"params.yaml": {"data": params}}}}
+    exps = [{"revs": [node(name, f"rev-{name}", {"base": {"seed": seed}, "train": {"augment": augment}})]}
+            for name, (augment, seed) in grid.items()]
+    return [{"rev": "workspace", "data": {}}, {"rev": "head", "data": {}, "experiments": exps}]
+
+
+GRID = {"base-s1": ({"gamma": 0.0}, 1), "base-s2": ({"gamma": 0.0}, 2), "base-s3": ({"gamma": 0.0}, 3),
+        "gamma-s1": ({"gamma": 0.3}, 1), "gamma-s2": ({"gamma": 0.3}, 2), "gamma-s3": ({"gamma": 0.3}, 3)}
+SKILL = {"base": 1.0, "gamma": 2.5}
+
+
+def _reader(rev: str, path: str):
+    name = rev.removeprefix("rev-")
+    return _files(int(name[-1]), SKILL[name.split("-")[0]]).get(path)
+
+
+def test_seeds_of_one_configuration_are_grouped_and_a_better_lever_shows_a_positive_paired_difference():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    assert [e.name for e in experiments] == list(GRID)
+    rows = [measure(e, _reader) for e in experiments]
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=200)
+    assert summary["config"].tolist() == ["baseline", "train.augment.gamma=0.3"]
+    assert summary["n_seeds"].tolist() == [3, 3]
+    better = summary.iloc[1]
+    assert better["val_macro_auc_mean"] > summary.iloc[0]["val_macro_auc_mean"]
+    assert better["paired_diff_center_value"] > 0 and better["paired_diff_center_ci_low"] > 0
+    assert better["paired_diff_center_n_pairs"] == 3
+    assert better["center_3_mean"] == pytest.approx(0.55 + 2.5 / 20)
+
+
+def test_the_report_quotes_the_summary_and_the_command(tmp_path):
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    summary = summarise([measure(e, _reader) for e in experiments], experiments, baseline="base-s1", resamples=50)
+    text = render_markdown(summary, command="python -m assurexray.ablation --baseline base-s1", date="2026-12-01")
+    assert "NOT FOR CLINICAL USE" in text and "--baseline base-s1" in text
+    numbers = {f"{v:.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
+    numbers |= {f"{v:+.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
+    table = text.split("| Configuration")[1]
+    for number in re.findall(r"[+-]?\d\.\d{3}", table):
+        assert number in numbers, number
+    plot(summary, tmp_path / "ablation.png")
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_an_unknown_baseline_or_mismatched_test_images_are_refused():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    with pytest.raises(ValueError, match=r"baseline 'nope' is not an experiment"):
+        summarise(rows, experiments, baseline="nope")
+    rows[3]["_test_predictions"] = rows[3]["_test_predictions"].assign(row=lambda f: f["row"] + 1000)
+    with pytest.raises(ValueError, match=r"were tested on different images"):
+        summarise(rows, experiments, baseline="base-s1", resamples=20)
+
+
+def test_the_command_writes_report_figure_and_csv_from_a_saved_exp_show(tmp_path, monkeypatch):
+    saved = tmp_path / "exp_show.json"
+    saved.write_text(json.dumps(_exp_show(GRID)))
+    monkeypatch.setattr("assurexray.ablation.git_reader", lambda repo: _reader)
+    assert main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "out"),
+                 "--resamples", "50"]) == 0
+    for name in ("ablation.md", "ablation.png", "ablation.csv"):
+        assert (tmp_path / "out" / name).is_file()
+    assert set(f"{c}_mean" for c in COLUMNS) <= set(pd.read_csv(tmp_path / "out" / "ablation.csv").columns)

@@ -1,0 +1,80 @@
+"""The README's real-data table is generated from metrics files: every number in it is in them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from assurexray.results_table import BEGIN, END, main, results_table, update_readme
+
+
+def _ci(v: float, lo: float, hi: float) -> dict:
+    return {"value": v, "ci_low": lo, "ci_high": hi}
+
+
+def _write(root: Path) -> None:
+    grouping = {"basis": "cases+duplicates", "n_images": 100, "n_images_with_case": 60, "n_cases": 30,
+                "n_cases_multi_image": 20, "n_duplicate_images": 2, "n_groups": 70, "n_groups_multi_image": 20,
+                "n_images_in_multi_image_groups": 50, "largest_groups": [5, 4, 3], "groups_straddling": 0,
+                "cases_straddling": 0, "test_images_with_case_elsewhere": 0}
+    for variant, auc in (("stratified", 0.912), ("center", 0.701)):
+        (root / variant / "eval").mkdir(parents=True)
+        by_center = {} if variant == "stratified" else {
+            "2": {"n": 30, "counts": {"Normal": 10, "Benign": 15, "Malignant": 5},
+                  "headline": {"macro_auc": _ci(0.744, 0.661, 0.812)},
+                  "diagnostics": {"tumour_vs_normal_auc": _ci(0.733, 0.6, 0.85)},
+                  "operating_point": {"test_sensitivity": _ci(0.8, 0.376, 0.964), "test_specificity": _ci(0.52, 0.4, 0.6)}},
+            "3": {"n": 20, "counts": {"Normal": 2, "Benign": 15, "Malignant": 3},
+                  "headline": {"macro_auc": _ci(0.612, 0.5, 0.7)}, "diagnostics": {},
+                  "operating_point": {"test_sensitivity": _ci(0.667, 0.2, 0.94), "test_specificity": _ci(0.47, 0.3, 0.6)}}}
+        metrics = {"n_test": 50, "test_counts": {"Normal": 12, "Benign": 30, "Malignant": 8},
+                   "headline": {"macro_auc": _ci(auc, auc - 0.05, auc + 0.04)},
+                   "diagnostics": {"tumour_vs_normal_auc": _ci(0.777, 0.7, 0.85)},
+                   "operating_point": {"test_sensitivity": _ci(0.875, 0.5, 0.98), "test_specificity": _ci(0.31, 0.2, 0.4),
+                                       "reliable": variant == "stratified", "val_positives": 25 if variant == "stratified" else 7},
+                   "by_center": by_center}
+        (root / variant / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        (root / variant / "split.json").write_text(json.dumps({"strategy": variant, "grouping": grouping}))
+
+
+def _numbers(node, out: set[str]) -> set[str]:
+    if isinstance(node, dict):
+        for v in node.values():
+            _numbers(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _numbers(v, out)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        out.add(f"{node:.3f}" if isinstance(node, float) else str(node))
+    return out
+
+
+def test_every_number_in_the_table_comes_from_the_metrics_files(tmp_path):
+    _write(tmp_path)
+    table = results_table(tmp_path, command="dvc exp run -n btxrd-dev ...", date="2026-12-01")
+    known: set[str] = set()
+    for path in tmp_path.rglob("*.json"):
+        _numbers(json.loads(path.read_text()), known)
+    body = "\n".join(table.split("\n\n")[0].splitlines()[2:])  # the rows, without the header
+    for number in re.findall(r"\d+\.\d{3}|\b\d+\b", body):
+        assert number in known, number
+    assert "| Centre holdout (train centre 1) | centre 3 | 20 (2/15/3) | 0.612 (0.500-0.700)" in table
+    assert "7 validation Malignant images and is flagged unreliable" in table
+    assert "No group straddles" in table and "2026-12-01" in table
+
+
+def test_the_readme_block_is_replaced_between_the_markers_only(tmp_path):
+    _write(tmp_path / "metrics")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    assert main(["--metrics", str(tmp_path / "metrics"), "--command", "x", "--date", "2026-12-01",
+                 "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n") and "old table" not in text
+    assert "0.701 (0.651-0.741)" in text
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(ValueError, match=r"no <!-- results:begin --> \.\.\. <!-- results:end --> block"):
+        update_readme(tmp_path / "bare.md", "table")
