@@ -384,6 +384,24 @@ def test_gradcam_writes_one_overlay_per_image_with_the_disclaimer_banner_and_uni
     assert (np.abs(body[..., 0] - body[..., 2]) > 10).any()  # heatmap colour blended in
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_with_gradcam_each_row_names_its_overlay_file_and_a_failed_row_none(model_path, tmp_path, suffix):
+    folder = make_folder(tmp_path)
+    out = tmp_path / f"out{suffix}"
+    code = cli.main(["infer", str(folder), "--model", str(model_path), "--gradcam", str(tmp_path / "cams"),
+                     "--output", str(out)])
+    assert code == 1
+    rows = read_rows(out)
+    assert all(list(r) == [*COLUMNS[:-1], "gradcam_overlay", "error"] for r in rows)
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 4
+    overlays = [Path(r["gradcam_overlay"]) for r in good]
+    assert sorted(p.name for p in overlays) == sorted(p.name for p in (tmp_path / "cams").iterdir())
+    for row, overlay in zip(good, overlays):
+        assert overlay.is_file() and overlay.name == f"{Path(row['path']).stem}_gradcam.png"
+    assert [r["gradcam_overlay"] in ("", None) for r in rows if r["error"]] == [True]
+
+
 def test_gradcam_uses_the_layer_the_explain_stage_chose_for_this_model(tmp_path, monkeypatch):
     model_path = tiny_checkpoint(tmp_path / "models" / "v" / "model.pt")
     explain_metrics = tmp_path / "metrics" / "v" / "explain" / "metrics.json"

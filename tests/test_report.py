@@ -369,10 +369,14 @@ def test_html_embeds_the_figures_and_links_no_external_resource(tree):
     assert '<div class="disclaimer" role="alert">' in html and "<table>" in html
 
 
-def test_markdown_report_links_figures_relative_to_the_output_folder(tree):
+def test_the_committed_markdown_names_figures_without_linking_to_dvc_tracked_files(tree):
     write_reports(_data(tree), tree / "reports")
+    for name in ("report.md", "model_card.md"):
+        text = (tree / "reports" / name).read_text(encoding="utf-8")
+        assert not re.findall(r"\]\(([^)]+)\)|<img|src=", text), name  # report.md is in git, the PNGs only in DVC
     report = (tree / "reports" / "report.md").read_text(encoding="utf-8")
-    assert "](../plots/stratified/eval/roc.png)" in report
+    assert ("*Figure: ROC curves, one-vs-rest (test)*: `plots/stratified/eval/roc.png` (tracked by DVC, not git: "
+            "`dvc pull` or `dvc repro` fetches it; `report.html` embeds every figure).") in report
     assert "Precision-recall curves, one-vs-rest (test): not available (plots/stratified/eval/pr.png missing): " \
            "run `dvc repro`." in report
 

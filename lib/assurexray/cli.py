@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     infer.add_argument(
-        "--model", default="models/stratified/model.pt", metavar="FILE", help="checkpoint (default: %(default)s)"
+        "--model", default=None, metavar="FILE",
+        help="checkpoint (default: $ASSUREXRAY_MODEL, else models/stratified/model.pt under $ASSUREXRAY_ROOT, "
+        "the current folder or the checkout assurexray is installed from)",
     )
     infer.add_argument(
         "--operating-point",
@@ -133,10 +135,11 @@ def launch_app(*, port: int = 8501) -> int:
 
 def _run_infer(args: argparse.Namespace) -> int:
     from assurexray.infer import infer_command
+    from assurexray.project import resolve_model_path
 
     return infer_command(
         args.inputs,
-        model_path=args.model,
+        model_path=resolve_model_path(args.model),
         operating_point_path=args.operating_point,
         output=args.output,
         gradcam_dir=args.gradcam,

@@ -35,6 +35,7 @@ from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes, read_di
 from assurexray.explain import compute_heatmaps
 from assurexray.imaging import decode_gray, decode_gray_bytes, letterbox, letterbox_geometry
 from assurexray.model import file_sha256, load_checkpoint
+from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
 from assurexray.transforms import eval_transform, prepare_image
 
 __all__ = [
@@ -62,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 #: Suffixes picked up when walking a folder (DICOM files without a suffix are found by content).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
-DEFAULT_MODEL = Path("models/stratified/model.pt")
 #: Refuse images above this many pixels (100 MP): a decompression bomb or a scan no radiograph needs.
 DEFAULT_MAX_PIXELS = 100_000_000
 MALIGNANT = "Malignant"
@@ -106,15 +106,19 @@ class InferenceResult:
     operating_point: OperatingPoint
     model_sha256: str
     gradcam_paths: dict[str, Path] = field(default_factory=dict)
+    #: Where overlays were asked for (``--gradcam``); None = not asked, so no ``gradcam_overlay`` column.
+    gradcam_dir: Path | None = None
 
     @property
     def failures(self) -> list[Prediction]:
         return [p for p in self.predictions if not p.ok]
 
     def columns(self) -> list[str]:
-        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256, error."""
+        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256,
+        gradcam_overlay (only with ``--gradcam``: the overlay PNG written, empty for a failed input), error."""
         probs = [f"prob_{name}" for name in self.class_names]
-        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", "error"]
+        overlay = ["gradcam_overlay"] if self.gradcam_dir is not None else []
+        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", *overlay, "error"]
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per input; missing values are None."""
@@ -129,8 +133,11 @@ class InferenceResult:
                 malignant_flag=p.malignant_flag,
                 malignant_threshold=threshold,
                 model_sha256=self.model_sha256,
-                error=p.error,
             )
+            if self.gradcam_dir is not None:
+                overlay = self.gradcam_paths.get(p.path)
+                row["gradcam_overlay"] = None if overlay is None else str(overlay)
+            row["error"] = p.error
             rows.append(row)
         return rows
 
@@ -346,6 +353,7 @@ def run_inference(
         operating_point=op,
         model_sha256=sha,
         gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
+        gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir),
     )
 
 

@@ -82,6 +82,8 @@ _WEIGHT_SOURCES = {
 _EVAL_KEYS = ("n_test", "class_names", "headline", "per_class", "confusion", "calibration", "operating_point",
               "bootstrap")
 _RERUN = "run `dvc repro`"
+#: Where a markdown reader finds a figure: the PNGs are DVC outputs, not in git; report.html embeds them.
+_FIGURE_ELSEWHERE = "tracked by DVC, not git: `dvc pull` or `dvc repro` fetches it; `report.html` embeds every figure"
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def write_reports(data: ReportData, out_dir: str | os.PathLike) -> dict[str, Pat
     out = Path(out_dir)
     texts = {
         "model_card.md": render_model_card(data),
-        "report.md": render_report_markdown(data, relative_to=out),
+        "report.md": render_report_markdown(data),
         "report.html": render_report_html(data),
     }
     paths = {name: write_text(out / name, text) for name, text in texts.items()}
@@ -233,12 +235,16 @@ def write_reports(data: ReportData, out_dir: str | os.PathLike) -> dict[str, Pat
 
 def render_model_card(data: ReportData) -> str:
     """The model card (markdown), in the sections of Mitchell et al."""
-    return _to_markdown(_model_card_blocks(data), relative_to=None)
+    return _to_markdown(_model_card_blocks(data))
 
 
-def render_report_markdown(data: ReportData, *, relative_to: str | os.PathLike | None = None) -> str:
-    """The proof-of-concept report (markdown); figure links relative to ``relative_to`` (the output folder)."""
-    return _to_markdown(_report_blocks(data), relative_to=relative_to)
+def render_report_markdown(data: ReportData) -> str:
+    """The proof-of-concept report (markdown), committed to git: it names each figure but links to none.
+
+    The PNGs are DVC outputs (absent from a git checkout until ``dvc pull``), so a link would break for every
+    reader of the repository; ``report.html`` beside it embeds them.
+    """
+    return _to_markdown(_report_blocks(data))
 
 
 def render_report_html(data: ReportData) -> str:
@@ -275,7 +281,7 @@ class _Table:
 class _Figure:
     caption: str
     path: Path | None
-    missing: str  # display name of the expected file
+    missing: str  # display name of the figure file (named in the markdown, and when it is missing)
 
 
 @dataclass(frozen=True)
@@ -853,7 +859,7 @@ def _variant_list() -> str:
 # -------------------------------------------------------------------------------------------- renderers
 
 
-def _to_markdown(blocks: Sequence[Any], *, relative_to: str | os.PathLike | None) -> str:
+def _to_markdown(blocks: Sequence[Any]) -> str:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, _Heading):
@@ -870,8 +876,7 @@ def _to_markdown(blocks: Sequence[Any], *, relative_to: str | os.PathLike | None
             if b.path is None:
                 out.append(_unavailable(b.caption, b.missing))
             else:
-                link = Path(os.path.relpath(b.path, Path(relative_to).resolve())) if relative_to else b.path
-                out.append(f"![{b.caption}]({link.as_posix()})\n\n*{b.caption}*")
+                out.append(f"*Figure: {b.caption}*: `{b.missing}` ({_FIGURE_ELSEWHERE}).")
         elif isinstance(b, _Alert):
             out.append(f"> **{b.text}**")
         else:

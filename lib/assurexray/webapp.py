@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from assurexray.dicom import DICOM_SUFFIXES
+from assurexray.project import ROOT_ENV  # one owner: the CLI reads the same setting
 
 __all__ = [
     "ROOT_ENV",
@@ -63,8 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the project root (models/, metrics/, plots/, data/); default: current dir.
-ROOT_ENV = "ASSUREXRAY_ROOT"
 VARIANTS: tuple[str, ...] = ("stratified", "center")
 VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
 #: File types the uploader accepts (suffixes without the dot).
