@@ -43,6 +43,13 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
                 f"({'/'.join(str(counts.get(c, 0)) for c in ('Normal', 'Benign', 'Malignant'))}) | "
                 f"{_ci(_get(block, 'headline', 'macro_auc'))} | {_ci(_get(block, 'diagnostics', 'tumour_vs_normal_auc'))} | "
                 f"{_ci(op.get('test_sensitivity'))} / {_ci(op.get('test_specificity'))} |")
+        explain_path = root / variant / "explain" / "metrics.json"
+        if explain_path.is_file():
+            x = _read(explain_path)
+            notes.append(f"- {title}: Grad-CAM pointing game on {_get(x, 'model', 'overall', 'n')} annotated test "
+                         f"tumours {_ci(_get(x, 'model', 'overall', 'pointing_game'))} against "
+                         f"{_ci(_get(x, 'baseline', 'overall', 'pointing_game'))} for a centred Gaussian "
+                         f"(layer `{x.get('target_layer')}`, chosen on validation).")
         notes.append(f"- {title}: {grouping_statement(split)}")
         op = e.get("operating_point") or {}
         if op.get("reliable") is False:
@@ -81,7 +88,8 @@ def _ci(ci: Mapping[str, Any] | None) -> str:
         return "n/a"
     if ci.get("ci_low") is None:
         return f"{ci['value']:.3f}"
-    return f"{ci['value']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f})"
+    few = f", Wilson n={ci['n']}" if ci.get("interval") == "wilson" else ""
+    return f"{ci['value']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f}{few})"
 
 
 def main(argv: list[str] | None = None) -> int:
