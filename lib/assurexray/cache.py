@@ -22,7 +22,7 @@ from tqdm import tqdm
 from assurexray.atomic import atomic_dir
 from assurexray.btxrd import Release, read_labelme
 from assurexray.groups import PAIR_COLUMNS, group_images, perceptual_hash
-from assurexray.imaging import decode_gray_with_mode, letterbox, polygons_to_letterbox, rasterize_polygons
+from assurexray.imaging import decode_for_letterbox, letterbox, polygons_to_letterbox, rasterize_polygons
 from assurexray.schema import CLASS_NAMES
 
 __all__ = ["INDEX_COLUMNS", "PreparedCache", "build_cache", "load_cache", "read_index"]
@@ -191,9 +191,9 @@ def _process_one(task: tuple[str, str, str | None, int]) -> tuple[np.ndarray, np
     """Decode one image; letterbox it and its lesion mask in the same geometry; hash it."""
     image_id, path, annotation_path, size = task
     data = Path(path).read_bytes()
-    gray, mode = decode_gray_with_mode(path)
-    height, width = gray.shape
-    image, geom = letterbox(gray, size)
+    # JPEG originals are decoded in draft mode at >= the letterbox size; the geometry is the full file's.
+    gray, mode, (width, height) = decode_for_letterbox(path, size)
+    image, geom = letterbox(gray, size, original_size=(width, height))
     mask = np.zeros((size, size), dtype=np.uint8)
     stretched = False
     if annotation_path is not None:
