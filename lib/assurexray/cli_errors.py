@@ -13,13 +13,14 @@ Third-party warnings (pydicom, PIL, torch) become one log line each instead of a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Iterator, Sequence, TextIO
 
 __all__ = [
     "DEBUG_ENV",
@@ -28,6 +29,7 @@ __all__ = [
     "USER_ERRORS",
     "debug_requested",
     "error_line",
+    "warnings_as_log_lines",
     "run_stage",
 ]
 
@@ -53,10 +55,11 @@ def debug_requested(argv: Sequence[str] = (), environ: dict[str, str] | None = N
 
 def error_line(prog: str, err: BaseException) -> str:
     """``<prog>: error: <message>``, the message being the exception's own (its type when it has none)."""
-    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.strerror and err.filename:  # raised by the OS: "<path>: <reason>"
+        message = f"{err.filename}: {err.strerror}"
+    else:
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     message = " ".join(message.split()) or type(err).__name__  # one line, whatever the library wrote
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
-        message = f"{err.filename}: {message}"
     return f"{prog}: error: {message}"
 
 
@@ -78,9 +81,7 @@ def run_stage(
     args = [a for a in args if a not in _VERBOSE_FLAGS]
     prog = prog or Path(sys.argv[0]).stem or "stage"
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=_LOG_FORMAT, stream=stderr)
-    with warnings.catch_warnings():
-        if not debug:
-            warnings.showwarning = _log_warning
+    with warnings_as_log_lines(enabled=not debug):
         try:
             return int(main(args) or 0)
         except KeyboardInterrupt:
@@ -92,6 +93,15 @@ def run_stage(
                 traceback.print_exc(file=stderr)
             print(error_line(prog, err), file=stderr)
             return EXIT_USER_ERROR
+
+
+@contextlib.contextmanager
+def warnings_as_log_lines(*, enabled: bool = True) -> Iterator[None]:
+    """Within the block, each warning (pydicom, PIL, torch...) is one WARNING log line, not a source dump."""
+    with warnings.catch_warnings():
+        if enabled:
+            warnings.showwarning = _log_warning
+        yield
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (stdlib)

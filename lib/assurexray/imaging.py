@@ -133,8 +133,10 @@ def _open(source: Path | io.BytesIO, *, label: str, max_pixels: int | None) -> I
         with _pil_limit_lifted():
             im = Image.open(source)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        # PIL's own message names the file object (a BytesIO repr for uploads): the label says which file.
+        reason = "cannot identify the image format" if isinstance(err, UnidentifiedImageError) else str(err)
         raise ValueError(
-            f"{label}: not a readable image ({type(err).__name__}: {err}); expected JPEG, PNG, TIFF, BMP, WebP, "
+            f"{label}: not a readable image ({type(err).__name__}: {reason}); expected JPEG, PNG, TIFF, BMP, WebP, "
             "GIF or DICOM. Re-export it."
         ) from err
     with im:
@@ -175,26 +177,31 @@ def _decode_pil(
     with _open(source, label=label, max_pixels=max_pixels) as im:
         mode = im.mode
         try:
-            _check_single_frame(im, label=label)
-            orientation = im.getexif().get(0x0112, 1)
-            width, height = im.size
-            transposed = orientation in (5, 6, 7, 8)  # EXIF rotations by 90 degrees swap the axes
-            if transposed:
-                width, height = height, width
-            if fit is not None and im.format in _DRAFT_FORMATS:
-                geom = letterbox_geometry(width, height, fit)
-                request = (geom.new_h, geom.new_w) if transposed else (geom.new_w, geom.new_h)
-                im.draft(im.mode, request)  # decoded size >= request in both axes (PIL picks the scale)
-            with _pil_limit_lifted():  # TIFF tiles re-check PIL's limit while loading; ours was applied above
+            # Our limit was applied to the header above; PIL's global one is lifted while frames are counted
+            # and pixels loaded (TIFF pages and tiles re-check it).
+            with _pil_limit_lifted():
+                _check_single_frame(im, label=label)
+                orientation = im.getexif().get(0x0112, 1)
+                width, height = im.size
+                transposed = orientation in (5, 6, 7, 8)  # EXIF rotations by 90 degrees swap the axes
+                if transposed:
+                    width, height = height, width
+                if fit is not None and im.format in _DRAFT_FORMATS:
+                    geom = letterbox_geometry(width, height, fit)
+                    request = (geom.new_h, geom.new_w) if transposed else (geom.new_w, geom.new_h)
+                    im.draft(im.mode, request)  # decoded size >= request in both axes (PIL picks the scale)
                 im.load()
-            im = ImageOps.exif_transpose(im)
-            gray = _pil_to_gray(im)
+                im = ImageOps.exif_transpose(im)
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             if isinstance(err, ValueError) and str(err).startswith(label):
                 raise
             raise ValueError(
                 f"{label}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it."
             ) from err
+        try:
+            gray = _pil_to_gray(im)
+        except ValueError as err:  # pixel values no 8-bit display can show (NaN, inf)
+            raise ValueError(f"{label}: {err} Re-export the image with finite pixel values.") from err
     return gray, mode, (width, height)
 
 
