@@ -2,7 +2,9 @@
 
 Preprocessing and class order come from the checkpoint (``meta``), the temperature and the Malignant
 threshold from the evaluate stage's ``operating_point.json``, which must belong to the same model file
-(checked by SHA-256), so a file scored here gets exactly the probabilities evaluation reported.
+(checked by SHA-256), so a file scored here gets the probabilities evaluation reported. (One known
+difference: ``prepare`` decodes JPEGs over twice the cache size in draft mode, which differs from the full
+decode used here by under one grey level on average; see tests/test_imaging.py.)
 A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
 """
 
