@@ -62,7 +62,7 @@ def try_page(layout: webapp.Layout) -> None:
     try:
         if source == "Upload a file":
             upload = st.file_uploader(
-                "Radiograph (JPEG, PNG or single-frame DICOM)", type=list(webapp.UPLOAD_TYPES),
+                webapp.UPLOAD_LABEL, type=list(webapp.UPLOAD_TYPES),
                 max_upload_size=webapp.MAX_UPLOAD_MB, key="upload",
             )
             if upload is None:

@@ -4,19 +4,44 @@ Prints images/s for shuffled batch reads (what the DataLoader does each step) an
 throughput quoted in the brief (~34 img/s for efficientnet_b0 at 128 px on 2 CPU cores): the cache must never
 be the bottleneck (target: thousands of images/s, a ratio far above 1).
 
-    python benchmarks/cache_read_speed.py [data/prepared] [--batches 200] [--batch-size 32]
+    python -m benchmarks.cache_read_speed [data/prepared] [--batches 200] [--batch-size 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 from assurexray.cache import load_cache
+from benchmarks import Figure
 
 TRAINING_IMAGES_PER_SECOND = 34.0
+
+
+def measure(prepared: str, batches: int, batch_size: int) -> tuple[float, int]:
+    """(images/s of shuffled batch reads from the memory map, cache size)."""
+    cache = load_cache(prepared, mmap=True)
+    n = cache.images.shape[0]
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(batches):
+        rows = np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
+        np.asarray(cache.images[rows]).sum()  # (B, S, S) uint8, copied out of the memory map
+        np.asarray(cache.masks[rows]).sum()
+    return batches * min(batch_size, n) / (time.perf_counter() - started), n
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    if not Path("data/prepared/images.npy").is_file():
+        return [Figure("cache read / training throughput", None, "x", ">> 1x", None,
+                       "skipped: no data/prepared here (dvc repro prepare or dvc pull)")]
+    speed, n = measure("data/prepared", 50 if quick else 200, 32)
+    ratio = speed / TRAINING_IMAGES_PER_SECOND
+    return [Figure("cache read / training throughput", ratio, "x", ">= 10x", ratio >= 10,
+                   f"{speed:,.0f} img/s from {n} cached images vs {TRAINING_IMAGES_PER_SECOND:g} img/s training")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,23 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-
-    cache = load_cache(args.prepared, mmap=True)
-    n = cache.images.shape[0]
-    rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    checksum = 0
-    for _ in range(args.batches):
-        rows = np.sort(rng.choice(n, size=min(args.batch_size, n), replace=False))
-        batch = np.asarray(cache.images[rows])  # (B, S, S) uint8, copied out of the memory map
-        mask = np.asarray(cache.masks[rows])
-        checksum += int(batch[:, 0, 0].sum()) + int(mask[:, 0, 0].sum())
-    seconds = time.perf_counter() - started
-    images_per_second = args.batches * min(args.batch_size, n) / seconds
-    print(f"cache: {n} images of {cache.images.shape[1]} px; {args.batches} random batches of {args.batch_size}")
-    print(f"read speed: {images_per_second:,.0f} images/s (checksum {checksum})")
-    print(f"ratio to training throughput ({TRAINING_IMAGES_PER_SECOND:g} img/s): "
-          f"{images_per_second / TRAINING_IMAGES_PER_SECOND:,.0f}x")
+    speed, n = measure(args.prepared, args.batches, args.batch_size)
+    print(f"read speed: {speed:,.0f} images/s from {n} images; "
+          f"ratio to training ({TRAINING_IMAGES_PER_SECOND:g} img/s): {speed / TRAINING_IMAGES_PER_SECOND:,.0f}x")
     return 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from assurexray.audit import audit_dataset, write_audit
+from assurexray.cli_errors import run_stage
 from assurexray.params import check_keys, load_params
 
 AUDIT_KEYS = {"montage_groups"}
@@ -21,7 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasheet", required=True, help="datasheet markdown to write (Gebru et al. 2021)")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = check_keys(load_params(args.params, "audit"), AUDIT_KEYS, where=f"{args.params} audit")
     result = audit_dataset(args.raw, args.prepared, montage_groups=params["montage_groups"])
@@ -35,4 +34,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

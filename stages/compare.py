@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from assurexray.atomic import write_json, write_text
+from assurexray.cli_errors import run_stage
 from assurexray.compare import compare_variants, load_variant, render_report
 
 
@@ -16,7 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="comparison JSON, e.g. metrics/compare.json")
     parser.add_argument("--report", required=True, help="markdown report, e.g. reports/comparison.md")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     stratified, stratified_explain = load_variant(args.stratified)
     center, center_explain = load_variant(args.center)
@@ -29,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from assurexray.cli_errors import run_stage
 from assurexray.evaluation import evaluate_checkpoint, write_evaluation
 from assurexray.params import check_keys, load_params
 
@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", required=True, help="figures folder; PNGs go to <figures>/eval")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = check_keys(load_params(args.params, "evaluate"), EVALUATE_KEYS, where="params evaluate")
     missing = sorted(EVALUATE_KEYS - set(params))
@@ -47,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -8,6 +8,7 @@ import logging
 
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_path, write_json
+from assurexray.cli_errors import run_stage
 from assurexray.explain import ExplainConfig, explain_variant
 from assurexray.gallery import write_gallery
 from assurexray.model import load_checkpoint
@@ -27,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", required=True, help="gallery directory (replaced whole)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger(__name__).info(DISCLAIMER)
 
     params = check_keys(load_params(args.params, "explain"), EXPLAIN_KEYS, where=f"{args.params} explain")
@@ -52,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from assurexray.cli_errors import run_stage
 from assurexray.fetch import fetch_data
 from assurexray.params import check_keys, load_params
 
@@ -14,7 +14,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (release layout), e.g. data/raw")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     base = load_params(args.params, "base")
     data = check_keys(load_params(args.params, "data"), {"source", "sample", "btxrd"}, where="params data")
@@ -29,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from assurexray.btxrd import load_release
 from assurexray.cache import build_cache
+from assurexray.cli_errors import run_stage
 from assurexray.params import check_keys, load_params
 
 PREPARE_KEYS = {"size", "near_duplicate_distance", "workers"}
@@ -18,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="cache folder to (re)write")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = check_keys(load_params(args.params, "prepare"), PREPARE_KEYS, where=f"{args.params} prepare")
     class_names = load_params(args.params, "base")["class_names"]
@@ -37,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from assurexray.cli_errors import run_stage
 from assurexray.params import check_keys, load_params
 from assurexray.report import TRACKED_PARAMS, collect_report_data, tracked_params, write_reports
 
@@ -16,7 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder for model_card.md, report.md, report.html")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     # Only the keys dvc.yaml lists for this stage are read, so no untracked change can alter the documents.
     params = check_keys(tracked_params(load_params(args.params)), set(TRACKED_PARAMS), where=f"{args.params} (report)")
@@ -26,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

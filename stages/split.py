@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from assurexray.atomic import write_json
+from assurexray.cli_errors import run_stage
 from assurexray.params import load_params
 from assurexray.splits import read_index, split_partitions, split_summary, write_splits
 
@@ -18,7 +19,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", required=True, help="split metrics JSON")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     base = load_params(args.params, "base")
     variants = load_params(args.params, "split")
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

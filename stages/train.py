@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from assurexray.cli_errors import run_stage
 from assurexray.model import file_sha256, save_checkpoint
 from assurexray.params import check_keys, load_params
 from assurexray.training import is_main_process, load_training_data, train_model
@@ -64,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

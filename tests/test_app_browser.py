@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
 from test_app import APP, CLASSES, REPO_ROOT, build_project, jpeg_bytes, write_results
 
 pytestmark = pytest.mark.browser
@@ -36,8 +37,11 @@ STEP_MS = 30_000  # bounded wait for each page state, ms
 def server(tmp_path):
     """A Streamlit server on a free loopback port, its root a tiny project; always stopped afterwards."""
     if CHROMIUM is None:
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+        skip_or_fail("chromium not installed (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        skip_or_fail("playwright not installed (pip install playwright)")
     root = write_results(build_project(tmp_path / "project"))
     port = _free_port()
     env = {**os.environ, "ASSUREXRAY_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
@@ -64,7 +68,6 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=STEP_MS)
-    started = time.monotonic()
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a PNG")
     good = tmp_path / "ramp.jpg"
@@ -111,7 +114,6 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
         finally:
             browser.close()
-    assert time.monotonic() - started < 90
 
 
 def _free_port() -> int:

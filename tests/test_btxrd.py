@@ -218,7 +218,7 @@ def test_read_metadata_refuses_two_columns_with_the_same_meaning(tmp_path):
     ([{"tumor": 1}], r"row 2: 'tumor' is 1 but neither 'benign' nor 'malignant' is 1"),
     ([{}, {}, {"benign": 2}], r"row 4: flag 'benign' must be 0 or 1, got 2"),
     ([{"malignant": "yes"}], r"row 2: flag 'malignant' must be 0 or 1, got 'yes'"),
-    ([{}, {"tumor": np.nan}], r"row 3: flag 'tumor' must be 0 or 1, got nan"),
+    ([{}, {"tumor": np.nan}], r"row 3: flag 'tumor' is blank; every flag must be 0 or 1"),
     ([{}, {"image_id": " "}], r"row 3: 'image_id' is blank"),
     ([{"center": np.nan}], r"row 2: 'center' is blank"),
     ([{"center": "B"}], r"row 2: 'center' must be an integer, got 'B'"),
@@ -255,12 +255,14 @@ def test_read_labelme_keeps_polygons_and_rectangles_apart(tmp_path):
     assert ann.labels == ("osteosarcoma",) and ann.box_labels == ("osteosarcoma",)
 
 
-def test_read_labelme_scales_to_the_real_image_size_and_clips_to_its_bounds(tmp_path):
-    shapes = [{"label": "x", "shape_type": "polygon", "points": [[-5, 2], [30, 2], [50, 28], [10, 40]]},
+def test_read_labelme_scales_to_the_real_image_size_and_clips_border_clicks_counting_them(tmp_path):
+    # Drawn on 40x30; three vertices lie within the 2 px tolerance outside it (border clicks).
+    shapes = [{"label": "x", "shape_type": "polygon", "points": [[-1, 2], [30, 2], [40, 29], [10, 30.5]]},
               {"label": "x", "shape_type": "rectangle", "points": [[30, 20], [2, 2]]}]
     ann = read_labelme(write_json(tmp_path / "a.json", shapes=shapes), image_size=(20, 15))
     np.testing.assert_allclose(ann.polygons[0], [[0, 1], [15, 1], [19, 14], [5, 14]])
     assert ann.boxes == ((1.0, 1.0, 15.0, 10.0),)
+    assert (ann.rescaled, ann.stretched, ann.n_clipped) == (True, False, 3)
 
 
 @pytest.mark.parametrize("content, message", [

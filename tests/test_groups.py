@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -100,9 +98,6 @@ def test_group_images_scales_to_the_full_release_size():
     hashes = [int(h) for h in rng.integers(0, 2**63, n, dtype=np.uint64)]
     hashes[100] = hashes[7]  # one planted exact duplicate
     ids = [f"IMG{i:06d}" for i in range(n)]
-    start = time.perf_counter()
-    result = group_images(ids, hashes, [""] * n, max_distance=4)
-    seconds = time.perf_counter() - start
+    result = group_images(ids, hashes, [""] * n, max_distance=4)  # its speed: `python -m benchmarks` (grouping)
     assert result.group[100] == "IMG000007" and result.dup_of[100] == "IMG000007"
     assert len(set(result.group)) == n - 1
-    assert seconds < 20  # vectorised: about a second even on a busy 2-core machine

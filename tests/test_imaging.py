@@ -8,6 +8,7 @@ from PIL import Image
 
 from assurexray.imaging import (
     Letterbox,
+    decode_for_letterbox,
     decode_gray,
     decode_gray_array,
     decode_gray_with_mode,
@@ -82,7 +83,7 @@ def test_decode_gray_composites_transparency_on_black(tmp_path):
 @pytest.mark.parametrize("content", [b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 20])
 def test_decode_gray_reports_a_corrupt_file_by_name(tmp_path, content):
     (tmp_path / "bad.jpeg").write_bytes(content)
-    with pytest.raises(ValueError, match=r"bad.jpeg: unreadable or corrupt image"):
+    with pytest.raises(ValueError, match=r"bad.jpeg: (not a readable|unreadable or corrupt) image"):
         decode_gray(tmp_path / "bad.jpeg")
 
 
@@ -200,3 +201,45 @@ def test_rasterize_polygons_fills_pixel_centres_inclusively_and_unions():
 def test_rasterize_polygons_marks_a_lesion_smaller_than_a_pixel():
     tiny = np.array([[3.1, 3.1], [3.3, 3.1], [3.2, 3.3]])
     assert rasterize_polygons([tiny], 8, 8).sum() >= 1
+
+
+# --- JPEG draft (DCT-domain) decoding for prepare ------------------------------------------------------------
+
+
+def _smooth_jpeg(path: Path, width: int, height: int, *, orientation: int | None = None) -> Path:
+    yy, xx = np.mgrid[0:height, 0:width]
+    array = (127 + 100 * np.sin(xx / 37.0) * np.cos(yy / 23.0)).astype(np.uint8)
+    im = Image.fromarray(array)
+    exif = im.getexif()
+    if orientation:
+        exif[0x0112] = orientation
+    im.save(path, format="JPEG", quality=92, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize(("width", "height", "orientation", "decoded"), [
+    (400, 300, None, (75, 100)),  # 1/4 scale: 100x75 >= the 64x48 content
+    (400, 300, 6, (100, 75)),  # EXIF-rotated: geometry of the displayed 300x400 image
+    (60, 50, None, (50, 60)),  # smaller than 2x the letterbox: no draft, full decode
+])
+def test_draft_decoding_stays_at_least_the_letterbox_size_and_matches_a_full_decode(tmp_path, width, height,
+                                                                                   orientation, decoded):
+    path = _smooth_jpeg(tmp_path / "x.jpg", width, height, orientation=orientation)
+    gray, mode, original = decode_for_letterbox(path, 64)
+    full = decode_gray(path)
+    assert mode == "L" and original == (full.shape[1], full.shape[0]) and gray.shape == decoded
+    boxed, geom = letterbox(gray, 64, original_size=original)
+    reference, ref_geom = letterbox(full, 64)
+    assert geom == ref_geom  # the geometry (and so every mask / heatmap mapping) is the full file's
+    # Never decoded below the letterbox content (unless the file itself is smaller: then it is upscaled).
+    assert gray.shape[0] >= min(geom.new_h, full.shape[0]) and gray.shape[1] >= min(geom.new_w, full.shape[1])
+    assert np.abs(boxed.astype(int) - reference).mean() < 1.0  # DCT-domain scaling: sub-grey-level on average
+
+
+def test_draft_decoding_matches_a_full_decode_on_every_btxrd_mini_original(btxrd_mini):
+    for path in sorted((btxrd_mini / "images").iterdir()):
+        gray, _, original = decode_for_letterbox(path, 160)
+        boxed, geom = letterbox(gray, 160, original_size=original)
+        reference, ref_geom = letterbox(decode_gray(path), 160)
+        assert geom == ref_geom, path.name
+        assert np.abs(boxed.astype(int) - reference).mean() < 2.0, path.name

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +46,9 @@ _SHAPE_TYPES: tuple[str, ...] = ("polygon", "rectangle")
 # A resized copy keeps the aspect ratio up to rounding; beyond this the JSON belongs to another image.
 _ASPECT_TOLERANCE_PX = 2.0
 _ASPECT_TOLERANCE_FRACTION = 0.02
+# LabelMe clicks on the border land a little outside; beyond this the shape was drawn on another image.
+_OUTSIDE_TOLERANCE_PX = 2.0
+_OUTSIDE_TOLERANCE_FRACTION = 0.02
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +68,8 @@ class Annotation:
     box_labels: tuple[str, ...] = ()
     source: Path | None = None
     stretched: bool = False  # the image file has another aspect ratio (a squashed copy): scaled per axis
+    rescaled: bool = False  # the image file has another size than the JSON (a resized copy): shapes scaled
+    n_clipped: int = 0  # points a little outside the image (within tolerance) moved onto its border
 
 
 @dataclass(frozen=True)
@@ -155,8 +161,10 @@ def read_labelme(path: str | os.PathLike, *, image_size: tuple[int, int] | None 
 
     BTXRD draws one polygon (lesion outline) and one rectangle (its box) per lesion, in the pixels of
     ``imageWidth`` x ``imageHeight``. Resized copies of the release keep the JSON unchanged, hence scaling
-    (per axis: a squashed copy sets ``stretched``; a 90-degree rotated one is refused). Any other shape
-    type is reported, never guessed.
+    (per axis: a squashed copy sets ``stretched``; a 90-degree rotated one is refused) and ``rescaled``
+    records it, for prepare to report. Points up to 2 px / 2 % outside the JSON's image are clipped onto its
+    border and counted (``n_clipped``); farther out the shape belongs to another image and is refused. Any
+    other shape type is reported, never guessed.
     """
     path = Path(path)
     try:
@@ -179,8 +187,10 @@ def read_labelme(path: str | os.PathLike, *, image_size: tuple[int, int] | None 
         raise ValueError(f"{path}: 'shapes' must be a list, got {type(data['shapes']).__name__}.")
 
     polygons, labels, boxes, box_labels = [], [], [], []
+    n_clipped = 0
     for index, shape in enumerate(data["shapes"]):
         points, kind, label = _shape(shape, path, index)
+        n_clipped += _check_inside(points, (json_w, json_h), path, index, kind)
         points = points * (sx, sy)
         points[:, 0] = np.clip(points[:, 0], 0.0, width - 1.0)
         points[:, 1] = np.clip(points[:, 1], 0.0, height - 1.0)
@@ -195,7 +205,7 @@ def read_labelme(path: str | os.PathLike, *, image_size: tuple[int, int] | None 
     return Annotation(
         image_path=str(image_path), polygons=tuple(polygons), boxes=tuple(boxes), labels=tuple(labels),
         json_size=(json_w, json_h), image_size=(width, height), box_labels=tuple(box_labels), source=path,
-        stretched=stretched,
+        stretched=stretched, rescaled=(json_w, json_h) != (width, height), n_clipped=n_clipped,
     )
 
 
@@ -291,14 +301,39 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata sheet not found.")
     suffix = path.suffix.lower()
+    if suffix not in {".xlsx", ".xlsm", ".csv"}:
+        raise ValueError(f"{path}: unsupported metadata format {suffix!r}; expected .xlsx or .csv.")
     try:
         if suffix in {".xlsx", ".xlsm"}:
             return pd.read_excel(path, engine="openpyxl")
-        if suffix == ".csv":
-            return pd.read_csv(path)
-    except (ValueError, OSError, KeyError) as err:
-        raise ValueError(f"{path}: cannot read the metadata sheet ({err}). Re-save it as .xlsx or .csv.") from err
-    raise ValueError(f"{path}: unsupported metadata format {suffix!r}; expected .xlsx or .csv.")
+        return pd.read_csv(path)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
+        kind = _sniff_format(path)
+        hint = f" The file's content looks like {kind}, not {suffix}." if kind and kind != suffix else ""
+        raise ValueError(
+            f"{path}: cannot read the metadata sheet as {suffix} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}).{hint} Re-save it from Excel as .xlsx, or export it as .csv."
+        ) from err
+
+
+def _sniff_format(path: Path) -> str | None:
+    """What the first bytes say the file is (a renamed sheet is common): '.xlsx', '.xls', '.csv' or None."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return ".xlsx"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return ".xls"  # legacy binary Excel (OLE2), which pandas reads only with xlrd
+    if not head.strip():
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return ".csv"
 
 
 def _column_key(name: Any) -> str:
@@ -366,7 +401,12 @@ def _int_cell(value: Any, path: Path, row: int, column: str) -> int:
 
 
 def _flag_cell(value: Any, path: Path, row: int, column: str) -> int:
-    number = None if _is_blank(value) else _number(value)
+    if _is_blank(value):
+        raise ValueError(
+            f"{path.name} row {row}: flag {column!r} is blank; every flag must be 0 or 1 (a blank is not read "
+            "as 0). Fill it in or drop the row."
+        )
+    number = _number(value)
     if number not in (0.0, 1.0):
         raise ValueError(
             f"{path.name} row {row}: flag {column!r} must be 0 or 1, got {value!r}. Fix the sheet."
@@ -375,13 +415,19 @@ def _flag_cell(value: Any, path: Path, row: int, column: str) -> int:
 
 
 def _check_duplicates(ids: pd.Series, sheet_rows: pd.Series, path: Path) -> None:
-    dup = ids.duplicated(keep=False)
+    # Files are matched by stem, case-insensitively ("IMG1.jpeg" and "img1.JPG" are one file): so are ids.
+    keys = ids.map(_stem)
+    dup = keys.duplicated(keep=False)
     if dup.any():
-        first = ids[dup].iloc[0]
-        rows = sheet_rows[ids == first].tolist()
+        first = keys[dup].iloc[0]
+        same = keys == first
+        rows, spellings = sheet_rows[same].tolist(), list(dict.fromkeys(ids[same]))
+        what = (f"image_id {spellings[0]!r} appears {len(rows)} times" if len(spellings) == 1 else
+                f"image_ids {spellings} name the same image file (ids match files case-insensitively, "
+                "suffix ignored)")
         raise ValueError(
-            f"{path.name} rows {rows}: image_id {first!r} appears {len(rows)} times; "
-            f"{int(ids.duplicated().sum())} duplicate id(s) in all. Keep one row per image."
+            f"{path.name} rows {rows}: {what}; {int(keys.duplicated().sum())} duplicate id(s) in all. "
+            "Keep one row per image."
         )
 
 
@@ -455,6 +501,24 @@ def _positive_int(value: Any, path: Path, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
         raise ValueError(f"{path}: {key!r} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def _check_inside(points: np.ndarray, size: tuple[int, int], path: Path, index: int, kind: str) -> int:
+    """Number of ``points`` outside the (width, height) image within tolerance; refuse any farther out."""
+    width, height = size
+    tol_x = max(_OUTSIDE_TOLERANCE_PX, _OUTSIDE_TOLERANCE_FRACTION * width)
+    tol_y = max(_OUTSIDE_TOLERANCE_PX, _OUTSIDE_TOLERANCE_FRACTION * height)
+    over_x = np.maximum(-points[:, 0], points[:, 0] - (width - 1))
+    over_y = np.maximum(-points[:, 1], points[:, 1] - (height - 1))
+    far = (over_x > tol_x) | (over_y > tol_y)
+    if far.any():
+        x, y = points[int(np.flatnonzero(far)[0])]
+        raise ValueError(
+            f"{path}: shape {index} ({kind}) has {int(far.sum())} point(s) outside the {width}x{height} image "
+            f"it was drawn on, e.g. ({x:g}, {y:g}); the annotation belongs to another image or was edited by hand. "
+            "Re-draw it in LabelMe on this image or remove the shape."
+        )
+    return int(((over_x > 0) | (over_y > 0)).sum())
 
 
 def _same_aspect(json_size: tuple[int, int], size: tuple[int, int]) -> bool:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from assurexray.atomic import atomic_dir
 from assurexray.btxrd import Release, read_labelme
 from assurexray.groups import PAIR_COLUMNS, group_images, perceptual_hash
-from assurexray.imaging import decode_gray_with_mode, letterbox, polygons_to_letterbox, rasterize_polygons
+from assurexray.imaging import decode_for_letterbox, letterbox, polygons_to_letterbox, rasterize_polygons
 from assurexray.schema import CLASS_NAMES
 
 __all__ = ["INDEX_COLUMNS", "PreparedCache", "build_cache", "load_cache", "read_index"]
@@ -119,6 +119,15 @@ def build_cache(
         if stretched:
             logger.warning("%d image(s) have another aspect ratio than their annotation (squashed copy?); "
                            "lesion shapes were scaled per axis (e.g. %s)", len(stretched), stretched[:5])
+        rescaled = index.loc[info["rescaled"].to_numpy() & ~info["stretched"].to_numpy(), "image_id"].tolist()
+        if rescaled:
+            logger.warning("%d image(s) have another size than their annotation, same aspect (a resized copy?); "
+                           "lesion shapes were scaled to the image (e.g. %s)", len(rescaled), rescaled[:5])
+        clipped = index.loc[info["clipped"].to_numpy() > 0, "image_id"].tolist()
+        if clipped:
+            logger.warning("%d annotation point(s) of %d image(s) lay just outside the image (<= 2 px / 2 %%) and "
+                           "were moved onto its border (e.g. %s)", int(info["clipped"].sum()), len(clipped),
+                           clipped[:5])
         meta = {
             "size": size,
             "class_names": class_names,
@@ -129,6 +138,8 @@ def build_cache(
             "class_counts": {c: int((index["label"] == c).sum()) for c in class_names},
             "n_with_mask": int(index["has_mask"].sum()),
             "n_stretched_annotations": len(stretched),
+            "n_rescaled_annotations": len(rescaled),
+            "n_clipped_annotation_points": int(info["clipped"].sum()),
             "n_annotations": len(release.annotations),
             "n_nested_annotations_ignored": release.n_nested_annotations,
             "case_source": release.case_source,
@@ -193,15 +204,15 @@ def _process_one(task: tuple[str, str, str | None, int]) -> tuple[np.ndarray, np
     """Decode one image; letterbox it and its lesion mask in the same geometry; hash it."""
     image_id, path, annotation_path, size = task
     data = Path(path).read_bytes()
-    gray, mode = decode_gray_with_mode(path)
-    height, width = gray.shape
-    image, geom = letterbox(gray, size)
+    # JPEG originals are decoded in draft mode at >= the letterbox size; the geometry is the full file's.
+    gray, mode, (width, height) = decode_for_letterbox(path, size)
+    image, geom = letterbox(gray, size, original_size=(width, height))
     mask = np.zeros((size, size), dtype=np.uint8)
-    stretched = False
+    stretched, rescaled, clipped = False, False, 0
     if annotation_path is not None:
         ann = read_labelme(annotation_path, image_size=(width, height))
         mask = rasterize_polygons(polygons_to_letterbox(ann.polygons, geom), size, size)
-        stretched = ann.stretched
+        stretched, rescaled, clipped = ann.stretched, ann.rescaled, ann.n_clipped
     record = {
         "has_mask": int(mask.any()),
         "orig_width": width,
@@ -213,6 +224,8 @@ def _process_one(task: tuple[str, str, str | None, int]) -> tuple[np.ndarray, np
         "phash": f"{perceptual_hash(gray):016x}",
         "sha256": hashlib.sha256(data).hexdigest(),
         "stretched": stretched,
+        "rescaled": rescaled,
+        "clipped": clipped,
     }
     return image, mask, record
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from assurexray import DISCLAIMER, __version__
+from assurexray.cli_errors import USER_ERRORS, error_line, warnings_as_log_lines
 
 __all__ = ["main", "build_parser", "app_path", "app_command", "launch_app"]
 
@@ -36,9 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="assurexray: %(levelname)s: %(message)s"
     )
     try:
-        return args.handler(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"assurexray {args.command}: error: {err}", file=sys.stderr)
+        with warnings_as_log_lines(enabled=not args.verbose):
+            return args.handler(args)
+    except USER_ERRORS as err:  # ValueError, OSError (missing / unwritable paths): one line, exit 2
+        print(error_line(f"assurexray {args.command}", err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"assurexray {args.command}: interrupted; no partial output was written.", file=sys.stderr)

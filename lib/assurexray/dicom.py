@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 #: File suffixes treated as DICOM even without the 128-byte preamble + "DICM" marker.
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 
+#: Packages that give pydicom a decoder, per compressed transfer syntax (pydicom 3 "pixel data handlers").
+_DECODER_PACKAGES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.80": "pyjpegls (pip install pyjpegls)",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls (pip install pyjpegls)",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",  # JPEG 2000
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)",  # JPEG lossless SV1
+}
 _PREAMBLE_BYTES = 128
 _MAGIC = b"DICM"
 
@@ -66,9 +75,11 @@ def _read(source: Path | io.BytesIO, *, label: Path | str, force: bool, max_pixe
     except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError, TypeError) as err:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", syntax)
+        plugin = _DECODER_PACKAGES.get(str(syntax), "the pydicom pixel-data plugin for this transfer syntax")
+        reason = str(err).strip().splitlines()[0].rstrip(":. ") if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"{label}: cannot decode the DICOM pixel data (transfer syntax {syntax_name!r}): {err}. "
-            "Export the image uncompressed or install the matching pydicom pixel-data plugin."
+            f"{label}: cannot decode the DICOM pixel data (transfer syntax {syntax_name!r}, UID {str(syntax)!r}): "
+            f"{reason}. Install {plugin}, or export the image uncompressed."
         ) from err
     return dicom_to_gray(ds, pixels, name=str(label))
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from zlib import error as zlib_error
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from assurexray import __version__
 from assurexray.atomic import atomic_dir
+from assurexray.btxrd import IMAGE_SUFFIXES as BTXRD_IMAGE_SUFFIXES
 from assurexray.params import check_keys
 
 __all__ = ["SOURCES", "IMAGE_SUFFIXES", "SHEET_NAMES", "fetch_data", "download", "verify_archive",
@@ -35,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 #: Values of ``data.source``.
 SOURCES: tuple[str, ...] = ("sample", "btxrd")
-#: Image files accepted in ``images/`` (the release has .jpeg; resized copies may be .jpg or .png).
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png")
+#: Image files accepted in ``images/`` (the release has .jpeg; resized copies may be .jpg, .png, .tif...):
+#: exactly the suffixes ``prepare`` reads (assurexray.btxrd), so no file fetch keeps is refused later, and
+#: none it drops would have been used.
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(sorted(BTXRD_IMAGE_SUFFIXES))
 #: Metadata sheet names, in order of preference.
 SHEET_NAMES: tuple[str, ...] = ("dataset.xlsx", "dataset.csv")
 SAMPLE_KEYS: tuple[str, ...] = ("n_cases", "image_size", "duplicate_fraction")
@@ -224,8 +228,15 @@ def extract_release(zip_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
             for info, relative in tqdm(plan, desc=f"extract {zip_path.name}", unit="file"):
                 target = tmp.joinpath(*relative.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, _HASH_CHUNK)
+                try:
+                    with archive.open(info) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, _HASH_CHUNK)
+                except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib_error) as err:
+                    raise ValueError(
+                        f"{zip_path}: member {info.filename!r} is corrupt ({type(err).__name__}: {err}); nothing "
+                        f"was extracted to {out_dir}. Download the archive again (delete it first) or extract "
+                        "it by hand and set data.btxrd.path to the folder."
+                    ) from err
             _write_cases(tmp, cases)  # after the copy: the given sheets win over a cases.csv in the source
     _log_summary(out_dir, skipped)
     return out_dir
@@ -436,4 +447,6 @@ def _log_summary(out_dir: Path, skipped: dict[str, list[str]]) -> None:
     n_json = sum(1 for _ in annotations.iterdir()) if annotations.is_dir() else 0
     logger.info("%s: %d images, %d annotation files", out_dir, n_images, n_json)
     for reason, names in sorted(skipped.items()):
-        logger.info("skipped %d file(s): %s (e.g. %s)", len(names), reason, names[0])
+        # Known release quirks are routine (INFO); anything unexpected could be data the user meant to keep.
+        level = logging.WARNING if reason.startswith("unexpected") else logging.INFO
+        logger.log(level, "skipped %d file(s): %s (e.g. %s)", len(names), reason, names[:3])

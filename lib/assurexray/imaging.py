@@ -7,21 +7,25 @@ the radiograph where they were computed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
-import warnings
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "RASTER_SUFFIXES",
     "Letterbox",
+    "image_size",
     "decode_gray",
+    "decode_for_letterbox",
     "decode_gray_with_mode",
     "decode_gray_bytes",
     "decode_gray_array",
@@ -33,6 +37,22 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Raster file types decoded here (PIL), the one list every reader imports (DICOM lives in assurexray.dicom).
+RASTER_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+#: Suffixes of image formats this project does not decode: named as unsupported, never silently dropped.
+UNSUPPORTED_IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jp2", ".j2k", ".jpx", ".jxl", ".heic", ".heif", ".avif", ".dng", ".raw", ".nef", ".cr2", ".svg",
+    ".pgm", ".ppm", ".pnm", ".pbm", ".ico", ".psd", ".jfif", ".jpe", ".nii", ".nrrd", ".mha",
+)
+# Formats whose extra frames are not images of the same thing: an MPO JPEG's frame 0 is the primary picture
+# (the others are previews or a stereo partner), so it is read as frame 0 with an INFO log.
+_PRIMARY_FRAME_FORMATS = frozenset({"MPO"})
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # PIL formats with DCT-domain (draft) downscaling
+# PIL's MAX_IMAGE_PIXELS is process-wide; while a decode applies its own ``max_pixels`` it is lifted (counted,
+# so concurrent decodes in threads restore it only when the last one ends).
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_STATE = {"lifted": 0, "saved": None}
 
 # Fixed-point bits for cv2.fillPoly: polygons are drawn with 1/16 px precision instead of rounded vertices.
 _SHIFT = 4
@@ -53,41 +73,149 @@ class Letterbox:
         return asdict(self)
 
 
-def decode_gray(path: str | os.PathLike) -> np.ndarray:
-    """Decode any common radiograph file to uint8 (H, W), EXIF orientation applied."""
-    return decode_gray_with_mode(path)[0]
+def image_size(
+    source: str | os.PathLike | io.BytesIO, *, label: str | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """(width, height) from the header only, refusing more than ``max_pixels`` (None: PIL's MAX_IMAGE_PIXELS).
+
+    Raises ``ValueError`` naming ``label`` (default: the path) for unreadable files and oversized images.
+    """
+    label = str(source) if label is None else label
+    source = Path(source) if isinstance(source, (str, os.PathLike)) else source
+    with _open(source, label=label, max_pixels=max_pixels) as im:
+        return im.size
 
 
-def decode_gray_with_mode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+def decode_gray(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode any common radiograph file to uint8 (H, W), EXIF orientation applied.
+
+    ``max_pixels`` (checked from the header, before decoding) replaces PIL's own MAX_IMAGE_PIXELS, so a
+    caller's limit can be raised above PIL's default; None keeps PIL's limit. Multi-frame files are refused.
+    """
+    return decode_gray_with_mode(path, max_pixels=max_pixels)[0]
+
+
+def decode_gray_with_mode(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Like :func:`decode_gray`, also returning the file's PIL mode (``L``, ``RGB``, ``I;16``...)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found.")
-    return _decode_pil(path, label=str(path))
+    return _decode_pil(path, label=str(path), max_pixels=max_pixels)[:2]
 
 
-def decode_gray_bytes(data: bytes, *, name: str) -> np.ndarray:
+def decode_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode an in-memory image file (an upload) like :func:`decode_gray`; errors name ``name``."""
-    return _decode_pil(io.BytesIO(data), label=name)[0]
+    return _decode_pil(io.BytesIO(data), label=name, max_pixels=max_pixels)[0]
 
 
-def _decode_pil(source: Path | io.BytesIO, *, label: str) -> tuple[np.ndarray, str]:
+def decode_for_letterbox(
+    path: str | os.PathLike, size: int, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """Decode ``path`` for a ``size`` letterbox: (gray uint8, file mode, original (width, height)).
+
+    JPEGs are decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, several times
+    faster on 3000 px originals than a full decode. The scale is chosen so the decoded image is still at least
+    the letterbox content size in both axes (then INTER_AREA downscales it, as for a full decode). Pass the
+    original size to :func:`letterbox` (``original_size``) so the geometry, and with it the mapping of
+    masks and heatmaps, is exactly that of the full-resolution file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found.")
+    return _decode_pil(path, label=str(path), max_pixels=max_pixels, fit=int(size))
+
+
+@contextlib.contextmanager
+def _open(source: Path | io.BytesIO, *, label: str, max_pixels: int | None) -> Iterator[Image.Image]:
+    """``Image.open`` with one pixel limit (ours, from the header) instead of PIL's global warning/error pair."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        with warnings.catch_warnings():
-            # Above MAX_IMAGE_PIXELS PIL only warns; a radiograph that large is treated as a bomb too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
-                mode = im.mode
-                im = ImageOps.exif_transpose(im)
-                gray = _pil_to_gray(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(
-            f"{label}: image too large to decode safely ({err}). Downscale the file or raise "
-            "PIL.Image.MAX_IMAGE_PIXELS if it is trusted."
-        ) from err
+        with _pil_limit_lifted():
+            im = Image.open(source)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{label}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it.") from err
-    return gray, mode
+        # PIL's own message names the file object (a BytesIO repr for uploads): the label says which file.
+        reason = "cannot identify the image format" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise ValueError(
+            f"{label}: not a readable image ({type(err).__name__}: {reason}); expected JPEG, PNG, TIFF, BMP, WebP, "
+            "GIF or DICOM. Re-export it."
+        ) from err
+    with im:
+        width, height = im.size
+        if limit is not None and width * height > limit:
+            if max_pixels is None:
+                raise ValueError(
+                    f"{label}: image too large to decode safely ({width}x{height} = {width * height} pixels "
+                    f"exceeds PIL.Image.MAX_IMAGE_PIXELS={limit}; a decompression bomb?). Downscale the file."
+                )
+            raise ValueError(
+                f"{label}: image too large: {width}x{height} = {width * height} pixels exceeds "
+                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
+            )
+        yield im
+
+
+@contextlib.contextmanager
+def _pil_limit_lifted() -> Iterator[None]:
+    with _LIMIT_LOCK:
+        if _LIMIT_STATE["lifted"] == 0:
+            _LIMIT_STATE["saved"] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _LIMIT_STATE["lifted"] += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_STATE["lifted"] -= 1
+            if _LIMIT_STATE["lifted"] == 0:
+                Image.MAX_IMAGE_PIXELS = _LIMIT_STATE["saved"]
+
+
+def _decode_pil(
+    source: Path | io.BytesIO, *, label: str, max_pixels: int | None, fit: int | None = None
+) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """(gray, file mode, (width, height) of the full oriented image); ``fit`` enables JPEG draft decoding."""
+    with _open(source, label=label, max_pixels=max_pixels) as im:
+        mode = im.mode
+        try:
+            # Our limit was applied to the header above; PIL's global one is lifted while frames are counted
+            # and pixels loaded (TIFF pages and tiles re-check it).
+            with _pil_limit_lifted():
+                _check_single_frame(im, label=label)
+                orientation = im.getexif().get(0x0112, 1)
+                width, height = im.size
+                transposed = orientation in (5, 6, 7, 8)  # EXIF rotations by 90 degrees swap the axes
+                if transposed:
+                    width, height = height, width
+                if fit is not None and im.format in _DRAFT_FORMATS:
+                    geom = letterbox_geometry(width, height, fit)
+                    request = (geom.new_h, geom.new_w) if transposed else (geom.new_w, geom.new_h)
+                    im.draft(im.mode, request)  # decoded size >= request in both axes (PIL picks the scale)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            if isinstance(err, ValueError) and str(err).startswith(label):
+                raise
+            raise ValueError(
+                f"{label}: unreadable or corrupt image ({type(err).__name__}: {err}). Re-export it."
+            ) from err
+        try:
+            gray = _pil_to_gray(im)
+        except ValueError as err:  # pixel values no 8-bit display can show (NaN, inf)
+            raise ValueError(f"{label}: {err} Re-export the image with finite pixel values.") from err
+    return gray, mode, (width, height)
+
+
+def _check_single_frame(im: Image.Image, *, label: str) -> None:
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames <= 1:
+        return
+    if im.format in _PRIMARY_FRAME_FORMATS:
+        logger.info("%s: %s file with %d frames; reading frame 0, the primary image", label, im.format, frames)
+        return
+    raise ValueError(
+        f"{label}: multi-frame {im.format} with {frames} frames; only single-frame radiographs are supported "
+        "(frame 0 alone would be scored silently). Export the frame to classify as its own file."
+    )
 
 
 def decode_gray_array(array: np.ndarray) -> np.ndarray:
@@ -135,13 +263,19 @@ def letterbox_geometry(width: int, height: int, size: int) -> Letterbox:
                      new_w=new_w, new_h=new_h, size=size)
 
 
-def letterbox(gray: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize uint8 (H, W) into a zero-padded ``size`` square; INTER_AREA when shrinking (no aliasing)."""
+def letterbox(
+    gray: np.ndarray, size: int, *, original_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize uint8 (H, W) into a zero-padded ``size`` square; INTER_AREA when shrinking (no aliasing).
+
+    ``original_size`` (width, height) is the file's full size when ``gray`` was decoded reduced
+    (:func:`decode_for_letterbox`): the geometry is computed from it, so it matches a full decode exactly.
+    """
     if gray.ndim != 2:
         raise ValueError(f"letterbox expects a 2-D grayscale array, got shape {gray.shape}.")
     height, width = gray.shape
-    geom = letterbox_geometry(width, height, size)
-    interpolation = cv2.INTER_AREA if geom.scale < 1 else cv2.INTER_LINEAR
+    geom = letterbox_geometry(*(original_size or (width, height)), size)
+    interpolation = cv2.INTER_AREA if width > geom.new_w or height > geom.new_h else cv2.INTER_LINEAR
     content = cv2.resize(gray, (geom.new_w, geom.new_h), interpolation=interpolation)
     out = np.zeros((geom.size, geom.size), dtype=gray.dtype)
     out[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w] = content

@@ -2,7 +2,9 @@
 
 Preprocessing and class order come from the checkpoint (``meta``), the temperature and the Malignant
 threshold from the evaluate stage's ``operating_point.json``, which must belong to the same model file
-(checked by SHA-256), so a file scored here gets exactly the probabilities evaluation reported.
+(checked by SHA-256), so a file scored here gets the probabilities evaluation reported. (One known
+difference: ``prepare`` decodes JPEGs over twice the cache size in draft mode, which differs from the full
+decode used here by under one grey level on average; see tests/test_imaging.py.)
 A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
 """
 
@@ -17,7 +19,9 @@ import logging
 import math
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +37,15 @@ from assurexray.calibration import apply_temperature
 from assurexray.evaluation import flip_averaged_logits
 from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes, read_dicom_gray
 from assurexray.explain import compute_heatmaps
-from assurexray.imaging import decode_gray, decode_gray_bytes, letterbox, letterbox_geometry
+from assurexray.imaging import (
+    RASTER_SUFFIXES,
+    UNSUPPORTED_IMAGE_SUFFIXES,
+    decode_gray,
+    decode_gray_bytes,
+    image_size,
+    letterbox,
+    letterbox_geometry,
+)
 from assurexray.model import file_sha256, load_checkpoint
 from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
 from assurexray.transforms import eval_transform, prepare_image
@@ -42,6 +54,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DEFAULT_MODEL",
     "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE_PX",
+    "MAX_ASPECT",
     "MALIGNANT",
     "OperatingPoint",
     "Prediction",
@@ -62,9 +76,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Suffixes picked up when walking a folder (DICOM files without a suffix are found by content).
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
+IMAGE_SUFFIXES: tuple[str, ...] = RASTER_SUFFIXES + DICOM_SUFFIXES
 #: Refuse images above this many pixels (100 MP): a decompression bomb or a scan no radiograph needs.
+#: It replaces PIL's own limit (89 MP), so ``--max-pixels`` can raise it.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Refuse images whose short side is below this, px: a 1x1 or 10x4000 file is not a radiograph, and
+#: letterboxing would blow a few pixels up into an input the model was never shown.
+MIN_SIDE_PX = 16
+#: Refuse images whose long side exceeds this multiple of the short side (full-leg films are about 3.6).
+MAX_ASPECT = 10.0
+#: Threads decoding the next batch while the model scores the current one (JPEG/PNG decoders release the GIL).
+_DECODE_WORKERS = 2
 MALIGNANT = "Malignant"
 _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
@@ -156,15 +178,21 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
         text = os.fspath(raw)
         path = Path(text)
         if path.is_dir():
-            found = _walk_images(path)
-            if not found:
+            found, unsupported = _walk_images(path)
+            problems.extend(unsupported)
+            if not found and not unsupported:
                 problems.append(Prediction(text, error=f"{text}: folder holds no image files ({_suffix_hint()})."))
         elif path.exists():
             found = [path]
         elif _GLOB_CHARS & set(text):
             found = []
             for match in sorted(glob.glob(text, recursive=True)):
-                found.extend(_walk_images(Path(match)) if Path(match).is_dir() else [Path(match)])
+                if Path(match).is_dir():
+                    walked, unsupported = _walk_images(Path(match))
+                    found.extend(walked)
+                    problems.extend(unsupported)
+                else:
+                    found.append(Path(match))
             if not found:
                 problems.append(Prediction(text, error=f"{text}: no file matches this pattern."))
         else:
@@ -176,23 +204,22 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
 
 
 def read_gray(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG/TIFF/BMP (via imaging.decode_gray) or DICOM to uint8 (H, W), refusing huge images.
+    """Decode JPEG/PNG/TIFF/BMP/WebP/GIF (via imaging.decode_gray) or DICOM to uint8 (H, W).
 
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file.
+    Refused with a ``ValueError`` naming the file: more than ``max_pixels`` (from the header, before
+    decoding), multi-frame files, and degenerate shapes (short side < :data:`MIN_SIDE_PX`, aspect ratio
+    > :data:`MAX_ASPECT`). A missing file raises ``FileNotFoundError``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found.")
     if is_dicom(path):
-        return read_dicom_gray(path, max_pixels=max_pixels)
-    if max_pixels is not None:
-        width, height = _image_size(path)  # header only: a bomb is refused before it is decoded
-        if width * height > max_pixels:
-            raise ValueError(
-                f"{path}: image too large: {width}x{height} = {width * height} pixels exceeds "
-                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
-            )
-    return decode_gray(path)
+        gray = read_dicom_gray(path, max_pixels=max_pixels)
+    else:
+        _check_shape(*image_size(path, max_pixels=max_pixels), label=str(path))  # header only
+        gray = decode_gray(path, max_pixels=max_pixels)
+    _check_shape(gray.shape[1], gray.shape[0], label=str(path))
+    return gray
 
 
 def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -201,15 +228,12 @@ def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_
     DICOM is recognised by the ``name``'s suffix or the "DICM" marker. Errors name ``name``.
     """
     if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
-        return read_dicom_bytes(data, name=name, max_pixels=max_pixels)
-    if max_pixels is not None:
-        width, height = _image_size(io.BytesIO(data), label=name)
-        if width * height > max_pixels:
-            raise ValueError(
-                f"{name}: image too large: {width}x{height} = {width * height} pixels exceeds "
-                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
-            )
-    return decode_gray_bytes(data, name=name)
+        gray = read_dicom_bytes(data, name=name, max_pixels=max_pixels)
+    else:
+        _check_shape(*image_size(io.BytesIO(data), label=name, max_pixels=max_pixels), label=name)
+        gray = decode_gray_bytes(data, name=name, max_pixels=max_pixels)
+    _check_shape(gray.shape[1], gray.shape[0], label=name)
+    return gray
 
 
 def predict_images(
@@ -335,16 +359,20 @@ def run_inference(
     gradcam_layer = _gradcam_layer_for(model, model_path) if gradcam_dir is not None else None
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
-    with progress:
-        for chunk in _chunks(files, batch_size):
-            predictions.extend(
-                _predict_chunk(
-                    chunk, model=model, meta=meta, op=op, class_names=class_names, max_pixels=max_pixels,
-                    gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
-                    gradcam_layer=gradcam_layer,
+    pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
+    try:
+        with progress:
+            for chunk, decoded in _decoded_chunks(files, batch_size=batch_size, max_pixels=max_pixels, pool=pool):
+                predictions.extend(
+                    _predict_chunk(
+                        chunk, decoded, model=model, meta=meta, op=op, class_names=class_names,
+                        gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
+                        gradcam_layer=gradcam_layer,
+                    )
                 )
-            )
-            progress.update(len(chunk))
+                progress.update(len(chunk))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued decodes are dropped, not run
     written = {str(f): Path(gradcam_dir) / gradcam_names[f] for f in files if gradcam_dir is not None}
     ok_paths = {p.path for p in predictions if p.ok}
     return InferenceResult(
@@ -435,30 +463,56 @@ def infer_command(
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
+def _decoded_chunks(
+    files: list[Path], *, batch_size: int, max_pixels: int | None, pool: ThreadPoolExecutor
+) -> Iterator[tuple[list[Path], list[np.ndarray | Prediction]]]:
+    """Batches of files with their decoded images (or error rows), decoding one batch ahead in ``pool``.
+
+    While the model scores batch k the pool decodes batch k+1, so decoding overlaps the forward pass;
+    at most two batches of decoded originals are held in memory.
+    """
+    pending: deque[tuple[list[Path], list[Future]]] = deque()
+    for chunk in _chunks(files, batch_size):
+        pending.append((chunk, [pool.submit(_decode_one, path, max_pixels) for path in chunk]))
+        if len(pending) > 1:
+            done, futures = pending.popleft()
+            yield done, [f.result() for f in futures]
+    while pending:
+        done, futures = pending.popleft()
+        yield done, [f.result() for f in futures]
+
+
+def _decode_one(path: Path, max_pixels: int | None) -> np.ndarray | Prediction:
+    """The decoded image, or an error row naming the file (the run goes on with the others)."""
+    try:
+        return read_gray(path, max_pixels=max_pixels)
+    except (FileNotFoundError, ValueError) as err:
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        logger.debug("skipping %s: %s", path, message)
+        return Prediction(str(path), error=message)
+
+
 def _predict_chunk(
     files: list[Path],
+    decoded: list[np.ndarray | Prediction],
     *,
     model: torch.nn.Module,
     meta: dict,
     op: OperatingPoint,
     class_names: list[str],
-    max_pixels: int | None,
     gradcam_dir: Path | None,
     gradcam_names: dict[Path, str],
     gradcam_layer: str | None = None,
 ) -> list[Prediction]:
-    """Decode, preprocess and score one batch; each unreadable file becomes an error row."""
+    """Score one decoded batch; files that failed to decode keep their error row."""
     outcome: dict[Path, Prediction] = {}
     grays: dict[Path, np.ndarray] = {}
-    for path in files:
-        try:
-            grays[path] = read_gray(path, max_pixels=max_pixels)
-        except (FileNotFoundError, ValueError) as err:
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"
-            logger.debug("skipping %s: %s", path, message)
-            outcome[path] = Prediction(str(path), error=message)
-    good = list(grays)
-    if good:
+    for path, item in zip(files, decoded):
+        if isinstance(item, Prediction):
+            outcome[path] = item
+        else:
+            grays[path] = item
+    if grays:
         scored, heatmaps = _score(grays, model=model, meta=meta, op=op, class_names=class_names,
                                   gradcam=gradcam_dir is not None, gradcam_layer=gradcam_layer)
         outcome.update(scored)
@@ -586,41 +640,55 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted); hidden and other files are counted in an info log.
+def _walk_images(folder: Path) -> tuple[list[Path], list[Prediction]]:
+    """Image files under ``folder`` (recursive, sorted) and error rows for image types we cannot read.
 
     Hidden entries (``.DS_Store``, macOS ``._IMG.jpg`` resource forks, half-written ``.x.png.tmp``) are
-    skipped: they are never radiographs.
+    skipped: they are never radiographs. A file with an image suffix we do not decode (``.jp2``, ``.heic``...)
+    is named as a failure, never dropped; other files (notes, spreadsheets) are counted in a warning.
     """
-    found, skipped = [], 0
+    found: list[Path] = []
+    unsupported: list[Prediction] = []
+    hidden, other = 0, []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        suffix = path.suffix.lower()
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            hidden += 1
         # DICOM files are often named by UID ("1.2.840...5") or nothing: recognise them by content.
-        if not hidden and (path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)):
+        elif suffix in IMAGE_SUFFIXES or is_dicom(path):
             found.append(path)
+        elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+            unsupported.append(Prediction(str(path), error=(
+                f"{path}: unsupported image type {suffix!r}; convert it to PNG or TIFF (readable types: "
+                f"{_suffix_hint()})."
+            )))
         else:
-            skipped += 1
-    if skipped:
-        logger.info("%s: skipped %d hidden or non-image file(s) (kept %s)", folder, skipped, _suffix_hint())
-    return found
+            other.append(path.name)
+    if hidden:
+        logger.info("%s: skipped %d hidden file(s) (names starting with '.')", folder, hidden)
+    if other:
+        logger.warning("%s: skipped %d non-image file(s) (e.g. %s); readable types: %s", folder, len(other),
+                       other[:3], _suffix_hint())
+    return found, unsupported
 
 
 def _suffix_hint() -> str:
     return ", ".join(IMAGE_SUFFIXES) + ", or DICOM by content"
 
 
-def _image_size(source: Path | io.BytesIO, *, label: str | None = None) -> tuple[int, int]:
-    """(width, height) from the header; unreadable files raise ``ValueError`` naming the file."""
-    label = str(source) if label is None else label
-    try:
-        with Image.open(source) as im:
-            return im.size
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{label}: image too large to decode safely ({err}).") from err
-    except (OSError, SyntaxError, ValueError) as err:
+def _check_shape(width: int, height: int, *, label: str) -> None:
+    """Refuse degenerate images (see :data:`MIN_SIDE_PX`, :data:`MAX_ASPECT`) naming the file and the fix."""
+    short, long = min(width, height), max(width, height)
+    if short < MIN_SIDE_PX:
         raise ValueError(
-            f"{label}: not a readable image ({type(err).__name__}: {err}); expected JPEG, PNG, TIFF, BMP or DICOM."
-        ) from err
+            f"{label}: degenerate image {width}x{height} px: the short side is below {MIN_SIDE_PX} px, too "
+            "small to be a radiograph. Export the radiograph at its acquired resolution."
+        )
+    if long > MAX_ASPECT * short:
+        raise ValueError(
+            f"{label}: degenerate image {width}x{height} px: aspect ratio {long / short:.1f} exceeds "
+            f"{MAX_ASPECT:g}, letterboxing would leave a sliver of pixels. Crop it to the radiograph."
+        )
 
 
 def _number(value: Any, *, key: str, path: Path) -> float:

@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,7 +119,28 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage (dvc repro train).")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            # torch warns (with a source line) on some unreadable files before raising; the error says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise ValueError(
+                f"{path}: not a torch checkpoint (UnpicklingError: {_reason(err)}). Pass the "
+                "model.pt written by the train stage (dvc pull or dvc repro train)."
+            ) from err
+        # weights_only=True refused to run code from the file: say so, never suggest weights_only=False.
+        raise ValueError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain data (a pickled "
+            "model or code), which could run arbitrary code. No code from it was run. Use a checkpoint written "
+            "by the train stage (save_checkpoint), or retrain."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {_reason(err)}); the "
+            "file is truncated or not a torch checkpoint. Copy it again (dvc pull) or retrain (dvc repro train)."
+        ) from err
     if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
         raise ValueError(f"{path}: not an AssureXRay checkpoint (expected keys 'state_dict' and 'meta').")
     meta = blob["meta"]
@@ -133,6 +156,14 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     )
     model.load_state_dict(blob["state_dict"], strict=True)
     return model.to(device).eval(), meta
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of a library error (torch's go on for paragraphs), or 'empty file' style fallbacks."""
+    text = str(err).strip()
+    if not text:
+        return "unexpected end of file" if isinstance(err, EOFError) else "no detail"
+    return text.splitlines()[0].split(". ")[0][:160]
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -11,7 +11,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_params", "check_keys"]
+__all__ = ["ParamsSectionError", "load_params", "check_keys"]
+
+
+class ParamsSectionError(KeyError, ValueError):
+    """A params section is missing: a ``KeyError`` (it is a lookup) that reads as a user error (``ValueError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 def load_params(path: str | os.PathLike = "params.yaml", section: str | None = None) -> dict[str, Any]:
@@ -26,7 +33,10 @@ def load_params(path: str | os.PathLike = "params.yaml", section: str | None = N
     if section is None:
         return data
     if section not in data:
-        raise KeyError(f"{path}: no section {section!r}; sections found: {sorted(data)}.")
+        raise ParamsSectionError(
+            f"{path}: no section {section!r}; sections found: {sorted(data)}. Add the section (see the "
+            "repository's params.yaml)."
+        )
     return data[section]
 
 

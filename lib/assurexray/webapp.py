@@ -26,6 +26,7 @@ from PIL import Image
 
 from assurexray.dicom import DICOM_SUFFIXES
 from assurexray.project import ROOT_ENV  # one owner: the CLI reads the same setting
+from assurexray.imaging import RASTER_SUFFIXES
 
 __all__ = [
     "ROOT_ENV",
@@ -33,6 +34,7 @@ __all__ = [
     "VARIANT_TITLES",
     "UPLOAD_TYPES",
     "MAX_UPLOAD_MB",
+    "UPLOAD_LABEL",
     "MAX_PIXELS",
     "DISPLAY_MAX_SIDE",
     "RESULTS_COMMAND",
@@ -66,10 +68,14 @@ logger = logging.getLogger(__name__)
 
 VARIANTS: tuple[str, ...] = ("stratified", "center")
 VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
-#: File types the uploader accepts (suffixes without the dot).
-UPLOAD_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png") + tuple(s.lstrip(".") for s in DICOM_SUFFIXES)
+#: File types the uploader accepts (suffixes without the dot): exactly what ``assurexray infer`` reads.
+UPLOAD_TYPES: tuple[str, ...] = tuple(s.lstrip(".") for s in RASTER_SUFFIXES + DICOM_SUFFIXES)
 #: Largest upload, MB (passed to st.file_uploader and checked again here; AppTest bypasses the widget).
 MAX_UPLOAD_MB = 50
+#: The uploader's label: the accepted types and the size limit, said before the user picks a file.
+UPLOAD_LABEL = (
+    f"Radiograph ({', '.join(t.upper() for t in UPLOAD_TYPES)}; single-frame; at most {MAX_UPLOAD_MB} MB)"
+)
 #: Largest image, pixels (50 MP: above any radiograph detector; refuses decompression bombs from the header).
 MAX_PIXELS = 50_000_000
 #: Long side of images sent to the browser, px (overlays from assurexray.infer are at most 1024 px too).

@@ -1,0 +1,67 @@
+"""``assurexray infer`` on a folder of full-resolution originals: images/s vs the pure forward (goal >= 0.5).
+
+The folder is ../shared/btxrd-mini/images (30 JPEGs of up to 2768x4250 px); the model is the production
+backbone at the prepared size with random weights (speed does not depend on the weights). infer decodes the
+next batch in a thread pool while the model scores the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from assurexray.infer import run_inference
+from assurexray.model import FORMAT_VERSION, create_model, save_checkpoint
+from benchmarks import Figure
+
+MINI = Path(os.environ.get("BTXRD_MINI", Path(__file__).resolve().parents[1].parent / "shared" / "btxrd-mini"))
+BACKBONE, SIZE, BATCH = "tf_efficientnet_lite0", 160, 16
+
+
+def _checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = create_model(BACKBONE, num_classes=3, dropout=0.0, pretrained="none")
+    meta = {
+        "backbone": BACKBONE, "num_classes": 3, "class_names": ["Normal", "Benign", "Malignant"], "dropout": 0.0,
+        "input_size": SIZE, "in_chans": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "clahe": False, "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "loss", "best_score": 0.0,
+        "seed": 0, "format_version": FORMAT_VERSION,
+    }
+    return save_checkpoint(path, net, meta)
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    files = sorted((MINI / "images").glob("*.jp*g"))
+    if not files:
+        return [Figure("infer folder / pure forward", None, "", ">= 0.5", None, f"skipped: {MINI} absent")]
+    files = files[:BATCH] if quick else files
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = _checkpoint(Path(tmp) / "models" / "bench" / "model.pt")
+        logging.getLogger("assurexray.infer").setLevel(logging.ERROR)  # no operating point here: expected
+        started = time.perf_counter()
+        result = run_inference(files, model_path=model_path, batch_size=BATCH)
+        infer_speed = len(files) / (time.perf_counter() - started)
+        assert not result.failures, result.failures
+    model = create_model(BACKBONE, num_classes=3, dropout=0.0, pretrained="none").eval()
+    x = torch.randn(BATCH, 3, SIZE, SIZE)  # (B, 3, S, S)
+    with torch.inference_mode():
+        model(x)  # warm-up
+        started = time.perf_counter()
+        rounds = max(1, len(files) // BATCH)
+        for _ in range(rounds):
+            model(x)
+        forward_speed = rounds * BATCH / (time.perf_counter() - started)
+    ratio = infer_speed / forward_speed
+    return [Figure("infer folder of originals / pure forward", ratio, "", ">= 0.5", ratio >= 0.5,
+                   f"{infer_speed:.1f} vs {forward_speed:.1f} img/s ({len(files)} btxrd-mini originals, model "
+                   "load included)")]
+
+
+if __name__ == "__main__":
+    for figure in figures():
+        print(figure)

@@ -1,0 +1,76 @@
+"""Training end-to-end throughput vs the pure forward+backward of the same model and batch (goal >= 0.90).
+
+End to end = ``assurexray.training.train_model`` (DataLoader, augmentation, transforms, optimiser, scheduler);
+pure = the same backbone stepping AdamW on tensors already in memory. The ratio is what the input
+pipeline and bookkeeping cost. Synthetic 128 px images; a few steps are enough for a stable ratio.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from assurexray.model import create_model
+from assurexray.training import train_model
+from benchmarks import Figure
+
+BACKBONE, SIZE, BATCH = "tf_efficientnet_lite0", 128, 32
+CLASSES = ["Normal", "Benign", "Malignant"]
+PARAMS = dict(
+    backbone=BACKBONE, pretrained="none", dropout=0.2, epochs=1, batch_size=BATCH, lr=1e-3, weight_decay=1e-4,
+    warmup_epochs=0, grad_clip=1.0, class_weights="inverse_frequency", monitor="loss", patience=None, device="cpu",
+    amp=False, channels_last=True, num_workers=0,
+    augment={"hflip": 0.5, "rotate_deg": 7, "scale": 0.1, "translate": 0.05, "brightness_contrast": 0.1},
+)
+
+
+def _pure_images_per_second(steps: int) -> float:
+    torch.manual_seed(0)
+    model = create_model(BACKBONE, num_classes=3, dropout=0.2, pretrained="none").train()
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    x = torch.randn(BATCH, 3, SIZE, SIZE).to(memory_format=torch.channels_last)  # (B, 3, S, S)
+    y = torch.arange(BATCH) % 3
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+def _end_to_end_images_per_second(steps: int) -> float:
+    n_train, n_val = steps * BATCH, 3 * 4
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n_train + n_val, SIZE, SIZE), dtype=np.uint8)  # (N, S, S)
+    labels = np.arange(n_train + n_val) % 3
+    index = pd.DataFrame({"row": np.arange(n_train + n_val), "label_idx": labels,
+                          "label": [CLASSES[k] for k in labels]})
+    result = train_model(images=images, train_index=index.iloc[:n_train], val_index=index.iloc[n_train:],
+                         class_names=CLASSES, seed=0, live_dir=None, **PARAMS)
+    return result.images_per_second
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    steps = 4 if quick else 10
+    end_to_end = _end_to_end_images_per_second(steps)
+    pure = _pure_images_per_second(steps)
+    ratio = end_to_end / pure
+    return [Figure("training end-to-end / pure fwd+bwd", ratio, "", ">= 0.90", ratio >= 0.90,
+                   f"{end_to_end:.1f} vs {pure:.1f} img/s, {BACKBONE} @{SIZE} px, batch {BATCH}, {steps} steps")]
+
+
+if __name__ == "__main__":
+    for figure in figures():
+        print(figure)

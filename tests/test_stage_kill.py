@@ -1,0 +1,182 @@
+"""No half-written outputs: each stage is SIGKILLed at each of its writes; no output may be left truncated.
+
+Each stage runs once to completion (the "previous" outputs) and once with other params / inputs (the "new"
+outputs). Then, from the previous state each time, a forked child reruns it and SIGKILLs itself at its k-th
+``os.replace`` (the moment an atomic write commits), for every k the stage reaches. After each kill every
+output is byte-identical to its previous or its new version, or absent (a folder swap killed between its two
+renames), never truncated or a mix of both runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from test_compare import _eval_metrics
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
+
+# stage -> (argv with {root}, outputs relative to root)
+STAGES = {
+    "fetch": (["--out", "{root}/data/raw"], ["data/raw"]),
+    "prepare": (["--raw", "{root}/data/raw", "--out", "{root}/data/prepared"], ["data/prepared"]),
+    "split": (["--variant", "stratified", "--index", "{root}/data/prepared/index.csv", "--out",
+               "{root}/data/splits/stratified", "--metrics", "{root}/metrics/stratified/split.json"],
+              ["data/splits/stratified", "metrics/stratified/split.json"]),
+    "audit": (["--raw", "{root}/data/raw", "--prepared", "{root}/data/prepared", "--report", "{root}/reports/audit.md",
+               "--figures", "{root}/reports/audit", "--metrics", "{root}/metrics/audit.json"],
+              ["reports/audit.md", "reports/audit", "metrics/audit.json"]),
+    "compare": (["--stratified", "{root}/metrics/stratified", "--center", "{root}/metrics/center", "--out",
+                 "{root}/metrics/compare.json", "--report", "{root}/reports/comparison.md"],
+                ["metrics/compare.json", "reports/comparison.md"]),
+}
+NO_PARAMS = {"compare"}  # stages without --params: their rerun differs through their inputs
+
+
+def write_eval_metrics(root: Path, *, shift: float) -> None:
+    """Hand-made evaluate outputs for compare (schema of docs/ARCHITECTURE.md, as in test_compare)."""
+    for variant, offset in (("stratified", 0.0), ("center", shift)):
+        path = root / "metrics" / variant / "eval" / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_eval_metrics(offset)), encoding="utf-8")
+
+
+def write_params(root: Path, *, seed: int) -> Path:
+    """Small-sample params; seed 2 also changes the cache size and the montage, so every stage's outputs change."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["base"]["seed"] = seed
+    params["data"]["sample"].update(n_cases=40, image_size=64)
+    params["prepare"].update(size=32 if seed == 1 else 48, workers=1)
+    params["audit"]["montage_groups"] = 12 if seed == 1 else 1
+    params["split"]["stratified"]["missing_test_classes"] = "allow"
+    path = root / f"params-{seed}.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def stage_main(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def snapshot(root: Path, outputs: list[str]) -> dict[str, str | None]:
+    """SHA-256 of every file under each output (None: absent), keyed by relative path."""
+    state: dict[str, str | None] = {}
+    for rel in outputs:
+        path = root / rel
+        if not path.exists():
+            state[rel] = None
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            state[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return state
+
+
+def snapshot_of(state: dict[str, str | None], rel: str) -> dict[str, str | None]:
+    """The part of a :func:`snapshot` under output ``rel``."""
+    return {k: v for k, v in state.items() if k == rel or k.startswith(rel + "/")}
+
+
+def _killed_at(k: int, main, argv: list[str]) -> None:
+    """Child: run ``main`` and SIGKILL this process at the k-th os.replace, before it happens."""
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    os.replace = replace
+    main(argv)
+    os._exit(0 if calls["n"] < k else 3)  # 0: the stage finished before reaching the k-th write
+
+
+def run_killed(k: int, main, argv: list[str]) -> int:
+    child = multiprocessing.get_context("fork").Process(target=_killed_at, args=(k, main, argv))
+    child.start()
+    child.join(timeout=300)
+    return child.exitcode
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """fetch -> prepare -> split -> audit completed once on a small synthetic sample (40 cases, 64 px)."""
+    root = tmp_path_factory.mktemp("killed")
+    params = write_params(root, seed=1)
+    write_eval_metrics(root, shift=0.1)
+    for name, (argv, _) in STAGES.items():
+        extra = [] if name in NO_PARAMS else ["--params", str(params)]
+        assert stage_main(name)([a.format(root=root) for a in argv] + extra) == 0
+    return root
+
+
+def backup(root: Path, outputs: list[str], to: Path) -> None:
+    for rel in outputs:
+        source, target = root / rel, to / rel
+        if source.is_dir():
+            shutil.copytree(source, target)
+        elif source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def restore(root: Path, outputs: list[str], source: Path) -> None:
+    """Put the backed-up outputs back, removing whatever a killed run left (temp files and folders too)."""
+    for rel in outputs:
+        path = root / rel
+        for leftover in [path, *path.parent.glob(f".{path.name}.*")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
+    backup(source, outputs, root)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_killed_at_any_write_leaves_each_output_whole_old_new_or_absent(project, name, tmp_path):
+    argv, outputs = STAGES[name]
+    saved = tmp_path / "previous"
+    backup(project, outputs, saved)
+    previous = snapshot(project, outputs)
+    if name in NO_PARAMS:
+        write_eval_metrics(project, shift=0.2)  # a rerun changes every output
+        extra = []
+    else:
+        extra = ["--params", str(write_params(project, seed=2))]  # a rerun changes every output
+    args = [a.format(root=project) for a in argv] + extra
+    main = stage_main(name)
+    assert run_killed(10_000, main, args) == 0  # a complete rerun: the "new" outputs
+    new = snapshot(project, outputs)
+    assert new != previous, f"{name}: the rerun must change some output for the kills to tell old from new"
+    killed = 0
+    for k in range(1, 50):
+        restore(project, outputs, saved)
+        code = run_killed(k, main, args)
+        if code == 0:
+            break  # the stage makes fewer than k writes
+        assert code == -signal.SIGKILL, f"{name}: child exited {code} before reaching write {k}"
+        killed += 1
+        for rel in outputs:  # each output whole, as before or as after a full run, or absent: never truncated
+            after = snapshot(project, [rel])
+            allowed = ({rel: None}, snapshot_of(previous, rel), snapshot_of(new, rel))
+            assert after in allowed, f"{name} killed at write {k}: {rel} is neither the old, the new nor absent"
+    assert killed >= 1, f"{name}: no write was reached"
+    restore(project, outputs, saved)  # the next stage's test starts from the completed project
+    if name in NO_PARAMS:
+        write_eval_metrics(project, shift=0.1)
+    assert snapshot(project, outputs) == previous
