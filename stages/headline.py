@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from assurexray.atomic import write_json
+from assurexray.cli_errors import run_stage
 from assurexray.headline import headlines, load_variant_metrics
 from assurexray.params import check_keys, load_params
 
@@ -38,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))
