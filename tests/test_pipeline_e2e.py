@@ -70,8 +70,9 @@ def _ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY_PARAMS) -> Path:
-    """Copy the project into ``repo`` (a new git + DVC repo), run the whole pipeline once and commit it."""
+def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY_PARAMS,
+                        targets: tuple[str, ...] = ()) -> Path:
+    """Copy the project into ``repo`` (a new git + DVC repo), run the pipeline (or ``targets``) once, commit."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO_ROOT / name, repo / name)
@@ -86,7 +87,7 @@ def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY
     _dvc(repo, "config", "core.autostage", "true")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline definition")  # dvclive needs a repository with a commit
-    first = _dvc(repo, "repro")
+    first = _dvc(repo, "repro", *targets)
     (repo / "first_repro.log").write_text(first.stdout + first.stderr)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "tiny pipeline run")
