@@ -25,6 +25,7 @@ from test_pipeline_e2e import _dvc, _git, _set_params, build_pipeline_repo
 pytestmark = pytest.mark.slow
 
 TARGET = "evaluate@stratified"  # the stage every test builds (with its upstream stages)
+PULL = ("--with-deps", TARGET)  # plain `dvc pull` after a full `dvc repro`; here only TARGET's branch ran
 BUCKET = "assurexray-lab"
 S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}  # moto accepts any credentials
 
@@ -97,7 +98,7 @@ def test_a_local_remote_lets_a_fresh_clone_pull_and_infer_without_training(repo,
     _dvc(repo, "push")
     clone = _clone(repo, tmp_path / "clone")
     assert not (clone / "models" / "stratified" / "model.pt").exists()
-    _dvc(clone, "pull")
+    _dvc(clone, "pull", *PULL)
     assert _status(clone) == {}  # every stage up to date: nothing would retrain
     header, row = _infer_first_image(clone)
     assert "prob_Malignant" in header and row
@@ -118,7 +119,7 @@ def test_an_s3_remote_round_trip_through_moto_on_loopback(repo, tmp_path, s3_end
     _dvc(repo, "push", "-r", "s3lab")
     clone = _clone(repo, tmp_path / "s3clone")
     configure(clone, add=False)
-    _dvc(clone, "pull", "-r", "s3lab")
+    _dvc(clone, "pull", "-r", "s3lab", *PULL)
     assert _status(clone) == {}
     header, row = _infer_first_image(clone)
     assert "prob_Malignant" in header and row
@@ -190,7 +191,7 @@ def test_exp_push_and_pull_share_an_experiment_through_a_bare_git_remote(repo, t
     _dvc(clone, "exp", "pull", "origin", "lr-high")
     assert "lr-high" in _experiments(json.loads(_dvc(clone, "exp", "show", "--json").stdout))
     _dvc(clone, "exp", "apply", "lr-high")
-    _dvc(clone, "pull")
+    _dvc(clone, "pull", *PULL)
     assert yaml.safe_load((clone / "params.yaml").read_text())["train"]["lr"] == 0.005
     assert _status(clone) == {}  # the experiment's outputs came from the remote: nothing to rerun
 
