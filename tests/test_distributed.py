@@ -55,7 +55,7 @@ def _run(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [_torchrun(), "--nnodes=1", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
          f"--master_port={_free_port()}", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=1800,  # a hang guard only
     )
 
 
@@ -67,13 +67,15 @@ def _worker(nproc: int, out: Path, options: dict, *extra: str) -> list[dict]:
 
 def test_two_ranks_train_disjoint_shards_into_the_weights_of_one_process_on_the_same_global_batch(tmp_path):
     two = _worker(2, tmp_path / "two", EXACT)
-    (one,) = _worker(1, tmp_path / "one", EXACT)
     for epoch in range(EXACT["epochs"]):
         shard0, shard1 = (set(rank["shards"][epoch]) for rank in two)
         assert len(shard0) == len(shard1) == 8 and shard0.isdisjoint(shard1), (shard0, shard1)
-        assert shard0 | shard1 == set(range(16)) == set(one["shards"][epoch])
-    a, b, c = (rank["state_dict"] for rank in (*two, one))
+        assert shard0 | shard1 == set(range(16))
+    a, b = (rank["state_dict"] for rank in two)
     assert all(torch.equal(a[k], b[k]) for k in a)  # DDP kept the ranks in lockstep
+    (one,) = _worker(1, tmp_path / "one", EXACT)
+    assert [set(s) for s in one["shards"]] == [set(range(16))] * EXACT["epochs"]
+    c = one["state_dict"]
     worst = max((a[k].float() - c[k].float()).abs().max().item() for k in a)
     assert worst < WEIGHT_TOLERANCE, worst
     assert any(not torch.equal(v, torch.zeros_like(v)) for v in a.values())
