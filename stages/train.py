@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from assurexray import resume
 from assurexray.cli_errors import run_stage
 from assurexray.model import file_sha256, save_checkpoint
 from assurexray.params import check_keys, load_params
@@ -15,8 +16,9 @@ logger = logging.getLogger("assurexray.stages.train")
 MODEL_KEYS = {"backbone", "pretrained", "dropout"}
 TRAIN_KEYS = {
     "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "grad_clip", "class_weights", "monitor",
-    "patience", "device", "amp", "channels_last", "num_workers", "augment",
+    "patience", "device", "amp", "channels_last", "num_workers", "augment", "launcher",
 }
+LAUNCHER_KEYS = {"launcher"}  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, help="split dir with train.csv and val.csv")
     parser.add_argument("--model", required=True, help="output checkpoint path (.pt)")
     parser.add_argument("--live", required=True, help="DVCLive output dir (metrics.json, plots/)")
+    parser.add_argument("--resume", default=None,
+                        help="folder for the last completed epoch's state (not a DVC out); omit to disable")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_params(args.params, "base")
     model_params = check_keys(load_params(args.params, "model"), MODEL_KEYS, where=f"{args.params} model")
     train_params = check_keys(load_params(args.params, "train"), TRAIN_KEYS, where=f"{args.params} train")
-    missing = sorted(MODEL_KEYS - set(model_params)) + sorted(TRAIN_KEYS - set(train_params))
+    missing = sorted(MODEL_KEYS - set(model_params)) + sorted(TRAIN_KEYS - LAUNCHER_KEYS - set(train_params))
     if missing:
         raise ValueError(f"{args.params}: missing key(s) {missing} in sections model/train; add them.")
 
@@ -50,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         class_names=list(base["class_names"]),
         seed=int(base["seed"]),
         live_dir=args.live,
+        resume_dir=args.resume,
         **model_params,
-        **train_params,
+        **{k: v for k, v in train_params.items() if k not in LAUNCHER_KEYS},
     )
     if not is_main_process():
         return 0  # under torchrun only rank 0 writes
     path = save_checkpoint(args.model, result.model, result.meta)
+    resume.clear(args.resume)  # the outputs are written: the stage is complete, nothing to resume
     logger.info(
         "saved %s (sha256 %s): best epoch %d, val %s %.4f, %.1f images/s",
         path, file_sha256(path)[:12], result.meta["best_epoch"], result.meta["monitor"],

@@ -70,17 +70,15 @@ def _ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY_PARAMS,
+                        targets: tuple[str, ...] = ()) -> Path:
+    """Copy the project into ``repo`` (a new git + DVC repo), run the pipeline (or ``targets``) once, commit."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO_ROOT / name, repo / name)
     for folder in ("stages", "lib"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    _set_params(repo / "params.yaml", TINY_PARAMS)
+    _set_params(repo / "params.yaml", params)
     _git(repo, "init", "-q")
     _git(repo, "config", "user.email", "e2e@example.invalid")
     _git(repo, "config", "user.name", "e2e")
@@ -89,11 +87,18 @@ def pipeline_repo(tmp_path_factory) -> Path:
     _dvc(repo, "config", "core.autostage", "true")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline definition")  # dvclive needs a repository with a commit
-    first = _dvc(repo, "repro")
+    first = _dvc(repo, "repro", *targets)
     (repo / "first_repro.log").write_text(first.stdout + first.stderr)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "tiny pipeline run")
     return repo
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    return build_pipeline_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def test_repro_builds_every_declared_output(pipeline_repo: Path):

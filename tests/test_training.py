@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch.utils.data import RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from assurexray.model import load_checkpoint
@@ -163,13 +162,15 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
                                                            0.5 - 0.5 * np.cos(np.pi / 4), 0.0])
 
 
-def test_sampler_is_distributed_only_under_torchrun():
+def test_one_sampler_shards_the_same_shuffle_over_the_ranks():
     data = list(range(10))
-    generator = torch.Generator().manual_seed(0)
-    single = _train_sampler(data, world_size=1, rank=0, seed=0, generator=generator)
-    shard = _train_sampler(data, world_size=2, rank=1, seed=0, generator=generator)
-    assert isinstance(single, RandomSampler) and sorted(single) == data
-    assert isinstance(shard, DistributedSampler) and len(shard) == 5
+    single = _train_sampler(data, world_size=1, rank=0, seed=0)
+    shards = [_train_sampler(data, world_size=2, rank=r, seed=0) for r in (0, 1)]
+    order = list(single)
+    assert isinstance(single, DistributedSampler) and sorted(order) == data and order != data
+    assert [list(s) for s in shards] == [order[0::2], order[1::2]]  # step k's global batch is the same images
+    single.set_epoch(1)
+    assert list(single) != order
 
 
 def _prepared_dirs(tmp_path):

@@ -2,14 +2,19 @@
 
 Read top to bottom: ``train_model`` validates its inputs, builds the model and loaders, then runs epochs of
 train -> validate -> log -> keep-best -> maybe stop. On CPU, two runs with the same params and data give
-identical weights and metrics (seeded RNGs, seeded loader and augmentation, deterministic algorithms).
-Under ``torchrun`` (WORLD_SIZE > 1) it uses DistributedSampler + DDP and only rank 0 writes.
+identical weights and metrics (every RNG reseeded from (seed, rank, epoch) each epoch, deterministic algorithms).
+One loop serves 1 and N processes (``torchrun``, see :mod:`assurexray.distributed`): a DistributedSampler
+shards the global batch, DDP averages the gradients, the train loss is all-reduced, validation is sharded
+and reassembled on rank 0, which alone takes the keep-best / early-stop decision and broadcasts it; only
+rank 0 writes. With ``resume_dir`` every completed epoch is saved so a killed run continues where it was
+(:mod:`assurexray.resume`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -27,10 +32,11 @@ from dvclive import Live
 from scmrepo.exceptions import SCMError
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from assurexray import distributed, resume
 from assurexray.atomic import atomic_dir
 from assurexray.model import FORMAT_VERSION, backbone_norm, create_model
 from assurexray.transforms import eval_transform, train_transform
@@ -69,7 +75,7 @@ class TrainingData:
 
 def is_main_process() -> bool:
     """True outside torchrun and on its rank 0: the one process that writes checkpoints and logs."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return distributed.context_from_env().is_main
 
 
 def load_training_data(prepared_dir: str | os.PathLike, split_dir: str | os.PathLike) -> TrainingData:
@@ -116,27 +122,28 @@ def train_model(
     augment: Mapping[str, Any] | None,
     seed: int,
     live_dir: str | os.PathLike | None,
+    resume_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``backbone`` on ``train_index`` rows of ``images``; keep the weights best on ``val_index``.
 
-    ``masks`` are not used by the classification loss; when given they are only checked to match
-    ``images`` (the prepared cache is passed whole). ``live_dir`` None disables DVCLive logging.
+    ``batch_size`` is the global batch (images per optimiser step, all processes together): under torchrun
+    each of the WORLD_SIZE processes takes ``batch_size / WORLD_SIZE`` of it, so the same params give the
+    same optimisation for 1 and N processes. ``masks`` are not used by the classification loss; when given
+    they are only checked to match ``images``. ``live_dir`` None disables DVCLive logging. ``resume_dir``
+    (None = off) holds the state of the last completed epoch (see :mod:`assurexray.resume`).
     """
     _check_options(dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
                    monitor=monitor, patience=patience, device=device, num_workers=num_workers)
     _check_arrays(images, masks)
+    ctx = distributed.context_from_env()
+    local_batch = _local_batch_size(batch_size, ctx.world_size)
     num_classes = len(class_names)
     y_train = _labels(train_index, "train", images.shape[0], class_names)
     y_val = _labels(val_index, "val", images.shape[0], class_names)
     _seed_everything(seed)
-    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     run_device = _resolve_device(device)
-    if world_size > 1:
-        run_device = _init_distributed(run_device)
-    use_amp = bool(amp) and run_device.type == "cuda"
-    if amp and not use_amp:
-        logger.warning("train.amp=true ignored: mixed precision is CUDA-only; the device is %s", run_device)
+    amp_dtype = _amp_dtype(amp, run_device)
 
     model = create_model(backbone, num_classes=num_classes, dropout=dropout, pretrained=pretrained)
     mean, std = backbone_norm(model)
@@ -150,98 +157,178 @@ def train_model(
             "model": {"backbone": backbone, "pretrained": pretrained, "dropout": dropout},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "class_weights": class_weights,
-                      "monitor": monitor, "patience": patience, "device": str(run_device), "amp": use_amp,
-                      "channels_last": channels_last, "num_workers": num_workers, "augment": augment},
+                      "monitor": monitor, "patience": patience, "device": str(run_device),
+                      "amp": amp_dtype is not None, "channels_last": channels_last, "num_workers": num_workers,
+                      "augment": augment, "world_size": ctx.world_size},
         },
         "best_epoch": None, "monitor": monitor, "best_score": None, "seed": int(seed),
         "format_version": FORMAT_VERSION,
     }
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(run_device, memory_format=memory_format)
-    net: nn.Module = model
-    if world_size > 1:
-        ids = None if run_device.index is None else [run_device.index]
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    with distributed.process_group(ctx, run_device):
+        return _fit(model, meta, ctx=ctx, images=images, train_index=train_index, val_index=val_index,
+                    y_train=y_train, y_val=y_val, epochs=epochs, local_batch=local_batch, lr=lr,
+                    weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
+                    class_weights=class_weights, monitor=monitor, patience=patience, device=run_device,
+                    amp_dtype=amp_dtype, channels_last=channels_last, num_workers=num_workers,
+                    augment=augment, seed=seed, live_dir=live_dir, resume_dir=resume_dir)
 
-    train_ds = _ImageDataset(images, train_index["row"].to_numpy(), y_train,
-                             train_transform(meta, augment, seed=seed))
-    val_ds = _ImageDataset(images, val_index["row"].to_numpy(), y_val, eval_transform(meta))
-    generator = torch.Generator().manual_seed(seed)
-    sampler = _train_sampler(train_ds, world_size=world_size, rank=rank, seed=seed, generator=generator)
-    loader_opts = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "generator": generator,
-                   "pin_memory": run_device.type == "cuda"}
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, **loader_opts)
-    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_opts)
+
+def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, images, train_index, val_index,
+         y_train, y_val, epochs, local_batch, lr, weight_decay, warmup_epochs, grad_clip, class_weights,
+         monitor, patience, device, amp_dtype, channels_last, num_workers, augment, seed, live_dir,
+         resume_dir) -> TrainResult:
+    """The epoch loop, identical for 1 and N processes (inside the process group when N > 1)."""
+    num_classes = meta["num_classes"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    net: nn.Module = model
+    if ctx.distributed:  # gradients are averaged over the ranks inside backward()
+        net = nn.parallel.DistributedDataParallel(model, device_ids=None if device.index is None else [device.index])
+
+    train_tf = train_transform(meta, augment, seed=seed)
+    train_ds = _ImageDataset(images, train_index["row"].to_numpy(), y_train, train_tf)
+    # Validation is sharded too: rank r scores val rows r, r+N, ...; rank 0 reassembles them in order.
+    val_positions = np.arange(len(val_index))[ctx.rank::ctx.world_size]
+    val_ds = _ImageDataset(images, val_index["row"].to_numpy()[val_positions], y_val[val_positions],
+                           eval_transform(meta))
+    generator = torch.Generator()
+    sampler = _train_sampler(train_ds, world_size=ctx.world_size, rank=ctx.rank, seed=seed)
+    loader_opts = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(train_ds, batch_size=local_batch, sampler=sampler, generator=generator,
+                              **loader_opts)
+    val_loader = DataLoader(val_ds, batch_size=local_batch, shuffle=False, **loader_opts)
 
     weight = _class_weights(y_train, num_classes) if class_weights == "inverse_frequency" else None
-    criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(run_device))
+    criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
 
+    tracker = _EarlyStopping(larger_is_better=MONITORS[monitor], patience=patience)
     history: list[dict[str, float]] = []
-    larger_is_better = MONITORS[monitor]
-    best_score, best_state, best_row, stale = None, None, None, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    first_epoch = 1
+    fingerprint = None
+    if resume_dir is not None:
+        settings = {k: v for k, v in meta.items() if k not in ("best_epoch", "best_score")}
+        fingerprint = resume.fingerprint(settings=settings, images=images, train_index=train_index,
+                                         val_index=val_index)
+        # Rank 0 reads the file and sends it to the others: multi-node runs need no shared filesystem.
+        state = distributed.broadcast_object(resume.load(resume_dir, fingerprint) if ctx.is_main else None, ctx)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            tracker = _EarlyStopping(**state["tracker"])
+            history, best_state, first_epoch = list(state["history"]), state["best_state"], state["epoch"] + 1
+
     seen, train_seconds = 0, 0.0
     # DVCLive writes into a temp dir that replaces live_dir only when training succeeds (atomic output).
-    live_ctx = atomic_dir(live_dir) if rank == 0 and live_dir is not None else contextlib.nullcontext(None)
+    live_ctx = atomic_dir(live_dir) if ctx.is_main and live_dir is not None else contextlib.nullcontext(None)
     with live_ctx as live_tmp:
         live = None if live_tmp is None else _open_live(live_tmp)
-        for epoch in range(1, epochs + 1):
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            train_loss = _train_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, epoch=epoch,
-                                      epochs=epochs, device=run_device, memory_format=memory_format,
-                                      use_amp=use_amp, grad_clip=grad_clip, show=rank == 0)
-            train_seconds += time.perf_counter() - started
-            seen += len(sampler)
-            scores = _validate(model, val_loader, criterion, num_classes, epoch=epoch, device=run_device,
-                               memory_format=memory_format, use_amp=use_amp)
-            row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()},
-                   "lr": optimizer.param_groups[0]["lr"]}
-            history.append(row)
+        for row in history:  # a resumed run replays the completed epochs: same files as an uninterrupted run
             if live is not None:
                 _log_epoch(live, row)
-            score = scores[monitor]
-            improved = best_score is None or (score > best_score if larger_is_better else score < best_score)
-            if improved:
-                best_score, best_row, stale = score, row, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
-                stale += 1
-            logger.info("epoch %d/%d: train loss %.4f, val %s %.4f%s", epoch, epochs, train_loss, monitor,
-                        score, " (best)" if improved else "")
-            if patience is not None and stale >= patience:
-                logger.info("early stop: val %s did not improve for %d epochs", monitor, patience)
+        for epoch in range(first_epoch, epochs + 1):
+            if tracker.stopped:
                 break
+            _reseed_epoch(seed, ctx.rank, epoch, generator, train_tf)
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+            started = time.perf_counter()
+            loss_sum, count = _train_epoch(net, train_loader, criterion, optimizer, scheduler, scaler,
+                                           epoch=epoch, epochs=epochs, device=device,
+                                           memory_format=memory_format, amp_dtype=amp_dtype,
+                                           grad_clip=grad_clip, show=ctx.is_main)
+            train_seconds += time.perf_counter() - started
+            loss_sum, count = distributed.all_reduce_sum([loss_sum, count], ctx, device)
+            seen += int(count)
+            shard = _predict(model, val_loader, device=device, memory_format=memory_format, amp_dtype=amp_dtype)
+            shards = distributed.all_gather_objects((val_positions, *shard), ctx)
+            decision = None
+            if ctx.is_main:  # the keep-best / stop decision is taken once, then broadcast
+                logits, labels = _reassemble(shards, len(val_index), num_classes)
+                scores = _val_scores(logits, labels, weight, num_classes, epoch=epoch)
+                tracker.update(epoch, scores[monitor])
+                decision = {"scores": scores, "tracker": tracker.state()}
+            decision = distributed.broadcast_object(decision, ctx)
+            tracker = _EarlyStopping(**decision["tracker"])
+            improved = tracker.best_epoch == epoch
+            row = {"epoch": epoch, "train_loss": loss_sum / count,
+                   **{f"val_{k}": v for k, v in decision["scores"].items()}, "lr": optimizer.param_groups[0]["lr"]}
+            history.append(row)
+            if improved:
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if live is not None:
+                _log_epoch(live, row)
+            logger.info("epoch %d/%d: train loss %.4f, val %s %.4f%s", epoch, epochs, row["train_loss"],
+                        monitor, row[f"val_{monitor}"], " (best)" if improved else "")
+            if ctx.is_main and resume_dir is not None:
+                resume.save(resume_dir, {
+                    "fingerprint": fingerprint, "epoch": epoch, "history": history, "tracker": tracker.state(),
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "best_state": best_state, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                })
+            if tracker.stopped:
+                logger.info("early stop: val %s did not improve for %d epochs", monitor, patience)
         if live is not None:
+            best_row = history[tracker.best_epoch - 1]
             # make_summary, not end(): under `dvc exp run` end() git-adds Live.dir, here a temp dir.
             _log_summary(live, best_row, monitor, len(history))
             live.make_summary()
     model.load_state_dict(best_state)
-    meta.update(best_epoch=int(best_row["epoch"]), best_score=float(best_score))
+    meta = {**meta, "best_epoch": int(tracker.best_epoch), "best_score": float(tracker.best_score)}
     speed = seen / train_seconds if train_seconds > 0 else float("nan")
-    logger.info("training throughput %.1f images/s on %s", speed, run_device)
+    logger.info("training throughput %.1f images/s on %s x %d", speed, device, ctx.world_size)
     return TrainResult(model=model.eval(), meta=meta, history=history, images_per_second=speed)
+
+
+@dataclass
+class _EarlyStopping:
+    """Best score so far, its epoch, and epochs since: the keep-best and stop decision (rank 0 owns it)."""
+
+    larger_is_better: bool
+    patience: int | None
+    best_score: float | None = None
+    best_epoch: int | None = None
+    stale: int = 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        better = self.best_score is None or (
+            score > self.best_score if self.larger_is_better else score < self.best_score)
+        if better:
+            self.best_score, self.best_epoch, self.stale = float(score), int(epoch), 0
+        else:
+            self.stale += 1
+        return better
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience is not None and self.stale >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # --- one epoch -------------------------------------------------------------------------------------------
 
 
 def _train_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, epoch: int, epochs: int,
-                 device: torch.device, memory_format, use_amp: bool, grad_clip: float | None,
-                 show: bool) -> float:
+                 device: torch.device, memory_format, amp_dtype: torch.dtype | None, grad_clip: float | None,
+                 show: bool) -> tuple[float, int]:
+    """One pass over this rank's shard; returns (sum of per-image losses, images) for the all-reduce."""
     net.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not show)
     for step, (x, y) in enumerate(bar, start=1):
         x = x.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, S, S)
         y = y.to(device, non_blocking=True)  # (B,)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = criterion(net(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -250,7 +337,7 @@ def _train_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, epoch:
                 "train.grad_clip."
             )
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss).backward()  # DDP all-reduces (averages) the gradients here
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(net.parameters(), max_norm=grad_clip)
@@ -260,24 +347,40 @@ def _train_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, epoch:
         total += loss.item() * y.shape[0]
         count += y.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / count
+    return total, count
 
 
 @torch.no_grad()
-def _validate(model, loader, criterion, num_classes: int, *, epoch: int, device: torch.device, memory_format,
-              use_amp: bool) -> dict[str, float]:
+def _predict(model, loader, *, device: torch.device, memory_format,
+             amp_dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n, K) float32 and labels (n,) of this rank's validation shard."""
     model.eval()
-    losses, probs, labels = 0.0, [], []
+    logits, labels = [], []
     for x, y in loader:
         x = x.to(device, memory_format=memory_format)
-        y = y.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(x).float()
-        losses += criterion(logits, y).item() * y.shape[0]
-        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
-        labels.append(y.cpu().numpy())
-    p, t = np.concatenate(probs), np.concatenate(labels)
-    loss = losses / len(t)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits.append(model(x).float().cpu().numpy())
+        labels.append(y.numpy())
+    if not logits:  # fewer val images than ranks: this shard is empty
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def _reassemble(shards, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Put each rank's (positions, logits, labels) back into validation order."""
+    logits, labels = np.zeros((n, num_classes), np.float32), np.zeros(n, np.int64)
+    for positions, shard_logits, shard_labels in shards:
+        if len(positions):
+            logits[positions], labels[positions] = shard_logits, shard_labels
+    return logits, labels
+
+
+def _val_scores(logits: np.ndarray, labels: np.ndarray, weight: torch.Tensor | None, num_classes: int, *,
+                epoch: int) -> dict[str, float]:
+    """Validation loss (class-weighted CE over the whole set) and the monitored metrics."""
+    x, t = torch.from_numpy(logits), torch.from_numpy(labels)
+    loss = float(nn.functional.cross_entropy(x, t, weight=weight))
+    p = torch.softmax(x, dim=1).numpy()
     if not (math.isfinite(loss) and np.isfinite(p).all()):
         raise FloatingPointError(
             f"validation loss is {loss} after epoch {epoch}; the model diverged. Lower train.lr or set "
@@ -286,10 +389,10 @@ def _validate(model, loader, criterion, num_classes: int, *, epoch: int, device:
     pred = p.argmax(axis=1)
     return {
         "loss": loss,
-        "macro_auc": float(roc_auc_score(t, p, multi_class="ovr", average="macro",
+        "macro_auc": float(roc_auc_score(labels, p, multi_class="ovr", average="macro",
                                          labels=list(range(num_classes)))),
-        "balanced_accuracy": float(balanced_accuracy_score(t, pred)),
-        "accuracy": float(accuracy_score(t, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "accuracy": float(accuracy_score(labels, pred)),
     }
 
 
@@ -325,12 +428,35 @@ def _open_live(live_dir: str | os.PathLike) -> Live:
         ) from err
 
 
-def _train_sampler(dataset: Dataset, *, world_size: int, rank: int, seed: int,
-                   generator: torch.Generator) -> Sampler:
-    """Shuffling sampler: a DistributedSampler shard per rank under torchrun, else a seeded RandomSampler."""
-    if world_size > 1:
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    return RandomSampler(dataset, generator=generator)
+def _train_sampler(dataset: Dataset, *, world_size: int, rank: int, seed: int) -> DistributedSampler:
+    """This rank's shard of a seeded shuffle (the whole shuffle when ``world_size`` is 1).
+
+    One sampler for 1 and N processes: rank r takes positions r, r+N, ... of the epoch's permutation, so
+    step k's global batch is the same images whatever N is (when N divides the batch).
+    """
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+def _reseed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator, transform) -> None:
+    """Reseed every RNG from (seed, rank, epoch): an epoch's randomness never depends on the ones before,
+    which is what lets a resumed run continue bit for bit without saved generator states."""
+    epoch_seed = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    torch.manual_seed(epoch_seed)  # dropout (and CUDA)
+    generator.manual_seed(epoch_seed)  # DataLoader worker seeds
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(epoch_seed)  # the albumentations Compose's own RNG (num_workers=0)
+
+
+def _local_batch_size(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size={batch_size} is the global batch and must divide evenly over the "
+            f"{world_size} torchrun processes; use a multiple of {world_size} (e.g. "
+            f"{world_size * max(1, batch_size // world_size)})."
+        )
+    return batch_size // world_size
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -445,19 +571,18 @@ def _resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'.")
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process
     return torch.device("cpu")
 
 
-def _init_distributed(device: torch.device) -> torch.device:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK/MASTER_ADDR; NCCL on GPUs, gloo on CPU."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
+def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for train.amp: bfloat16 where the GPU supports it (no loss scaling), else float16."""
+    if not amp:
+        return None
+    if device.type != "cuda":
+        logger.warning("train.amp=true ignored: mixed precision is CUDA-only; the device is %s", device)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _log_epoch(live, row: Mapping[str, float]) -> None:
