@@ -248,7 +248,7 @@ def test_documented_experiment_and_comparison_sequence(pipeline_repo: Path):
     repo = pipeline_repo
     run = _dvc(repo, "exp", "run", "-n", "lower-target", "-S", "evaluate.malignant_target_sensitivity=0.5")
     ran = _ran_stages(run.stdout)
-    assert ran and all(s.startswith(("evaluate@", "explain@", "compare", "report")) for s in ran), ran
+    assert ran and all(s.startswith(("evaluate@", "explain@", "compare", "headline", "report")) for s in ran), ran
     exp_diff = _dvc(repo, "exp", "diff", "HEAD", "lower-target", "--json").stdout
     assert "malignant_target_sensitivity" in exp_diff
     _dvc(repo, "exp", "apply", "lower-target")
