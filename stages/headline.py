@@ -10,7 +10,7 @@ from assurexray.cli_errors import run_stage
 from assurexray.headline import headlines, load_variant_metrics
 from assurexray.params import check_keys, load_params
 
-HEADLINE_KEYS = {"variant"}
+PARAM_KEYS = {"variant"}  # params.yaml headline section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = check_keys(load_params(args.params, "headline"), HEADLINE_KEYS, where=f"{args.params} headline")
+    params = check_keys(load_params(args.params, "headline"), PARAM_KEYS, where=f"{args.params} headline")
     outs = {"stratified": args.stratified_out, "center": args.center_out}
     if params.get("variant") not in outs:
         raise ValueError(f"{args.params} headline.variant: {params.get('variant')!r} is not a variant; "

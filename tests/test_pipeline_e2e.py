@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,9 @@ TINY_PARAMS = {
 }
 
 
-def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _dvc(repo: Path, *args: str, check: bool = True, env_extra: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONHASHSEED"] = "0"
@@ -83,8 +85,8 @@ def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY
     _git(repo, "config", "user.email", "e2e@example.invalid")
     _git(repo, "config", "user.name", "e2e")
     _dvc(repo, "init", "-q")
-    shutil.copytree(REPO_ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # custom plot templates
-    _dvc(repo, "config", "core.autostage", "true")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # custom plot templates, offline page
+    shutil.copy2(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # core.autostage, plots.html_template
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline definition")  # dvclive needs a repository with a commit
     first = _dvc(repo, "repro", *targets)
@@ -105,8 +107,12 @@ def test_repro_builds_every_declared_output(pipeline_repo: Path):
     repo = pipeline_repo
     for path in ("data/raw/dataset.xlsx", "data/prepared/images.npy", "data/prepared/index.csv",
                  "reports/audit.md", "metrics/audit.json", "metrics/compare.json", "reports/comparison.md",
-                 "reports/model_card.md", "reports/report.md", "reports/report.html"):
+                 "reports/model_card.md", "reports/report.md", "reports/report.html", "metrics/headline.json"):
         assert (repo / path).is_file(), path
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in ("metrics/headline.json", "reports/report.md", "models/center/model.pt"):
+        assert stat.S_IMODE((repo / path).stat().st_mode) == 0o666 & ~umask, path  # shareable, as the umask says
     for variant in VARIANTS:
         for part in ("train", "val", "test"):
             assert (repo / f"data/splits/{variant}/{part}.csv").is_file()
@@ -125,10 +131,101 @@ def test_second_repro_runs_nothing_and_status_is_clean(pipeline_repo: Path):
     assert status == {}
 
 
-def test_metrics_show_lists_both_variants(pipeline_repo: Path):
-    shown = _dvc(pipeline_repo, "metrics", "show", "--json").stdout
-    for variant in VARIANTS:
-        assert f"metrics/{variant}/eval/metrics.json" in shown
+def _flat(data: dict, prefix: str = "") -> dict:
+    """A nested metrics dict flattened the way DVC names its columns (``macro_auc.value``); None dropped."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_only_the_headline_and_training_summaries_are_dvc_metrics(pipeline_repo: Path):
+    shown = json.loads(_dvc(pipeline_repo, "metrics", "show", "--json").stdout)
+    files = set(shown[""]["data"])
+    assert files == {f"metrics/{v}/{name}" for v in VARIANTS for name in ("headline.json", "train/metrics.json")}
+    heads = {v: json.loads((pipeline_repo / f"metrics/{v}/headline.json").read_text()) for v in VARIANTS}
+    assert list(heads["stratified"]) == list(heads["center"])  # identical keys, in the same order
+    assert list(_flat(heads["stratified"], "")) == list(_flat(heads["center"], ""))
+    for v in VARIANTS:
+        assert len((pipeline_repo / f"metrics/{v}/headline.json").read_bytes()) < 1000
+        assert len(_flat(heads[v])) <= 16
+        eval_metrics = json.loads((pipeline_repo / f"metrics/{v}/eval/metrics.json").read_text())
+        assert heads[v]["macro_auc"] == eval_metrics["headline"]["macro_auc"]
+        assert _flat(shown[""]["data"][f"metrics/{v}/headline.json"]["data"]) == _flat(heads[v])  # DVC drops nulls
+    text = _dvc(pipeline_repo, "metrics", "show").stdout
+    assert max(len(line) for line in text.splitlines()) < 600  # ~480 (headline + training columns); was ~25,000
+
+
+def test_committed_report_links_only_to_files_in_git(pipeline_repo: Path):
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=pipeline_repo, capture_output=True, text=True,
+                                 check=True).stdout.splitlines())
+    assert "reports/report.md" in tracked and "plots/stratified/eval/roc.png" not in tracked  # a DVC output
+    for name in ("reports/report.md", "reports/model_card.md"):
+        text = (pipeline_repo / name).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"", text):
+            link = next(t for t in target if t)
+            if re.match(r"[a-z]+://|#|mailto:", link):
+                continue
+            resolved = os.path.normpath(os.path.join(os.path.dirname(name), link))
+            assert resolved in tracked, f"{name} links to {link}, which git does not track"
+
+
+def test_metrics_diff_compares_the_two_variants_with_the_documented_experiment(pipeline_repo: Path):
+    repo = pipeline_repo
+    readme = (REPO_ROOT / "README.md").read_text()
+    for documented in ("dvc exp run -n centre -S headline.variant=center",
+                       "dvc metrics diff HEAD centre --targets metrics/headline.json --all"):
+        assert documented in readme, documented  # the commands below, as the README prints them
+    run = _dvc(repo, "exp", "run", "-n", "centre", "-S", "headline.variant=center")
+    assert _ran_stages(run.stdout) == {"headline"}, run.stdout  # no retraining: both variants exist already
+    diff = json.loads(_dvc(repo, "metrics", "diff", "HEAD", "centre", "--targets", "metrics/headline.json",
+                           "--all", "--json").stdout)
+    rows = diff["metrics/headline.json"]
+    stratified = _flat(json.loads((repo / "metrics/stratified/headline.json").read_text()))
+    center = _flat(json.loads((repo / "metrics/center/headline.json").read_text()))
+    assert set(rows) == set(stratified) | set(center)
+    for key, row in rows.items():
+        assert (row["old"], row["new"]) == (stratified.get(key), center.get(key)), key
+    text = _dvc(repo, "metrics", "diff", "HEAD", "centre", "--targets", "metrics/headline.json").stdout
+    assert "macro_auc.value" in text and max(len(line) for line in text.splitlines()) <= 200
+    exp_diff = _dvc(repo, "exp", "diff", "HEAD", "centre").stdout
+    assert "headline.variant" in exp_diff and max(len(line) for line in exp_diff.splitlines()) <= 200
+    _git(repo, "reset", "-q", "--hard")  # `exp run` left the experiment in the workspace: back to the baseline
+    assert json.loads(_dvc(repo, "status", "--json").stdout or "{}") == {}
+
+
+#: The README's experiments table ("Everyday commands"), run here verbatim.
+README_EXP_SHOW = ("exp", "show", "--drop", ".*", "--keep", r"Experiment|.*macro_auc\.value|train\.lr$")
+
+
+def test_readme_exp_show_fits_200_columns_with_two_experiments(pipeline_repo: Path):
+    repo = pipeline_repo
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "dvc exp show --drop '.*' --keep 'Experiment|.*macro_auc\\.value|train\\.lr$'" in readme
+    if "centre" not in _dvc(repo, "exp", "list", "--name-only").stdout.split():  # one run experiment ...
+        _dvc(repo, "exp", "run", "-n", "centre", "-S", "headline.variant=center")
+        _git(repo, "reset", "-q", "--hard")
+    _dvc(repo, "exp", "run", "--queue", "-n", "queued-lr", "-S", "train.lr=3e-4")  # ... and one queued
+    try:
+        header = _dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+        assert len(header) <= 200, len(header)  # was ~1,200 with audit/split/explain/compare JSONs as metrics
+        assert len([c for c in header if "headline.json:" in c]) <= 2 * 16
+        shown = _dvc(repo, *README_EXP_SHOW, "--no-pager", env_extra={"COLUMNS": "200"}).stdout
+        lines = shown.splitlines()
+        (repo / "exp_show_measured.txt").write_text(
+            f"csv columns: {len(header)}; table width: {max(map(len, lines))} characters\n{shown}")
+        assert max(map(len, lines)) <= 200
+        assert "…" not in shown  # nothing squeezed out: every kept column is readable
+        for text in ("metrics/stratified/headline.json:macro_auc.value", "metrics/center/headline.json:macro_auc.value",
+                     "train.lr", "[centre]", "[queued-lr]", "0.0003"):
+            assert text in shown, text
+    finally:
+        _dvc(repo, "queue", "remove", "--all")
+        _dvc(repo, "exp", "remove", "centre")
+        _git(repo, "reset", "-q", "--hard")
 
 
 def test_center_split_change_reruns_only_the_center_branch(pipeline_repo: Path):
@@ -144,7 +241,8 @@ def test_center_split_change_reruns_only_the_center_branch(pipeline_repo: Path):
         stratified_or_upstream = {"fetch", "prepare", "audit"} | {f"{s}@stratified" for s in
                                                                   ("split", "train", "evaluate", "explain")}
         assert not ran & stratified_or_upstream, ran
-        assert ran <= {"split@center", "train@center", "evaluate@center", "explain@center", "compare", "report"}
+        assert ran <= {"split@center", "train@center", "evaluate@center", "explain@center", "compare", "headline",
+                       "report"}
     finally:
         params.write_text(original)
         _dvc(repo, "repro")
@@ -156,11 +254,17 @@ def test_documented_experiment_and_comparison_sequence(pipeline_repo: Path):
     repo = pipeline_repo
     run = _dvc(repo, "exp", "run", "-n", "lower-target", "-S", "evaluate.malignant_target_sensitivity=0.5")
     ran = _ran_stages(run.stdout)
-    assert ran and all(s.startswith(("evaluate@", "explain@", "compare", "report")) for s in ran), ran
+    assert ran and all(s.startswith(("evaluate@", "explain@", "compare", "headline", "report")) for s in ran), ran
     exp_diff = _dvc(repo, "exp", "diff", "HEAD", "lower-target", "--json").stdout
     assert "malignant_target_sensitivity" in exp_diff
     _dvc(repo, "exp", "apply", "lower-target")
     metrics_diff = _dvc(repo, "metrics", "diff", "HEAD", "--json").stdout
     assert "metrics/" in metrics_diff
-    plots = _dvc(repo, "plots", "diff", "HEAD", "-o", str(repo / "plots_diff"))
-    assert (repo / "plots_diff" / "index.html").is_file(), plots.stdout
+    plots = _dvc(repo, "plots", "diff", "HEAD", "-o", "plots_diff")
+    page = (repo / "plots_diff" / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in page and "/* vega-embed@" in page, plots.stdout  # the offline template
+    _dvc(repo, "plots", "show")
+    assert (repo / "dvc_plots" / "index.html").is_file()
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout
+    assert "plots_diff" not in untracked and "dvc_plots" not in untracked, untracked
