@@ -27,8 +27,10 @@ def figures(quick: bool = False) -> list[Figure]:
     if proc.returncode != 0:
         return [Figure("dvc status", None, "s", "<= 3 s", None, f"skipped: dvc status failed: {proc.stderr[-200:]}")]
     changed = json.loads(proc.stdout or "{}")
-    status = Figure("dvc status (what a no-op repro checks)", seconds, "s", "<= 3 s", seconds <= 3,
-                    "pipeline up to date" if not changed else f"{len(changed)} stage(s) changed here")
+    # With changed stages dvc compares more than a no-op would: the time is shown, the goal not judged.
+    status = Figure("dvc status (what a no-op repro checks)", seconds, "s", "<= 3 s",
+                    seconds <= 3 if not changed else None,
+                    "pipeline up to date" if not changed else f"{len(changed)} stage(s) changed here: not a no-op")
     if changed:
         return [status, Figure("dvc repro no-op", None, "s", "<= 3 s", None,
                                "skipped: the pipeline is not up to date here (dvc pull / dvc repro first)")]
