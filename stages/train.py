@@ -7,6 +7,7 @@ import logging
 
 from assurexray.model import file_sha256, save_checkpoint
 from assurexray.params import check_keys, load_params
+from assurexray.provenance import training_data_info
 from assurexray.training import is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         class_names=list(base["class_names"]),
         seed=int(base["seed"]),
         live_dir=args.live,
+        data_info=training_data_info(args.prepared, args.split, source=load_params(args.params, "data")["source"]),
         **model_params,
         **train_params,
     )

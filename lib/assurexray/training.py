@@ -116,11 +116,13 @@ def train_model(
     augment: Mapping[str, Any] | None,
     seed: int,
     live_dir: str | os.PathLike | None,
+    data_info: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``backbone`` on ``train_index`` rows of ``images``; keep the weights best on ``val_index``.
 
     ``masks`` are not used by the classification loss; when given they are only checked to match
-    ``images`` (the prepared cache is passed whole). ``live_dir`` None disables DVCLive logging.
+    ``images`` (the prepared cache is passed whole). ``live_dir`` None disables DVCLive logging. ``data_info``
+    (what the data is: ``assurexray.provenance.training_data_info``) is stored as ``meta["data"]``.
     """
     _check_options(dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
@@ -155,6 +157,7 @@ def train_model(
         },
         "best_epoch": None, "monitor": monitor, "best_score": None, "seed": int(seed),
         "format_version": FORMAT_VERSION,
+        "data": None if data_info is None else json.loads(json.dumps(dict(data_info))),  # a plain JSON copy
     }
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(run_device, memory_format=memory_format)
