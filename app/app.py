@@ -54,11 +54,12 @@ def try_page(layout: webapp.Layout) -> None:
         st.code(webapp.RESULTS_COMMAND, language="bash")
         return
     variant = st.selectbox("Model", models, format_func=_variant_label, key="variant")
-    samples = webapp.sample_images(layout)
-    sources = ["Upload a file", "Sample image"] if samples else ["Upload a file"]
+    samples = _held_out_images(layout, variant)
+    sources = ["Upload a file", "Test image"] if samples else ["Upload a file"]
     source = st.radio("Image", sources, horizontal=True, key="source")
     if not samples:
-        st.caption(f"No sample images in {layout.samples}; `{webapp.RESULTS_COMMAND}` creates the built-in sample.")
+        st.caption(f"No test images of the {variant} split found ({layout.split_test(variant)} and "
+                   f"{layout.samples}); `{webapp.RESULTS_COMMAND}` creates them.")
     try:
         if source == "Upload a file":
             upload = st.file_uploader(
@@ -71,13 +72,12 @@ def try_page(layout: webapp.Layout) -> None:
             with st.spinner("Classifying..."):
                 prediction = webapp.predict_upload(upload.name, upload.getvalue(), layout=layout, variant=variant)
         else:
-            labels = _sample_labels(layout)
             sample = st.selectbox(
-                "Sample image", samples, key="sample",
-                format_func=lambda p: f"{p.name} (true label: {labels[p.name]})" if p.name in labels else p.name,
+                f"Test image (held out from training and threshold choice of the {variant} split)", samples,
+                key="sample", format_func=webapp.Sample.title,
             )
             with st.spinner("Classifying..."):
-                prediction = webapp.predict_file(sample, layout=layout, variant=variant)
+                prediction = webapp.predict_file(sample.path, layout=layout, variant=variant)
     except (ValueError, FileNotFoundError) as err:
         st.error(f"Could not classify this file. {err}")
         return
@@ -85,21 +85,24 @@ def try_page(layout: webapp.Layout) -> None:
 
 
 def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, variant: str) -> None:
-    """Predicted class, probabilities (chart and table), Malignant decision, original beside Grad-CAM."""
-    top = prediction.probs[prediction.pred]
-    st.subheader(f"Predicted class: {prediction.pred} (p = {top:.3f})")
-    decision = webapp.decision_text(prediction, layout=layout, variant=variant)
-    if prediction.malignant_flag:
-        st.warning(decision)
+    """Training data, the Malignant decision and the top class (each labelled for what it is), probabilities
+    (chart and table), original beside Grad-CAM at the same size."""
+    training = webapp.training_text(prediction)
+    if prediction.trained_on == "unknown" or (prediction.training_data or {}).get("synthetic"):
+        st.warning(f"{training} Its outputs say nothing about real patients.", icon="⚠️")
     else:
-        st.info(decision)
-    st.caption(
-        "The Malignant flag applies the operating point chosen on validation for a target sensitivity; it is "
-        "a separate, deliberately sensitive decision and can fire when another class has the top probability."
-    )
+        st.caption(training)
+    decision = webapp.decision_text(prediction, layout=layout, variant=variant)
+    st.subheader(decision)
+    st.subheader(webapp.top_class_text(prediction))
+    threshold = webapp.threshold_text(prediction, layout=layout, variant=variant)
+    if threshold:
+        st.caption(threshold)
     left, right = st.columns(2)
-    left.image(webapp.thumbnail(prediction.gray), caption=f"{prediction.name} (decoded, grayscale)", width="stretch")
-    right.image(prediction.overlay, caption="Grad-CAM of the predicted class", width="stretch")
+    left.image(webapp.original_panel(prediction), caption=f"{prediction.name} (decoded, grayscale)",
+               width="stretch")
+    right.image(prediction.overlay, caption="Grad-CAM of the most probable class (colour bar: relative, "
+                "min-max scaled per image)", width="stretch")
     probs = pd.DataFrame({"class": list(prediction.probs), "probability": list(prediction.probs.values())})
     chart, table = st.columns(2)
     with chart:
@@ -113,8 +116,9 @@ def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, 
         shown = probs.assign(probability=probs["probability"].map(lambda p: f"{p:.4f}")).set_index("class")
         st.table(shown)
     st.caption(
-        f"Model: {_variant_label(variant)}, sha256 {prediction.model_sha256[:12]}; probabilities temperature-"
-        f"scaled (T = {prediction.temperature:.3f}). Same engine as `assurexray infer`."
+        f"Model: {_variant_label(variant)}, sha256 {prediction.model_sha256[:12]}, trained on "
+        f"{prediction.trained_on}; probabilities temperature-scaled (T = {prediction.temperature:.3f}). "
+        "Same engine as `assurexray infer`."
     )
 
 
@@ -132,18 +136,20 @@ def results_page(layout: webapp.Layout) -> None:
         st.code(webapp.RESULTS_COMMAND, language="bash")
     if not results.any:
         return
-    st.subheader("Headline metrics (test set: value [confidence interval])")
+    st.subheader("Headline metrics (test set: value (confidence interval); argmax = the most probable class)")
     _table(webapp.headline_rows(results), index="metric")
     if results.compare and results.compare.get("gap_method"):
         st.caption(str(results.compare["gap_method"]))
-    st.subheader("Malignant operating point")
+    st.subheader("Malignant operating point (threshold chosen on each variant's validation partition)")
     _table(webapp.operating_point_rows(results), index="quantity")
     st.subheader("Calibration")
     _table(webapp.calibration_rows(results), index="quantity")
     for title, paths in webapp.figure_pairs(results):
         st.subheader(title)
-        for column, (variant, path) in zip(st.columns(len(paths)), paths.items()):
-            with column:
+        wide = title in webapp.WIDE_FIGURES  # several panels each: one variant per tab, full width, readable
+        places = st.tabs([_variant_label(v) for v in paths]) if wide else st.columns(len(paths))
+        for place, (variant, path) in zip(places, paths.items()):
+            with place:
                 if path is None:
                     st.caption(f"{_variant_label(variant)}: figure not created yet (`{webapp.RESULTS_COMMAND}`).")
                 else:
@@ -155,11 +161,10 @@ def results_page(layout: webapp.Layout) -> None:
     else:
         st.info(f"No Grad-CAM metrics yet (metrics/<variant>/explain/metrics.json); run `{webapp.RESULTS_COMMAND}`.")
     with st.expander("Grad-CAM gallery per class and outcome"):
-        for column, variant in zip(st.columns(len(webapp.VARIANTS)), webapp.VARIANTS):
-            with column:
-                st.markdown(f"**{_variant_label(variant)}**")
+        for tab, variant in zip(st.tabs([_variant_label(v) for v in webapp.VARIANTS]), webapp.VARIANTS):
+            with tab:
                 for path in webapp.gradcam_figures(results, variant):
-                    st.image(str(path), caption=Path(path).stem, width="stretch")
+                    st.image(str(path), caption=f"{_variant_label(variant)}: {Path(path).stem}", width="stretch")
 
 
 def _table(rows: list[dict[str, str]], *, index: str) -> None:
@@ -169,12 +174,12 @@ def _table(rows: list[dict[str, str]], *, index: str) -> None:
         st.caption("Nothing recorded yet.")
 
 
-def _sample_labels(layout: webapp.Layout) -> dict[str, str]:
+def _held_out_images(layout: webapp.Layout, variant: str) -> list[webapp.Sample]:
     try:
-        return webapp.sample_labels(layout)
+        return webapp.held_out_images(layout, variant)
     except ValueError as err:
-        st.warning(f"True labels unavailable: {err}")
-        return {}
+        st.warning(f"Test images unavailable: {err}")
+        return []
 
 
 def _variant_label(variant: str) -> str:

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="checkpoint, e.g. models/V/model.pt")
     parser.add_argument("--out", required=True, help="metrics folder, e.g. metrics/V/eval")
     parser.add_argument("--figures", required=True, help="figures folder; PNGs go to <figures>/eval")
+    parser.add_argument("--variant", default=None, help="split variant named in the figure titles, e.g. center")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=params["batch_size"],
         tta_flip=params["tta_flip"],
     )
-    write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures)
+    write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures, variant=args.variant)
     return 0
 
 

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictions", required=True, help="evaluate's predictions.csv")
     parser.add_argument("--out", required=True, help="directory for metrics.json and per_image.csv")
     parser.add_argument("--figures", required=True, help="gallery directory (replaced whole)")
+    parser.add_argument("--variant", default=None, help="split variant named in the gallery titles, e.g. center")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     logging.getLogger(__name__).info(DISCLAIMER)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(f"{args.out}/metrics.json", result.metrics)
     with atomic_path(f"{args.out}/per_image.csv") as tmp:
         result.per_image.to_csv(tmp, index=False, float_format="%.6g")
-    write_gallery(args.figures, result.panels, class_names=list(meta["class_names"]))
+    write_gallery(args.figures, result.panels, class_names=list(meta["class_names"]), variant=args.variant)
     return 0
 
 

@@ -9,6 +9,7 @@ from assurexray import resume
 from assurexray.cli_errors import run_stage
 from assurexray.model import file_sha256, save_checkpoint
 from assurexray.params import check_keys, load_params
+from assurexray.provenance import training_data_info
 from assurexray.training import is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=int(base["seed"]),
         live_dir=args.live,
         resume_dir=args.resume,
+        data_info=training_data_info(args.prepared, args.split, source=load_params(args.params, "data")["source"]),
         **model_params,
         **{k: v for k, v in train_params.items() if k not in LAUNCHER_KEYS},
     )

@@ -54,6 +54,9 @@ def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "cen
             "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
             "seed": 0, "format_version": model_lib.FORMAT_VERSION,
         }
+        if variant == "stratified":  # what the train stage records for a model trained on the synthetic sample
+            meta["data"] = {"source": "sample", "synthetic": True, "index_sha256": "cd" * 32, "n_images": 3,
+                            "split": "stratified", "n_train": 1, "n_val": 1, "data_date": "2020-01-01"}
         path = model_lib.save_checkpoint(root / "models" / variant / "model.pt", net, meta)
         if operating_point and variant == "stratified":
             op = root / "metrics" / variant / "eval" / "operating_point.json"
@@ -64,10 +67,14 @@ def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "cen
             }), encoding="utf-8")
     images = root / "data" / "raw" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    (images / "IMG000001.jpeg").write_bytes(jpeg_bytes())
-    index = root / "data" / "prepared" / "index.csv"
-    index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text("row,image_id,label\n0,IMG000001.jpeg,Benign\n", encoding="utf-8")
+    for name in ("IMG000001.jpeg", "IMG000002.jpeg", "IMG000003.jpeg"):
+        (images / name).write_bytes(jpeg_bytes())
+    # IMG000002 is a stratified TEST image, IMG000003 a centre-holdout test image; IMG000001 trains both
+    for variant, test_row in (("stratified", "1,IMG000002.jpeg,Malignant"), ("center", "2,IMG000003.jpeg,Normal")):
+        split = root / "data" / "splits" / variant
+        split.mkdir(parents=True, exist_ok=True)
+        (split / "train.csv").write_text("row,image_id,label\n0,IMG000001.jpeg,Benign\n", encoding="utf-8")
+        (split / "test.csv").write_text(f"row,image_id,label\n{test_row}\n", encoding="utf-8")
     return root
 
 
@@ -155,22 +162,28 @@ def test_project_root_names_a_missing_directory(tmp_path):
         webapp.project_root({webapp.ROOT_ENV: str(tmp_path / "nowhere")})
 
 
-def test_models_samples_and_labels_are_found_under_the_root(layout, project):
+def test_models_are_found_and_only_each_splits_test_images_are_offered(layout, project):
     assert webapp.available_models(layout) == ["stratified", "center"]
-    assert webapp.sample_images(layout) == [project / "data" / "raw" / "images" / "IMG000001.jpeg"]
-    assert webapp.sample_labels(layout) == {"IMG000001.jpeg": "Benign"}
+    images = project / "data" / "raw" / "images"
+    assert webapp.held_out_images(layout, "stratified") == [
+        webapp.Sample(images / "IMG000002.jpeg", "Malignant", "test", "stratified")]
+    assert webapp.held_out_images(layout, "center") == [webapp.Sample(images / "IMG000003.jpeg", "Normal", "test",
+                                                                   "center")]
+    assert webapp.held_out_images(layout, "stratified")[0].title() == (
+        "IMG000002.jpeg (test partition of the stratified split, true label Malignant)")
 
 
-def test_an_empty_root_has_no_models_samples_or_labels(tmp_path):
+def test_an_empty_root_has_no_models_or_samples(tmp_path):
     empty = webapp.Layout(tmp_path)
-    assert (webapp.available_models(empty), webapp.sample_images(empty), webapp.sample_labels(empty)) == ([], [], {})
+    assert (webapp.available_models(empty), webapp.held_out_images(empty, "stratified")) == ([], [])
 
 
-def test_an_index_without_labels_is_named(tmp_path):
-    (tmp_path / "data" / "prepared").mkdir(parents=True)
-    (tmp_path / "data" / "prepared" / "index.csv").write_text("row,image_id\n0,a.jpeg\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"index.csv: missing column\(s\) \['label'\]"):
-        webapp.sample_labels(webapp.Layout(tmp_path))
+def test_a_test_split_without_labels_is_named(tmp_path):
+    (tmp_path / "data" / "splits" / "center").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "splits" / "center" / "test.csv").write_text("row,image_id\n0,a.jpeg\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"test.csv: missing column\(s\) \['label'\].*`dvc repro split`"):
+        webapp.held_out_images(webapp.Layout(tmp_path), "center")
 
 
 BAD_UPLOADS = {
@@ -223,7 +236,7 @@ def test_uploads_decode_like_files_including_dicom_without_writing_any_file(monk
 
 
 def test_a_sample_prediction_matches_assurexray_infer(layout, project):
-    sample = webapp.sample_images(layout)[0]
+    sample = webapp.held_out_images(layout, "stratified")[0].path
     got = webapp.predict_file(sample, layout=layout, variant="stratified")
     expected = run_inference([sample], model_path=layout.model("stratified")).predictions[0]
     assert got.probs == pytest.approx(expected.probs, abs=1e-12)
@@ -235,7 +248,7 @@ def test_a_sample_prediction_matches_assurexray_infer(layout, project):
 
 
 def test_an_upload_gets_the_same_prediction_as_the_file_on_disk_without_writing_any_file(layout, monkeypatch):
-    sample = webapp.sample_images(layout)[0]
+    sample = webapp.held_out_images(layout, "stratified")[0].path
     from_file = webapp.predict_file(sample, layout=layout, variant="center")
     data = sample.read_bytes()
     with monkeypatch.context() as patch:
@@ -257,16 +270,57 @@ def test_predicting_without_a_model_says_how_to_train_it(tmp_path):
 
 
 def test_the_decision_explains_the_threshold_or_its_absence(layout):
-    sample = webapp.sample_images(layout)[0]
+    sample = webapp.held_out_images(layout, "stratified")[0].path
     with_op = webapp.predict_file(sample, layout=layout, variant="stratified")
     without = webapp.predict_file(sample, layout=layout, variant="center")
     p = with_op.probs["Malignant"]
-    relation = ">=" if p >= THRESHOLD else "<"
-    assert f"P(Malignant) = {p:.3f} {relation} threshold 0.300" in webapp.decision_text(
+    relation, verdict = (">=", "FLAGGED as possibly Malignant") if p >= THRESHOLD else ("<", "not flagged")
+    assert webapp.decision_text(with_op, layout=layout, variant="stratified").startswith(
+        f"Malignant flag at the operating point: {verdict}")
+    assert f"(P(Malignant) = {p:.3f} {relation} 0.300)" in webapp.decision_text(
         with_op, layout=layout, variant="stratified")
+    top = max(with_op.probs, key=with_op.probs.get)
+    assert webapp.top_class_text(with_op) == f"Most probable class (argmax): {top} (p = {with_op.probs[top]:.3f})"
+    assert webapp.threshold_text(without, layout=layout, variant="center") == ""
     assert without.malignant_flag is None and without.temperature == 1.0
     assert webapp.decision_text(without, layout=layout, variant="center").startswith(
         "No Malignant decision: operating point metrics/center/eval/operating_point.json not found")
+
+
+def test_the_threshold_text_names_the_split_and_gives_specificity_beside_sensitivity(tmp_path):
+    root = write_results(build_project(tmp_path))
+    layout = webapp.Layout(root)
+    # validation rows of predictions.csv: 2 Malignant (both flagged), 4 others (1 flagged) -> spec 0.750
+    rows = [("val", "Malignant", 1)] * 2 + [("val", "Benign", 1)] + [("val", "Normal", 0)] * 3 + [("test", "Benign", 1)]
+    layout.predictions("stratified").write_text(
+        "partition,label,malignant_flag\n" + "".join(f"{p},{c},{f}\n" for p, c, f in rows), encoding="utf-8")
+    prediction = webapp.predict_file(webapp.held_out_images(layout, "stratified")[0].path, layout=layout,
+                                     variant="stratified")
+    text = webapp.threshold_text(prediction, layout=layout, variant="stratified")
+    assert text.startswith("Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the validation "
+                           "partition of the stratified split to reach sensitivity >= 0.90; on validation, "
+                           "sensitivity 1.000 (2 Malignant images) and specificity 0.750 (4 other images); "
+                           "on test, sensitivity 0.800 (0.600–0.950) and specificity 0.700 (0.550–0.850).")
+    op_rows = {r["quantity"]: r for r in webapp.operating_point_rows(webapp.load_results(layout))}
+    assert op_rows["Malignant specificity at the operating point (validation)"]["stratified"] == "0.750"
+    assert op_rows["Malignant specificity at the operating point (validation)"]["center"] == "n/a"
+    assert op_rows["Malignant sensitivity at the operating point (test)"]["center"] == "0.800 (0.600–0.950)"
+
+
+def test_the_training_data_is_named_synthetic_or_unknown(layout):
+    sample = webapp.held_out_images(layout, "stratified")[0].path
+    synthetic = webapp.predict_file(sample, layout=layout, variant="stratified")
+    old = webapp.predict_file(sample, layout=layout, variant="center")
+    assert synthetic.trained_on == "synthetic-sample" and old.trained_on == "unknown"
+    assert webapp.training_text(synthetic).startswith("Trained on the built-in SYNTHETIC sample")
+    assert "cdcdcdcdcdcd" in webapp.training_text(synthetic)
+    assert webapp.training_text(old).startswith("Training data unknown")
+
+
+def test_the_original_is_shown_at_the_overlays_size(layout):
+    prediction = webapp.predict_file(webapp.held_out_images(layout, "center")[0].path, layout=layout, variant="center")
+    original = webapp.original_panel(prediction)
+    assert original.shape == prediction.overlay.shape and original.dtype == np.uint8
 
 
 @pytest.mark.parametrize("shape,expected", [((2000, 1000), (1024, 512)), ((100, 3000, 3), (34, 1024, 3)),
@@ -286,16 +340,21 @@ def test_a_thumbnail_needs_a_positive_size():
 @pytest.mark.parametrize(
     "value,text",
     [
-        (ci(0.81234, 0.7, 0.9), "0.812 [0.700, 0.900]"),
-        ({"value": 0.5, "ci_low": None, "ci_high": None}, "0.500"),
+        (ci(0.81234, 0.7, 0.9), "0.812 (0.700–0.900)"),
+        ({"value": 0.5, "ci_low": None, "ci_high": None}, "0.500 (no interval)"),
+        ({"value": 0.5, "ci_low": 0.2, "ci_high": 0.8, "interval": "wilson", "n": 6}, "0.500 (0.200–0.800, Wilson, n=6)"),
         ({"value": None, "ci_low": None, "ci_high": None}, "n/a"),
         (float("nan"), "n/a"),
         (None, "n/a"),
         (2, "2.000"),
     ],
 )
-def test_format_ci_writes_value_and_interval(value, text):
+def test_format_ci_writes_value_and_interval_as_the_report_does(value, text):
+    from assurexray.report import fmt_ci
+
     assert webapp.format_ci(value) == text
+    if isinstance(value, dict) and value.get("value") is not None:
+        assert text == fmt_ci(value)
 
 
 def test_missing_results_name_the_files_and_the_command(tmp_path):
@@ -312,18 +371,19 @@ def test_results_tables_put_the_variants_side_by_side(tmp_path):
     results = webapp.load_results(webapp.Layout(write_results(tmp_path)))
     assert results.any and results.missing == [] and webapp.missing_message(results) == ""
     assert webapp.headline_rows(results) == [
-        {"metric": "macro_auc", "stratified": "0.900 [0.800, 0.950]", "center": "0.700 [0.600, 0.750]",
-         "gap (stratified - center)": "0.200 [0.050, 0.350]"},
-        {"metric": "accuracy", "stratified": "0.600 [0.500, 0.700]", "center": "0.600 [0.500, 0.700]",
+        {"metric": "Macro AUC (one-vs-rest)", "stratified": "0.900 (0.800–0.950)", "center": "0.700 (0.600–0.750)",
+         "gap (stratified - center)": "0.200 (0.050–0.350)"},
+        {"metric": "Accuracy", "stratified": "0.600 (0.500–0.700)", "center": "0.600 (0.500–0.700)",
          "gap (stratified - center)": "n/a"},
     ]
     threshold = webapp.operating_point_rows(results)[0]
-    assert threshold == {"quantity": "threshold", "stratified": "0.250", "center": "0.250"}
+    assert threshold == {"quantity": "Threshold on P(Malignant), chosen on validation", "stratified": "0.250",
+                         "center": "0.250"}
     assert webapp.calibration_rows(results)[2] == {"quantity": "ece_after", "stratified": "0.050", "center": "0.050"}
     assert webapp.localization_rows(results) == [{
-        "metric": "pointing_game", "stratified Grad-CAM": "0.500 [0.300, 0.700]",
-        "stratified baseline": "0.400 [0.200, 0.600]", "center Grad-CAM": "0.500 [0.300, 0.700]",
-        "center baseline": "0.400 [0.200, 0.600]",
+        "metric": "pointing_game", "stratified Grad-CAM": "0.500 (0.300–0.700)",
+        "stratified baseline": "0.400 (0.200–0.600)", "center Grad-CAM": "0.500 (0.300–0.700)",
+        "center baseline": "0.400 (0.200–0.600)",
     }]
     roc = dict(webapp.figure_pairs(results))["ROC curves (one-vs-rest, test)"]
     assert roc == {"stratified": tmp_path / "plots" / "stratified" / "eval" / "roc.png", "center": None}
@@ -358,19 +418,26 @@ def test_an_empty_root_shows_the_banner_and_the_command_on_both_views(tmp_path, 
     assert [c.value for c in at.code] == ["dvc repro"]
 
 
-def test_a_sample_image_gets_a_prediction_whose_probabilities_sum_to_one(project, monkeypatch):
+def test_a_test_image_gets_both_answers_labelled_and_the_synthetic_notice(project, monkeypatch):
     at = run_app(project, monkeypatch)
-    at.radio(key="source").set_value("Sample image").run()
+    at.radio(key="source").set_value("Test image").run()
     assert not at.exception
-    assert at.selectbox(key="sample").value.name == "IMG000001.jpeg"
+    assert at.selectbox(key="sample").value.path.name == "IMG000002.jpeg"  # the stratified TEST image only
+    assert at.selectbox(key="sample").options == [
+        "IMG000002.jpeg (test partition of the stratified split, true label Malignant)"]
     table = at.table[0].value
     probs = table["probability"].astype(float)
     assert list(table.index) == CLASSES and math.isclose(probs.sum(), 1.0, abs_tol=2e-4)
     predicted = table.index[int(np.argmax(probs))]
-    assert at.subheader[0].value.startswith(f"Predicted class: {predicted}")
-    assert any("threshold 0.300" in text for text in texts(at, "warning") + texts(at, "info"))
+    decision, top = (h.value for h in at.subheader[0:2])
+    assert decision.startswith("Malignant flag at the operating point:") and "0.300)" in decision
+    assert top.startswith(f"Most probable class (argmax): {predicted} (p = ")
+    assert any(text.startswith("Trained on the built-in SYNTHETIC sample") for text in texts(at, "warning"))
+    assert any(text.startswith("Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the validation "
+                               "partition of the stratified split") for text in texts(at, "caption"))
     captions = [c for image in at.get("image") for c in image.captions]
-    assert captions == ["IMG000001.jpeg (decoded, grayscale)", "Grad-CAM of the predicted class"]
+    assert captions == ["IMG000002.jpeg (decoded, grayscale)",
+                        "Grad-CAM of the most probable class (colour bar: relative, min-max scaled per image)"]
 
 
 def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(project, monkeypatch):
@@ -388,7 +455,7 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(project, monkeypa
 def test_the_results_view_shows_metrics_side_by_side(tmp_path, monkeypatch):
     at = run_app(write_results(tmp_path), monkeypatch, page="Results")
     headline = at.table[0].value
-    assert headline.loc["macro_auc", "gap (stratified - center)"] == "0.200 [0.050, 0.350]"
+    assert headline.loc["Macro AUC (one-vs-rest)", "gap (stratified - center)"] == "0.200 (0.050–0.350)"
     assert list(headline.columns) == ["stratified", "center", "gap (stratified - center)"]
     assert any(c == "Stratified split (stratified)" for image in at.get("image") for c in image.captions)
     assert len(at.code) == 0 and not texts(at, "warning")

@@ -89,7 +89,9 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             expect(page.get_by_text("'broken.png': not a readable image")).to_be_visible()
 
             page.locator('input[type="file"]').set_input_files(str(good))
-            expect(page.get_by_text("Predicted class:")).to_be_visible()
+            expect(page.get_by_text("Most probable class (argmax):")).to_be_visible()
+            expect(page.get_by_text("Malignant flag at the operating point:")).to_be_visible()
+            expect(page.get_by_text("Trained on the built-in SYNTHETIC sample")).to_be_visible()  # the notice
             expect(page.locator('[data-testid="stTable"] tbody tr')).to_have_count(len(CLASSES))
             rows = page.eval_on_selector_all(
                 '[data-testid="stTable"] tbody tr',
@@ -98,18 +100,21 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             assert [r[0] for r in rows] == CLASSES
             assert math.isclose(sum(float(r[1]) for r in rows), 1.0, abs_tol=2e-4)
             expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)  # the probability bar chart
-            expect(page.get_by_text("Grad-CAM of the predicted class")).to_be_visible()
+            expect(page.get_by_text("Grad-CAM of the most probable class")).to_be_visible()
             expect(page.locator('[data-testid="stImage"] img')).to_have_count(2)
             page.wait_for_function(  # original and overlay both decoded by the browser
                 "() => Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
                 ".every(i => i.complete && i.naturalWidth > 0)"
             )
+            sizes = page.eval_on_selector_all(  # original and overlay drawn at the same size
+                '[data-testid="stImage"] img', "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+            assert len(sizes) == 2 and sizes[0] == sizes[1]
             expect(page.get_by_text("Could not classify this file.")).to_have_count(0)
             page.screenshot(path=str(ARTIFACTS / "app_try.png"), full_page=True)
 
             page.get_by_test_id("stSidebar").get_by_text("Results", exact=True).click()
             expect(page.get_by_text("Headline metrics")).to_be_visible()
-            expect(page.get_by_text("0.200 [0.050, 0.350]")).to_be_visible()  # the gap from compare.json
+            expect(page.get_by_text("0.200 (0.050–0.350)")).to_be_visible()  # the gap from compare.json
             expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
         finally:

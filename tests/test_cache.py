@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from assurexray.btxrd import load_release
+from assurexray.btxrd import load_release, sheet_modified
 from assurexray.cache import INDEX_COLUMNS, build_cache, load_cache, read_index
 from assurexray.groups import PAIR_COLUMNS
 from assurexray.schema import RELEASE_COLUMNS
@@ -84,6 +84,8 @@ def test_cache_of_the_mini_release_has_one_row_per_image_and_masks_only_where_an
     assert index["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
     assert cache.meta["class_counts"] == {"Normal": 10, "Benign": 10, "Malignant": 10}
     assert cache.meta["size"] == 64 and cache.meta["n_images"] == 30 and cache.meta["source"] == "dataset.xlsx"
+    # the data's own date, for the checkpoint's provenance: the sheet's document properties, not the clock
+    assert cache.meta["sheet_modified"] == sheet_modified(btxrd_mini / "dataset.xlsx") is not None
     assert list(pd.read_csv(out / "duplicate_pairs.csv").columns) == list(PAIR_COLUMNS)
 
 

@@ -269,3 +269,26 @@ def test_temperature_and_threshold_are_fitted_on_validation_only():
     val = lambda ev: ev.predictions[ev.predictions.partition == "val"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(val(moved), val(base))
     assert moved.metrics["headline"] != base.metrics["headline"]  # the perturbation did reach the test figures
+
+
+def test_every_figure_title_names_the_variant_and_reliability_points_carry_their_counts(tmp_path, monkeypatch):
+    import assurexray.evaluation as evaluation_lib
+    from assurexray.evaluation import write_evaluation
+
+    y = np.repeat([0, 1, 2], 20)
+    ev = evaluate_logits(
+        val_frame=_frame(y), val_logits=_logits(y, 0), test_frame=_frame(y, 60), test_logits=_logits(y, 1),
+        class_names=NAMES, resamples=20, cluster=False, ci_level=0.95, bins=5, target_sensitivity=0.9, seed=0,
+        model_sha256="abc",
+    )
+    saved = {}
+    monkeypatch.setattr(evaluation_lib, "_save", lambda fig, path: saved.__setitem__(Path(path).name, fig))
+    write_evaluation(ev, out_dir=tmp_path / "eval", figures_dir=tmp_path / "plots", variant="center")
+    assert sorted(saved) == ["confusion.png", "pr.png", "reliability.png", "roc.png"]
+    for name, fig in saved.items():
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles and all(t.startswith("center: ") for t in titles), (name, titles)
+    notes = [t.get_text() for t in saved["reliability.png"].axes[0].texts]
+    after = ev.reliability["after"]
+    assert sorted(notes) == sorted(f"n={n}" for n in after["count"] if n)  # one count per non-empty bin
+    assert sum(after["count"]) == len(y)

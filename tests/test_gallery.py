@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -107,8 +109,24 @@ def test_a_panel_caption_names_true_and_predicted_class_and_all_probabilities():
 def test_the_annotation_contour_is_drawn_only_where_a_mask_exists():
     with_mask = gallery._category_figure([_panel()], title="t")
     without = gallery._category_figure([_panel(with_mask=False)], title="t")
-    assert all(ax.collections for ax in with_mask.axes)
-    assert not any(ax.collections for ax in without.axes)
+    assert all(ax.collections for ax in _image_axes(with_mask))
+    assert not any(ax.collections for ax in _image_axes(without))
+
+
+def _image_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_overlays_carry_a_colour_bar_and_every_title_names_the_variant(tmp_path, monkeypatch):
+    saved = {}
+    monkeypatch.setattr(gallery.Figure, "savefig", lambda fig, path, **_: saved.__setitem__(Path(path).name, fig))
+    gallery.write_gallery(tmp_path / "g", {"Malignant_fn": [_panel()]}, class_names=CLASSES, variant="center")
+    assert sorted(saved) == sorted(gallery.gallery_files(CLASSES))
+    for name, fig in saved.items():
+        assert fig._suptitle.get_text().startswith("center: "), name
+    bars = [ax for ax in saved["Malignant_fn.png"].axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "Grad-CAM (min-max scaled per image)"
+    assert any(ax.get_label() == "<colorbar>" for ax in saved["overview.png"].axes)
 
 
 def test_unknown_panel_keys_are_refused(tmp_path):

@@ -30,7 +30,7 @@ from assurexray.transforms import prepare_image
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
-           "malignant_threshold", "model_sha256", "error"]
+           "malignant_threshold", "model_sha256", "trained_on", "training_data_fingerprint", "error"]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,14 @@ def tiny_checkpoint(path: Path) -> Path:
         "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
         "seed": 0, "format_version": model_lib.FORMAT_VERSION,
     }
+    return model_lib.save_checkpoint(path, net, meta)
+
+
+def synthetic_checkpoint(path: Path) -> Path:
+    """:func:`tiny_checkpoint` with the train stage's record of a model trained on the synthetic sample."""
+    net, meta = model_lib.load_checkpoint(tiny_checkpoint(path))
+    meta["data"] = {"source": "sample", "synthetic": True, "index_sha256": "ab" * 32, "n_images": 560,
+                    "split": "stratified", "n_train": 390, "n_val": 85, "data_date": "2020-01-01"}
     return model_lib.save_checkpoint(path, net, meta)
 
 
@@ -132,7 +140,8 @@ def test_single_image_prints_a_table_with_its_prediction_and_exits_0(model_path,
     row = next(line for line in out.splitlines() if line.startswith(str(image)))
     cells = row.split()
     assert cells[1] in CLASSES
-    assert cells[-1] == "n/a"  # no operating point beside this model: no decision
+    assert cells[-2] == "n/a"  # no operating point beside this model: no decision
+    assert cells[-1] == "unknown"  # this checkpoint records no training data, and the table says so
     assert sum(float(c) for c in cells[2:5]) == pytest.approx(1.0, abs=2e-3)
 
 
@@ -478,3 +487,38 @@ def test_inference_averages_with_the_mirror_image_when_evaluate_did(model_path, 
     assert result.operating_point.tta_flip is True
     probs = np.exp(flipped[0]) / np.exp(flipped[0]).sum()
     np.testing.assert_allclose([result.predictions[0].probs[c] for c in CLASSES], probs, rtol=1e-5)
+
+
+# --- what the model was trained on, and what the flag means --------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_every_row_says_the_model_was_trained_on_the_synthetic_sample(tmp_path, suffix, capsys):
+    model = synthetic_checkpoint(tmp_path / "models" / "stratified" / "model.pt")
+    images = [save_image(tmp_path / "in" / f"{i}.png") for i in range(2)]
+    out = tmp_path / f"out{suffix}"
+    assert cli.main(["infer", *map(str, images), "--model", str(model), "--output", str(out)]) == 0
+    rows = read_rows(out)
+    assert [(r["trained_on"], r["training_data_fingerprint"]) for r in rows] == [("synthetic-sample", "ab" * 32)] * 2
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith(str(tmp_path / "in"))]
+    assert len(table) == 2 and all(line.split()[-1] == "synthetic-sample" for line in table)
+    assert "Trained on the built-in SYNTHETIC sample" in printed and "abababababab" in printed
+    assert "trained on SYNTHETIC images" in printed
+
+
+def test_the_threshold_is_explained_with_validation_sensitivity_and_specificity(tmp_path, capsys):
+    model = synthetic_checkpoint(tmp_path / "models" / "stratified" / "model.pt")
+    op = write_op(tmp_path / "metrics" / "stratified" / "eval" / "operating_point.json", model, threshold=0.3)
+    # validation rows: 4 Malignant (3 flagged), 5 others (1 flagged); the test row must be ignored
+    rows = [("val", "Malignant", 1)] * 3 + [("val", "Malignant", 0)] + [("val", "Benign", 1)] + \
+        [("val", "Normal", 0)] * 4 + [("test", "Normal", 1)]
+    (op.parent / "predictions.csv").write_text(
+        "partition,label,malignant_flag\n" + "".join(f"{p},{c},{f}\n" for p, c, f in rows), encoding="utf-8")
+    image = save_image(tmp_path / "one.png")
+    assert cli.main(["infer", str(image), "--model", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert ("Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the validation partition of the "
+            "stratified split to reach sensitivity >= 0.90; on validation, sensitivity 0.750 (4 Malignant images) "
+            "and specificity 0.800 (5 other images).") in printed
+    assert "top_class is the most probable class (argmax); malignant_flag is the separate" in printed

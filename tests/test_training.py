@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -215,6 +216,10 @@ def test_train_stage_writes_a_loadable_checkpoint_and_metrics(tmp_path, repo_roo
     assert meta["class_names"] == CLASSES and meta["input_size"] == S
     assert meta["params"]["train"]["epochs"] == 1
     assert meta["best_epoch"] == 1 and (live / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    # what it was trained on: params data.source, the fingerprint of index.csv and the partition sizes
+    assert meta["data"]["source"] == params["data"]["source"] and meta["data"]["split"] == "stratified"
+    assert meta["data"]["index_sha256"] == hashlib.sha256((prepared / "index.csv").read_bytes()).hexdigest()
+    assert (meta["data"]["n_images"], meta["data"]["n_train"], meta["data"]["n_val"]) == (N, 15, N - 15)
     params["train"]["epochz"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['epochz'\]"):

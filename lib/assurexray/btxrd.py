@@ -30,6 +30,7 @@ __all__ = [
     "read_metadata",
     "read_labelme",
     "load_release",
+    "sheet_modified",
 ]
 
 logger = logging.getLogger(__name__)
@@ -570,3 +571,24 @@ def _shape(shape: Any, path: Path, index: int) -> tuple[np.ndarray, str, str]:
         )
     label = shape.get("label", "")
     return points, kind, "" if label is None else str(label)
+
+
+def sheet_modified(path: str | os.PathLike) -> str | None:
+    """The ``YYYY-MM-DD`` last-modified (else created) date an .xlsx sheet records in ``docProps/core.xml``.
+
+    A property of the file's content, so the same sheet gives the same date everywhere (a file's mtime does
+    not survive copies). None for a CSV, a sheet without the property, or a file that is not a zip.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".xlsx":
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            core = archive.read("docProps/core.xml").decode("utf-8", errors="replace")
+    except (KeyError, zipfile.BadZipFile, OSError):
+        return None
+    for tag in ("modified", "created"):
+        found = re.search(rf"<dcterms:{tag}[^>]*>\s*(\d{{4}}-\d{{2}}-\d{{2}})", core)
+        if found:
+            return found.group(1)
+    return None

@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from assurexray.atomic import atomic_dir
-from assurexray.btxrd import Release, read_labelme
+from assurexray.btxrd import Release, read_labelme, sheet_modified
 from assurexray.groups import PAIR_COLUMNS, group_images, perceptual_hash
 from assurexray.imaging import decode_for_letterbox, letterbox, polygons_to_letterbox, rasterize_polygons
 from assurexray.schema import CLASS_NAMES
@@ -133,6 +133,8 @@ def build_cache(
             "class_names": class_names,
             "n_images": n,
             "source": release.metadata_path.name if release.metadata_path else "",
+            # the data's own date (the sheet's document properties), for the checkpoint's provenance record
+            "sheet_modified": sheet_modified(release.metadata_path) if release.metadata_path else None,
             "format_version": FORMAT_VERSION,
             "near_duplicate_distance": near_duplicate_distance,
             "class_counts": {c: int((index["label"] == c).sum()) for c in class_names},

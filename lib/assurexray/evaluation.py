@@ -301,8 +301,12 @@ def _by_center(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, *, class_names
     return out
 
 
-def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> None:
-    """Write the metrics/plot files into ``out_dir`` and the PNGs into ``figures_dir/eval`` (all atomic)."""
+def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figures_dir: str | os.PathLike,
+                     variant: str | None = None) -> None:
+    """Write the metrics/plot files into ``out_dir`` and the PNGs into ``figures_dir/eval`` (all atomic).
+
+    ``variant`` (the split, e.g. ``center``) is named in every figure title, so a PNG shown alone says whose it is.
+    """
     out = Path(out_dir)
     write_json(out / "metrics.json", evaluation.metrics)
     write_json(out / "operating_point.json", evaluation.operating_point)
@@ -312,10 +316,10 @@ def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figu
     with atomic_path(out / "predictions.csv") as tmp:
         evaluation.predictions.to_csv(tmp, index=False)
     with atomic_dir(Path(figures_dir) / "eval") as tmp_dir:
-        _plot_curves(evaluation, tmp_dir / "roc.png", kind="roc")
-        _plot_curves(evaluation, tmp_dir / "pr.png", kind="pr")
-        _plot_confusion(evaluation.metrics, tmp_dir / "confusion.png")
-        _plot_reliability(evaluation, tmp_dir / "reliability.png")
+        _plot_curves(evaluation, tmp_dir / "roc.png", kind="roc", variant=variant)
+        _plot_curves(evaluation, tmp_dir / "pr.png", kind="pr", variant=variant)
+        _plot_confusion(evaluation.metrics, tmp_dir / "confusion.png", variant=variant)
+        _plot_reliability(evaluation, tmp_dir / "reliability.png", variant=variant)
 
 
 def _labels(frame: pd.DataFrame, class_names: list[str], partition: str, logits: np.ndarray) -> np.ndarray:
@@ -366,7 +370,12 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
-def _plot_curves(evaluation: Evaluation, path: Path, *, kind: str) -> None:
+def _titled(title: str, variant: str | None) -> str:
+    """``center: <title>``: the variant first, so a figure shown alone says which model it describes."""
+    return title if not variant else f"{variant}: {title}"
+
+
+def _plot_curves(evaluation: Evaluation, path: Path, *, kind: str, variant: str | None = None) -> None:
     """Per-class one-vs-rest ROC (AUC in legend) or PR (AP in legend) on test."""
     m = evaluation.metrics
     records, x, y, stat = ((evaluation.roc, "fpr", "tpr", "auc") if kind == "roc"
@@ -381,36 +390,51 @@ def _plot_curves(evaluation: Evaluation, path: Path, *, kind: str) -> None:
     if kind == "roc":
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set(xlabel=x.upper() if kind == "roc" else "Recall", ylabel=y.upper() if kind == "roc" else "Precision",
-           xlim=(0, 1), ylim=(0, 1.02), title=f"{'ROC' if kind == 'roc' else 'Precision-recall'} (one-vs-rest, test)")
+           xlim=(0, 1), ylim=(0, 1.02),
+           title=_titled(f"{'ROC' if kind == 'roc' else 'Precision-recall'} (one-vs-rest, test)", variant))
     ax.legend(loc="lower right" if kind == "roc" else "lower left")
     _save(fig, path)
 
 
-def _plot_confusion(metrics: dict[str, Any], path: Path) -> None:
+def _plot_confusion(metrics: dict[str, Any], path: Path, *, variant: str | None = None) -> None:
+    """Counts and row-normalised shares (each row = one actual class sums to 1), large cell text."""
     conf = metrics["confusion"]
     fig, axes = _figure(2)
-    for ax, key, fmt in zip(axes, ("counts", "normalized"), ("{:d}", "{:.2f}")):
+    for ax, key, fmt, what in zip(axes, ("counts", "normalized"), ("{:d}", "{:.2f}"),
+                                  ("counts", "share of each actual class")):
         data = np.asarray(conf[key])
         ax.imshow(data, cmap="Blues", vmin=0)
         for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, fmt.format(v), ha="center", va="center",
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=14,
                     color="white" if v > data.max() / 2 else "black")
         ticks = range(len(conf["labels"]))
-        ax.set(xticks=ticks, yticks=ticks, xticklabels=conf["labels"], yticklabels=conf["labels"],
-               xlabel="Predicted", ylabel="Actual", title=f"Confusion ({key}, test)")
+        ax.set(xticks=ticks, yticks=ticks, xlabel="Predicted (argmax)", ylabel="Actual",
+               title=_titled(f"Confusion ({what}, test)", variant))
+        ax.set_xticklabels(conf["labels"], fontsize=11)
+        ax.set_yticklabels(conf["labels"], fontsize=11)
     _save(fig, path)
 
 
-def _plot_reliability(evaluation: Evaluation, path: Path) -> None:
+def _plot_reliability(evaluation: Evaluation, path: Path, *, variant: str | None = None) -> None:
+    """Reliability before/after temperature scaling; each calibrated point is labelled with its image count
+    (a point over 3 images says little), and the bins' counts are drawn as bars below."""
     cal = evaluation.metrics["calibration"]
     fig, (ax,) = _figure()
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
     for key, label in (("before", f"before (ECE {cal['ece_before']:.3f})"),
                        ("after", f"after T={cal['temperature']:.2f} (ECE {cal['ece_after']:.3f})")):
         data = evaluation.reliability[key]
-        pts = [(c, a) for c, a in zip(data["confidence"], data["accuracy"]) if c is not None]
-        ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", label=label)
+        pts = [(c, a, n) for c, a, n in zip(data["confidence"], data["accuracy"], data["count"]) if c is not None]
+        ax.plot([c for c, _, _ in pts], [a for _, a, _ in pts], marker="o", label=label)
+        if key == "after":
+            for c, a, n in pts:
+                ax.annotate(f"n={n}", (c, a), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    after = evaluation.reliability["after"]
+    edges, counts = np.asarray(after["edges"]), np.asarray(after["count"], dtype=float)
+    if counts.sum() > 0:  # bin counts as a histogram along the bottom (at most a fifth of the height)
+        ax.bar(edges[:-1], 0.2 * counts / counts.max(), width=np.diff(edges), align="edge", alpha=0.2,
+               color="tab:orange", label="images per bin (after; scaled)")
     ax.set(xlabel="Confidence (top label)", ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability (test, temperature fitted on val)")
+           title=_titled("Reliability (test, temperature fitted on val)", variant))
     ax.legend(loc="upper left")
     _save(fig, path)

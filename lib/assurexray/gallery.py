@@ -88,8 +88,13 @@ def write_gallery(
     *,
     class_names: Sequence[str],
     dpi: int = 100,
+    variant: str | None = None,
 ) -> list[Path]:
-    """Write every ``<Class>_<outcome>.png`` and ``overview.png`` into ``figures_dir`` (replaced atomically)."""
+    """Write every ``<Class>_<outcome>.png`` and ``overview.png`` into ``figures_dir`` (replaced atomically).
+
+    ``variant`` (the split, e.g. ``center``) starts every title, so a figure shown alone names its model.
+    """
+    prefix = f"{variant}: " if variant else ""
     keys = gallery_keys(class_names)
     unknown = sorted(set(panels) - set(keys))
     if unknown:
@@ -100,9 +105,9 @@ def write_gallery(
             cases = list(panels.get(key, ()))
             if not cases:
                 logger.info("gallery %s: no cases", key)
-            fig = _category_figure(cases, title=f"{cls}: {_OUTCOME_TITLES[outcome]} (most confident first)")
+            fig = _category_figure(cases, title=f"{prefix}{cls}: {_OUTCOME_TITLES[outcome]} (most confident first)")
             fig.savefig(tmp / f"{key}.png", dpi=dpi)
-        _overview_figure(panels, class_names).savefig(tmp / "overview.png", dpi=dpi)
+        _overview_figure(panels, class_names, prefix=prefix).savefig(tmp / "overview.png", dpi=dpi)
     return [Path(figures_dir) / name for name in gallery_files(class_names)]
 
 
@@ -120,13 +125,14 @@ def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
         _draw(axes[0, j], panel, overlay=False)
         _draw(axes[1, j], panel, overlay=True)
         axes[0, j].set_title(_caption(panel), fontsize=7)
+    _colour_bar(fig, axes[1, :])
     return fig
 
 
-def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequence[str]) -> Figure:
+def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequence[str], *, prefix: str = "") -> Figure:
     """Classes x outcomes grid of each category's most confident case (overlay)."""
-    fig = Figure(figsize=(2.8 * len(OUTCOMES), 3.0 * len(class_names)), layout="constrained")
-    fig.suptitle(f"Grad-CAM overview: most confident case per class and outcome\n{DISCLAIMER}", fontsize=9)
+    fig = Figure(figsize=(2.8 * len(OUTCOMES) + 0.8, 3.0 * len(class_names)), layout="constrained")
+    fig.suptitle(f"{prefix}Grad-CAM overview: most confident case per class and outcome\n{DISCLAIMER}", fontsize=9)
     axes = fig.subplots(len(class_names), len(OUTCOMES), squeeze=False)
     for i, cls in enumerate(class_names):
         for j, outcome in enumerate(OUTCOMES):
@@ -136,7 +142,18 @@ def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequenc
                 ax.set_title(f"{cls} {outcome.upper()}\n{_caption(cases[0])}", fontsize=7)
             else:
                 _empty(ax, title=f"{cls} {outcome.upper()}")
+    _colour_bar(fig, axes)
     return fig
+
+
+def _colour_bar(fig: Figure, axes) -> None:
+    """The heatmap's scale beside the overlays: relative, because each map is min-max scaled per image."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap="jet"), ax=axes, shrink=0.8, fraction=0.05)
+    bar.set_label("Grad-CAM (min-max scaled per image)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def _draw(ax, panel: Panel, *, overlay: bool) -> None:

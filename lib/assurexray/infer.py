@@ -48,6 +48,7 @@ from assurexray.imaging import (
 )
 from assurexray.model import file_sha256, load_checkpoint
 from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
+from assurexray.provenance import trained_on, training_data_fingerprint, training_data_sentence
 from assurexray.transforms import eval_transform, prepare_image
 
 __all__ = [
@@ -64,12 +65,14 @@ __all__ = [
     "read_gray_bytes",
     "predict_images",
     "render_overlay",
+    "render_original",
     "read_gray",
     "default_operating_point_path",
     "load_operating_point",
     "run_inference",
     "write_predictions",
     "format_table",
+    "describe_result",
     "infer_command",
 ]
 
@@ -91,6 +94,7 @@ MALIGNANT = "Malignant"
 _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
 _BANNER = "NOT FOR CLINICAL USE"  # printed on every overlay
+_CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -102,6 +106,7 @@ class OperatingPoint:
     malignant_threshold: float | None = None
     source: Path | None = None
     tta_flip: bool = False  # average with the mirror image, as evaluate did when it fitted the threshold
+    target_sensitivity: float | None = None  # what the threshold was chosen for, on validation (for display)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,13 @@ class InferenceResult:
     gradcam_paths: dict[str, Path] = field(default_factory=dict)
     #: Where overlays were asked for (``--gradcam``); None = not asked, so no ``gradcam_overlay`` column.
     gradcam_dir: Path | None = None
+    #: The checkpoint's training-data record (``meta["data"]``, assurexray.provenance); None for older checkpoints.
+    training_data: dict[str, Any] | None = None
+
+    @property
+    def trained_on(self) -> str:
+        """``synthetic-sample``, ``btxrd`` or ``unknown``: printed beside every prediction."""
+        return trained_on({"data": self.training_data})
 
     @property
     def failures(self) -> list[Prediction]:
@@ -137,10 +149,13 @@ class InferenceResult:
 
     def columns(self) -> list[str]:
         """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256,
-        gradcam_overlay (only with ``--gradcam``: the overlay PNG written, empty for a failed input), error."""
+        trained_on (``synthetic-sample`` | ``btxrd`` | ``unknown``), training_data_fingerprint (sha256 of the
+        prepared index.csv the model was trained on), gradcam_overlay (only with ``--gradcam``: the overlay PNG
+        written, empty for a failed input), error."""
         probs = [f"prob_{name}" for name in self.class_names]
         overlay = ["gradcam_overlay"] if self.gradcam_dir is not None else []
-        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", *overlay, "error"]
+        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", "trained_on",
+                "training_data_fingerprint", *overlay, "error"]
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per input; missing values are None."""
@@ -155,6 +170,8 @@ class InferenceResult:
                 malignant_flag=p.malignant_flag,
                 malignant_threshold=threshold,
                 model_sha256=self.model_sha256,
+                trained_on=self.trained_on,
+                training_data_fingerprint=training_data_fingerprint({"data": self.training_data}),
             )
             if self.gradcam_dir is not None:
                 overlay = self.gradcam_paths.get(p.path)
@@ -262,7 +279,7 @@ def predict_images(
                                     caption=f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})")
                 for key, heat in heatmaps.items()}
     result = InferenceResult(predictions=[scored[k] for k in images], class_names=class_names, operating_point=op,
-                             model_sha256=sha, gradcam_paths={})
+                             model_sha256=sha, gradcam_paths={}, training_data=meta.get("data"))
     return result, overlays
 
 
@@ -323,8 +340,10 @@ def load_operating_point(
             f"{path}: a Malignant threshold needs a {MALIGNANT!r} class, but the checkpoint's classes are "
             f"{list(class_names)!r}."
         )
+    target = data.get("target_sensitivity")
     return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path,
-                          tta_flip=bool(data.get("tta_flip", False)))
+                          tta_flip=bool(data.get("tta_flip", False)),
+                          target_sensitivity=float(target) if isinstance(target, (int, float)) else None)
 
 
 def run_inference(
@@ -382,6 +401,7 @@ def run_inference(
         model_sha256=sha,
         gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir),
+        training_data=meta.get("data"),
     )
 
 
@@ -404,16 +424,41 @@ def write_predictions(result: InferenceResult, path: str | os.PathLike) -> Path:
 
 
 def format_table(result: InferenceResult) -> str:
-    """Fixed-width terminal table of the successful predictions (failures are summarised separately)."""
-    header = ["path", "pred", *[f"p_{name}" for name in result.class_names], "malignant"]
+    """Fixed-width terminal table of the successful predictions (failures are summarised separately).
+
+    ``top_class`` is the argmax; ``malignant_flag`` the operating-point decision (:func:`describe_result` says how
+    the two relate); ``trained_on`` the model's training data, on every row so no excerpt loses it.
+    """
+    header = ["path", "top_class", *[f"p_{name}" for name in result.class_names], "malignant_flag", "trained_on"]
     rows = []
     for p in result.predictions:
         if not p.ok:
             continue
         flag = "n/a" if p.malignant_flag is None else ("YES" if p.malignant_flag else "no")
-        rows.append([p.path, str(p.pred), *[f"{p.probs[n]:.3f}" for n in result.class_names], flag])
+        rows.append([p.path, str(p.pred), *[f"{p.probs[n]:.3f}" for n in result.class_names], flag,
+                     result.trained_on])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def describe_result(result: InferenceResult) -> str:
+    """Lines printed above the table: the training data, and what the Malignant flag and top_class mean."""
+    from assurexray.decision import threshold_sentence, validation_rates  # pandas + report, only for the CLI
+
+    lines = [training_data_sentence({"data": result.training_data})]
+    if result.training_data and result.training_data.get("synthetic"):
+        lines.append("This model was trained on SYNTHETIC images: its outputs say nothing about real radiographs.")
+    op = result.operating_point
+    if op.malignant_threshold is None:
+        lines.append("Malignant flag: n/a (no operating point for this model; probabilities uncalibrated, T = 1).")
+    else:
+        rates = validation_rates(op.source.parent / "predictions.csv") if op.source is not None else None
+        split = (result.training_data or {}).get("split")
+        lines.append(threshold_sentence(threshold=op.malignant_threshold, target_sensitivity=op.target_sensitivity,
+                                        split=split, rates=rates))
+    lines.append("top_class is the most probable class (argmax); malignant_flag is the separate, deliberately "
+                 "sensitive operating-point decision, so it can be YES while another class is on top.")
     return "\n".join(lines)
 
 
@@ -444,6 +489,7 @@ def infer_command(
         device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir,
     )
     print(DISCLAIMER, file=stdout)
+    print(describe_result(result), file=stdout)
     print(format_table(result), file=stdout)
     if output is not None:
         write_predictions(result, output)
@@ -565,36 +611,70 @@ def _write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: s
 
 
 def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str) -> np.ndarray:
-    """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a two-line banner:
-    the disclaimer, then ``caption``. The long side is scaled into [256, 1024] px so text stays legible.
-    Returns uint8 RGB (H, W, 3)."""
+    """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a banner: the disclaimer,
+    ``caption``, and a colour bar (the heatmap is min-max scaled per image, so its scale is relative).
+    The long side is scaled into [256, 1024] px so text stays legible. Returns uint8 RGB (H, W, 3)."""
     from matplotlib import colormaps
-    from PIL import ImageDraw, ImageFont
 
     height, width = gray.shape
     geom = letterbox_geometry(width, height, heat.shape[0])
     crop = np.ascontiguousarray(heat[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w],
                                 dtype=np.float32)
-    long_side = min(_OVERLAY_MAX_SIDE, max(_OVERLAY_MIN_SIDE, width, height))
-    scale = long_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = _display_size(width, height)
     base = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     heat_big = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
-    colour = colormaps["jet"](np.clip(heat_big, 0.0, 1.0))[..., :3]  # (H, W, 3) RGB in [0, 1]
+    colour = colormaps[_CMAP](np.clip(heat_big, 0.0, 1.0))[..., :3]  # (H, W, 3) RGB in [0, 1]
     blend = 0.6 * base[..., None] + 0.4 * colour
     image = Image.fromarray(np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8))
-    lines = [_BANNER, caption]
-    font_px = max(8, size[0] // 24)
+    return _under_banner(image, caption, colour_bar=True)
+
+
+def render_original(gray: np.ndarray, *, caption: str) -> np.ndarray:
+    """The radiograph alone on the canvas :func:`render_overlay` draws (same size, same banner), so the two
+    can be shown side by side at the same scale. Returns uint8 RGB (H, W, 3)."""
+    height, width = gray.shape
+    image = Image.fromarray(gray).resize(_display_size(width, height), Image.Resampling.BILINEAR).convert("RGB")
+    return _under_banner(image, caption, colour_bar=False)
+
+
+def _display_size(width: int, height: int) -> tuple[int, int]:
+    long_side = min(_OVERLAY_MAX_SIDE, max(_OVERLAY_MIN_SIDE, width, height))
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _under_banner(image: Image.Image, caption: str, *, colour_bar: bool) -> np.ndarray:
+    """``image`` under three banner rows: the disclaimer, ``caption``, then the colour bar (or a note saying
+    there is no heatmap), sized so the disclaimer fits the width."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    width = image.size[0]
+    third = "heatmap: low" if colour_bar else "original (no heatmap)"
+    lines = [_BANNER, caption, third]
+    font_px = max(8, width // 24)
     font = ImageFont.load_default(size=font_px)
-    while font_px > 8 and max(font.getlength(line) for line in lines) > size[0] - 8:
+    while font_px > 8 and max(font.getlength(line) for line in lines[:2]) > width - 8:
         font_px -= 1  # shrink until the disclaimer fits the width
         font = ImageFont.load_default(size=font_px)
     line_h = font_px + 4
-    canvas = Image.new("RGB", (size[0], size[1] + 2 * line_h + 4), (0, 0, 0))
-    canvas.paste(image, (0, 2 * line_h + 4))
+    top = 3 * line_h + 4
+    canvas = Image.new("RGB", (width, image.size[1] + top), (0, 0, 0))
+    canvas.paste(image, (0, top))
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines[:2]):
         draw.text((4, 2 + i * line_h), line, fill=(255, 255, 0), font=font)
+    y = 2 + 2 * line_h
+    draw.text((4, y), third, fill=(255, 255, 0), font=font)
+    if colour_bar:
+        high = "high (per-image max)"
+        left = 8 + int(font.getlength(third))
+        right = width - 8 - int(font.getlength(high))
+        if right - left > 8:
+            ramp = colormaps[_CMAP](np.linspace(0.0, 1.0, right - left))[:, :3]  # (w, 3)
+            strip = np.repeat((ramp * 255).astype(np.uint8)[None], max(2, font_px - 2), axis=0)
+            canvas.paste(Image.fromarray(strip), (left, y + 2))
+        draw.text((max(left, right) + 4, y), high, fill=(255, 255, 0), font=font)
     return np.asarray(canvas)
 
 

@@ -123,6 +123,7 @@ def train_model(
     seed: int,
     live_dir: str | os.PathLike | None,
     resume_dir: str | os.PathLike | None = None,
+    data_info: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``backbone`` on ``train_index`` rows of ``images``; keep the weights best on ``val_index``.
 
@@ -130,7 +131,8 @@ def train_model(
     each of the WORLD_SIZE processes takes ``batch_size / WORLD_SIZE`` of it, so the same params give the
     same optimisation for 1 and N processes. ``masks`` are not used by the classification loss; when given
     they are only checked to match ``images``. ``live_dir`` None disables DVCLive logging. ``resume_dir``
-    (None = off) holds the state of the last completed epoch (see :mod:`assurexray.resume`).
+    (None = off) holds the state of the last completed epoch (see :mod:`assurexray.resume`). ``data_info``
+    (what the data is: ``assurexray.provenance.training_data_info``) is stored as ``meta["data"]``.
     """
     _check_options(dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
@@ -163,6 +165,7 @@ def train_model(
         },
         "best_epoch": None, "monitor": monitor, "best_score": None, "seed": int(seed),
         "format_version": FORMAT_VERSION,
+        "data": None if data_info is None else json.loads(json.dumps(dict(data_info))),  # a plain JSON copy
     }
     with distributed.process_group(ctx, run_device):
         return _fit(model, meta, ctx=ctx, images=images, train_index=train_index, val_index=val_index,

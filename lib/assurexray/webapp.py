@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from assurexray.decision import decision_sentence, threshold_sentence, top_class_sentence, validation_rates
 from assurexray.dicom import DICOM_SUFFIXES
 from assurexray.project import ROOT_ENV  # one owner: the CLI reads the same setting
 from assurexray.imaging import RASTER_SUFFIXES
+from assurexray.provenance import trained_on, training_data_sentence
+from assurexray.report import HEADLINE_TITLES, fmt, fmt_ci
 
 __all__ = [
     "ROOT_ENV",
@@ -39,19 +42,24 @@ __all__ = [
     "DISPLAY_MAX_SIDE",
     "RESULTS_COMMAND",
     "EVAL_FIGURES",
+    "WIDE_FIGURES",
     "Layout",
     "AppPrediction",
     "VariantResults",
     "Results",
     "project_root",
     "available_models",
-    "sample_images",
-    "sample_labels",
+    "Sample",
+    "held_out_images",
     "check_upload",
     "decode_upload",
     "predict_upload",
     "predict_file",
     "decision_text",
+    "top_class_text",
+    "threshold_text",
+    "training_text",
+    "original_panel",
     "thumbnail",
     "load_results",
     "missing_message",
@@ -90,6 +98,8 @@ EVAL_FIGURES: tuple[tuple[str, str], ...] = (
     ("Calibration (reliability diagram)", "eval/reliability.png"),
     ("Grad-CAM gallery overview", "gradcam/overview.png"),
 )
+#: Figures of several panels each, shown one variant at a time at full width (side by side they are unreadable).
+WIDE_FIGURES: frozenset[str] = frozenset({"Confusion matrix (test)", "Grad-CAM gallery overview"})
 _SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _MB = 1024 * 1024  # Streamlit's maxUploadSize megabyte
 
@@ -108,6 +118,12 @@ class Layout:
 
     def eval_metrics(self, variant: str) -> Path:
         return self.root / "metrics" / variant / "eval" / "metrics.json"
+
+    def predictions(self, variant: str) -> Path:
+        return self.root / "metrics" / variant / "eval" / "predictions.csv"
+
+    def split_test(self, variant: str) -> Path:
+        return self.root / "data" / "splits" / variant / "test.csv"
 
     def explain_metrics(self, variant: str) -> Path:
         return self.root / "metrics" / variant / "explain" / "metrics.json"
@@ -142,6 +158,25 @@ class AppPrediction:
     model_sha256: str
     gray: np.ndarray  # (H, W) uint8, the decoded radiograph
     overlay: np.ndarray  # (h, w, 3) uint8, Grad-CAM of the predicted class under the disclaimer banner
+    training_data: dict[str, Any] | None = None  # the checkpoint's meta["data"] (assurexray.provenance)
+    target_sensitivity: float | None = None  # what the threshold was chosen for (operating_point.json)
+
+    @property
+    def trained_on(self) -> str:
+        return trained_on({"data": self.training_data})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A test-partition image offered by the picker: where it is and what the split says about it."""
+
+    path: Path
+    label: str
+    partition: str  # always "test": images the model never trained or chose its threshold on
+    split: str
+
+    def title(self) -> str:
+        return f"{self.path.name} ({self.partition} partition of the {self.split} split, true label {self.label})"
 
 
 @dataclass(frozen=True)
@@ -188,26 +223,25 @@ def available_models(layout: Layout) -> list[str]:
     return [v for v in VARIANTS if layout.model(v).is_file()]
 
 
-def sample_images(layout: Layout) -> list[Path]:
-    """JPEG/PNG files of the built-in sample (``data/raw/images``), sorted; empty when absent."""
-    if not layout.samples.is_dir():
+def held_out_images(layout: Layout, variant: str) -> list[Sample]:
+    """Images of ``variant``'s TEST partition (``data/splits/<variant>/test.csv``) found in ``data/raw/images``.
+
+    Only test images: a training image would show the model at its best on what it memorised, and a
+    validation image chose its threshold. Empty when the split or the images are absent.
+    """
+    path = layout.split_test(variant)
+    if not path.is_file() or not layout.samples.is_dir():
         return []
-    return sorted(p for p in layout.samples.iterdir() if p.is_file() and p.suffix.lower() in _SAMPLE_SUFFIXES)
-
-
-def sample_labels(layout: Layout) -> dict[str, str]:
-    """``image_id -> label`` from ``data/prepared/index.csv`` (empty when the file is absent)."""
-    path = layout.index_csv
-    if not path.is_file():
-        return {}
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in ("image_id", "label") if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(
-                f"{path}: missing column(s) {missing}, found {reader.fieldnames!r}; re-run `dvc repro prepare`."
+                f"{path}: missing column(s) {missing}, found {reader.fieldnames!r}; re-run `dvc repro split`."
             )
-        return {row["image_id"]: row["label"] for row in reader}
+        rows = [(row["image_id"], row["label"]) for row in reader]
+    return [Sample(layout.samples / image_id, label, "test", variant) for image_id, label in sorted(rows)
+            if Path(image_id).suffix.lower() in _SAMPLE_SUFFIXES and (layout.samples / image_id).is_file()]
 
 
 def check_upload(name: str, data: bytes, *, max_mb: int = MAX_UPLOAD_MB) -> str:
@@ -265,20 +299,50 @@ def predict_file(
 
 
 def decision_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
-    """One sentence on the Malignant operating-point decision, or why there is none."""
-    malignant = prediction.probs.get("Malignant")
-    if prediction.malignant_threshold is None or malignant is None:
+    """The Malignant operating-point decision in one sentence, or why there is none."""
+    if prediction.malignant_threshold is None or "Malignant" not in prediction.probs:
         where = layout.operating_point(variant).relative_to(layout.root)
         return (
             f"No Malignant decision: operating point {where} not found, so probabilities are uncalibrated "
             f"(temperature 1). Run `{RESULTS_COMMAND}` to create it."
         )
-    relation = ">=" if prediction.malignant_flag else "<"
-    verdict = "FLAGGED as Malignant" if prediction.malignant_flag else "not flagged as Malignant"
-    return (
-        f"{verdict}: P(Malignant) = {malignant:.3f} {relation} threshold {prediction.malignant_threshold:.3f} "
-        f"(operating point of the {variant} model, temperature {prediction.temperature:.3f})."
-    )
+    return decision_sentence(prediction.probs, flag=prediction.malignant_flag,
+                             threshold=prediction.malignant_threshold) + "."
+
+
+def top_class_text(prediction: AppPrediction) -> str:
+    """``Most probable class (argmax): Normal (p = 0.407)``."""
+    return top_class_sentence(prediction.probs, prediction.pred)
+
+
+def threshold_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
+    """Where the threshold was chosen and its validation (and test) sensitivity and specificity; '' without one.
+
+    Validation rates come from the val rows of ``metrics/<variant>/eval/predictions.csv``, test rates from
+    ``metrics.json`` (both written by the evaluate run that wrote the operating point).
+    """
+    if prediction.malignant_threshold is None:
+        return ""
+    metrics_path = layout.eval_metrics(variant)
+    test = _read_json(metrics_path).get("operating_point") if metrics_path.is_file() else None
+    split = (prediction.training_data or {}).get("split") or variant
+    return threshold_sentence(
+        threshold=prediction.malignant_threshold, target_sensitivity=prediction.target_sensitivity, split=split,
+        rates=validation_rates(layout.predictions(variant)), test=test,
+    ) + (" The flag answers a different question from the most probable class: it is tuned to miss few "
+         "malignant tumours, so it can fire while Normal or Benign has the highest probability.")
+
+
+def training_text(prediction: AppPrediction) -> str:
+    """What the model was trained on (a warning-worthy sentence for the synthetic sample)."""
+    return training_data_sentence({"data": prediction.training_data})
+
+
+def original_panel(prediction: AppPrediction) -> np.ndarray:
+    """The decoded radiograph on the overlay's canvas (same size and banner), for side-by-side display."""
+    from assurexray.infer import render_original  # torch-heavy; see decode_upload
+
+    return render_original(prediction.gray, caption=f"{prediction.name} (decoded, grayscale)")
 
 
 def thumbnail(image: np.ndarray, *, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
@@ -320,18 +384,12 @@ def missing_message(results: Results) -> str:
     return f"{state} under {results.root}: {names}{more}. Run `{RESULTS_COMMAND}` there to create them."
 
 
-def format_ci(value: Mapping[str, Any] | float | int | None, *, digits: int = 3) -> str:
-    """``0.812 [0.751, 0.866]`` for a CI value, ``0.812`` for a plain number, ``n/a`` for None/NaN."""
+def format_ci(value: Mapping[str, Any] | float | int | None) -> str:
+    """The report's formats (:func:`assurexray.report.fmt_ci`, :func:`assurexray.report.fmt`), so the app, the
+    report and the comparison write an interval the same way: ``0.812 (0.751–0.866)``; ``n/a`` when absent."""
     if isinstance(value, Mapping):
-        point, low, high = value.get("value"), value.get("ci_low"), value.get("ci_high")
-    else:
-        point, low, high = value, None, None
-    if not _finite(point):
-        return "n/a"
-    text = f"{point:.{digits}f}"
-    if _finite(low) and _finite(high):
-        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
-    return text
+        return fmt_ci(value) if _finite(value.get("value")) else "n/a"
+    return fmt(float(value)) if _finite(value) else "n/a"
 
 
 def headline_rows(results: Results) -> list[dict[str, str]]:
@@ -340,7 +398,7 @@ def headline_rows(results: Results) -> list[dict[str, str]]:
     names = _ordered_keys([(v.eval_metrics or {}).get("headline", {}) for v in results.variants.values()])
     rows = []
     for name in names:
-        row = {"metric": name}
+        row = {"metric": HEADLINE_TITLES.get(name, name)}
         for variant, vr in results.variants.items():
             row[variant] = format_ci((vr.eval_metrics or {}).get("headline", {}).get(name))
         row["gap (stratified - center)"] = format_ci(headline_gap.get(name, {}).get("gap"))
@@ -349,10 +407,21 @@ def headline_rows(results: Results) -> list[dict[str, str]]:
 
 
 def operating_point_rows(results: Results) -> list[dict[str, str]]:
-    """The Malignant operating point of each variant: threshold, validation and test sensitivity/specificity."""
-    keys = ("threshold", "target_sensitivity", "val_sensitivity", "test_sensitivity", "test_specificity")
+    """The Malignant operating point of each variant: threshold (chosen on that variant's validation partition),
+    validation sensitivity and specificity (specificity from the val rows of predictions.csv), test both."""
     blocks = {v: (vr.eval_metrics or {}).get("operating_point", {}) for v, vr in results.variants.items()}
-    return [{"quantity": key, **{v: format_ci(blocks[v].get(key)) for v in blocks}} for key in keys]
+    rates = {v: validation_rates(Layout(results.root).predictions(v)) for v in blocks}
+    rows = [
+        ("Threshold on P(Malignant), chosen on validation", lambda v: format_ci(blocks[v].get("threshold"))),
+        ("Target sensitivity (validation)", lambda v: format_ci(blocks[v].get("target_sensitivity"))),
+        ("Malignant sensitivity at the operating point (validation)",
+         lambda v: format_ci(blocks[v].get("val_sensitivity"))),
+        ("Malignant specificity at the operating point (validation)",
+         lambda v: format_ci(None if rates[v] is None else rates[v].specificity)),
+        (HEADLINE_TITLES["test_sensitivity"] + " (test)", lambda v: format_ci(blocks[v].get("test_sensitivity"))),
+        (HEADLINE_TITLES["test_specificity"] + " (test)", lambda v: format_ci(blocks[v].get("test_specificity"))),
+    ]
+    return [{"quantity": title, **{v: cell(v) for v in blocks}} for title, cell in rows]
 
 
 def calibration_rows(results: Results) -> list[dict[str, str]]:
@@ -419,7 +488,8 @@ def _predict(gray: np.ndarray, *, name: str, layout: Layout, variant: str) -> Ap
     return AppPrediction(
         name=name, probs=dict(outcome.probs or {}), pred=str(outcome.pred), malignant_flag=outcome.malignant_flag,
         malignant_threshold=op.malignant_threshold, temperature=op.temperature, operating_point=op.source,
-        model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
+        model_sha256=result.model_sha256, gray=gray, overlay=overlays[name], training_data=result.training_data,
+        target_sensitivity=op.target_sensitivity,
     )
 
 
