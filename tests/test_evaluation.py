@@ -20,7 +20,7 @@ NAMES = ["Normal", "Benign", "Malignant"]
 PRED_COLUMNS = ["row", "image_id", "partition", "label", "label_idx", "prob_Normal", "prob_Benign",
                 "prob_Malignant", "pred_idx", "pred", "malignant_flag", "group", "center"]
 EVAL_PARAMS = {"bootstrap_resamples": 50, "bootstrap_cluster": False, "ci_level": 0.95, "calibration_bins": 5,
-               "malignant_target_sensitivity": 0.8, "bootstrap_seed": 0, "batch_size": 8}
+               "malignant_target_sensitivity": 0.8, "bootstrap_seed": 0, "batch_size": 8, "tta_flip": False}
 
 
 def _frame(labels: np.ndarray, offset: int = 0) -> pd.DataFrame:

@@ -98,12 +98,14 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
     """
     experiments = list(experiments)
     rows = list(rows)
-    config_of = {e.name: _config_label(e, experiments) for e in experiments}
+    reference = next((e for e in experiments if e.name == baseline), None)
+    if reference is None:
+        raise ValueError(f"ablation: baseline {baseline!r} is not an experiment; known: "
+                         f"{sorted(e.name for e in experiments)}.")
+    config_of = {e.name: _config_label(e, reference) for e in experiments}
     by_config: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_config.setdefault(config_of[row["name"]], []).append(row)
-    if baseline not in config_of:
-        raise ValueError(f"ablation: baseline {baseline!r} is not an experiment; known: {sorted(config_of)}.")
     base_label = config_of[baseline]
     base_by_seed = {r["seed"]: r for r in by_config[base_label]}
     table = []
@@ -182,16 +184,11 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _config_label(exp: Experiment, experiments: list[Experiment]) -> str:
-    """The params in which ``exp`` differs from the most common value across experiments (seed ignored)."""
-    keys = sorted({k for e in experiments for k in e.params} - set(_IGNORED_PARAMS))
-    diffs = []
-    for key in keys:
-        values = [json.dumps(e.params.get(key), sort_keys=True) for e in experiments]
-        common = max(set(values), key=values.count)
-        mine = json.dumps(exp.params.get(key), sort_keys=True)
-        if mine != common:
-            diffs.append(f"{key}={exp.params.get(key)}")
+def _config_label(exp: Experiment, reference: Experiment) -> str:
+    """The params in which ``exp`` differs from the baseline experiment ``reference`` (seed ignored)."""
+    keys = sorted((set(exp.params) | set(reference.params)) - set(_IGNORED_PARAMS))
+    diffs = [f"{key}={exp.params.get(key)}" for key in keys
+             if json.dumps(exp.params.get(key), sort_keys=True) != json.dumps(reference.params.get(key), sort_keys=True)]
     return ", ".join(diffs) if diffs else "baseline"
 
 
