@@ -17,7 +17,7 @@ logger = logging.getLogger("assurexray.stages.train")
 MODEL_KEYS = {"backbone", "pretrained", "dropout"}
 TRAIN_KEYS = {
     "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "grad_clip", "class_weights", "monitor",
-    "patience", "device", "amp", "channels_last", "num_workers", "augment", "launcher",
+    "patience", "device", "amp", "channels_last", "num_workers", "augment", "launcher", "seg_weight", "ema_decay",
 }
 LAUNCHER_KEYS = {"launcher"}  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
 

@@ -32,12 +32,14 @@ from dvclive import Live
 from scmrepo.exceptions import SCMError
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from torch import nn
+from torch.optim import swa_utils
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from assurexray import distributed, resume
 from assurexray.atomic import atomic_dir
+from assurexray.lesion_head import WithLesionHead, lesion_loss
 from assurexray.model import FORMAT_VERSION, backbone_norm, create_model
 from assurexray.transforms import eval_transform, train_transform
 
@@ -124,20 +126,28 @@ def train_model(
     live_dir: str | os.PathLike | None,
     resume_dir: str | os.PathLike | None = None,
     data_info: Mapping[str, Any] | None = None,
+    seg_weight: float = 0.0,
+    ema_decay: float = 0.0,
 ) -> TrainResult:
     """Train ``backbone`` on ``train_index`` rows of ``images``; keep the weights best on ``val_index``.
 
     ``batch_size`` is the global batch (images per optimiser step, all processes together): under torchrun
     each of the WORLD_SIZE processes takes ``batch_size / WORLD_SIZE`` of it, so the same params give the
-    same optimisation for 1 and N processes. ``masks`` are not used by the classification loss; when given
-    they are only checked to match ``images``. ``live_dir`` None disables DVCLive logging. ``resume_dir``
+    same optimisation for 1 and N processes. ``masks`` (the lesion masks of the prepared cache) feed the
+    auxiliary lesion head when ``seg_weight`` > 0 (:mod:`assurexray.lesion_head`; the saved model is the plain
+    classifier); otherwise they are only checked to match ``images``. ``ema_decay`` > 0 validates and keeps an
+    exponential moving average of the weights instead of the raw ones. ``live_dir`` None disables DVCLive logging. ``resume_dir``
     (None = off) holds the state of the last completed epoch (see :mod:`assurexray.resume`). ``data_info``
     (what the data is: ``assurexray.provenance.training_data_info``) is stored as ``meta["data"]``.
     """
     _check_options(dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
-                   monitor=monitor, patience=patience, device=device, num_workers=num_workers)
+                   monitor=monitor, patience=patience, device=device, num_workers=num_workers,
+                   seg_weight=seg_weight, ema_decay=ema_decay)
     _check_arrays(images, masks)
+    if seg_weight > 0 and masks is None:
+        raise ValueError("train.seg_weight > 0 needs the lesion masks (masks.npy of the prepared cache); "
+                         "rerun prepare or set train.seg_weight: 0.")
     ctx = distributed.context_from_env()
     local_batch = _local_batch_size(batch_size, ctx.world_size)
     num_classes = len(class_names)
@@ -161,14 +171,17 @@ def train_model(
                       "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "class_weights": class_weights,
                       "monitor": monitor, "patience": patience, "device": str(run_device),
                       "amp": amp_dtype is not None, "channels_last": channels_last, "num_workers": num_workers,
-                      "augment": augment, "world_size": ctx.world_size},
+                      "augment": augment, "world_size": ctx.world_size, "seg_weight": float(seg_weight),
+                      "ema_decay": float(ema_decay)},
         },
         "best_epoch": None, "monitor": monitor, "best_score": None, "seed": int(seed),
         "format_version": FORMAT_VERSION,
         "data": None if data_info is None else json.loads(json.dumps(dict(data_info))),  # a plain JSON copy
     }
     with distributed.process_group(ctx, run_device):
-        return _fit(model, meta, ctx=ctx, images=images, train_index=train_index, val_index=val_index,
+        return _fit(model, meta, ctx=ctx, images=images, masks=masks if seg_weight > 0 else None,
+                    seg_weight=float(seg_weight), ema_decay=float(ema_decay),
+                    train_index=train_index, val_index=val_index,
                     y_train=y_train, y_val=y_val, epochs=epochs, local_batch=local_batch, lr=lr,
                     weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
                     class_weights=class_weights, monitor=monitor, patience=patience, device=run_device,
@@ -176,7 +189,8 @@ def train_model(
                     augment=augment, seed=seed, live_dir=live_dir, resume_dir=resume_dir)
 
 
-def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, images, train_index, val_index,
+def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, images, masks, seg_weight,
+         ema_decay, train_index, val_index,
          y_train, y_val, epochs, local_batch, lr, weight_decay, warmup_epochs, grad_clip, class_weights,
          monitor, patience, device, amp_dtype, channels_last, num_workers, augment, seed, live_dir,
          resume_dir) -> TrainResult:
@@ -184,12 +198,22 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
     num_classes = meta["num_classes"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    net: nn.Module = model
+    # What the optimiser trains: the classifier, or the classifier plus the lesion head (dropped at the end).
+    trained: nn.Module = model
+    if seg_weight > 0:
+        trained = WithLesionHead(model).to(device, memory_format=memory_format)
+    net: nn.Module = trained
     if ctx.distributed:  # gradients are averaged over the ranks inside backward()
-        net = nn.parallel.DistributedDataParallel(model, device_ids=None if device.index is None else [device.index])
+        net = nn.parallel.DistributedDataParallel(trained, device_ids=None if device.index is None else [device.index])
+    # The weights that are validated and kept: the raw classifier, or its exponential moving average.
+    ema = None
+    if ema_decay > 0:
+        ema = swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(ema_decay),
+                                      use_buffers=True)
+    kept = model if ema is None else ema.module
 
     train_tf = train_transform(meta, augment, seed=seed)
-    train_ds = _ImageDataset(images, train_index["row"].to_numpy(), y_train, train_tf)
+    train_ds = _ImageDataset(images, train_index["row"].to_numpy(), y_train, train_tf, masks=masks)
     # Validation is sharded too: rank r scores val rows r, r+N, ...; rank 0 reassembles them in order.
     val_positions = np.arange(len(val_index))[ctx.rank::ctx.world_size]
     val_ds = _ImageDataset(images, val_index["row"].to_numpy()[val_positions], y_val[val_positions],
@@ -222,7 +246,9 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
         # Rank 0 reads the file and sends it to the others: multi-node runs need no shared filesystem.
         state = distributed.broadcast_object(resume.load(resume_dir, fingerprint) if ctx.is_main else None, ctx)
         if state is not None:
-            model.load_state_dict(state["model"])
+            trained.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -243,14 +269,15 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
             _reseed_epoch(seed, ctx.rank, epoch, generator, train_tf)
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             started = time.perf_counter()
-            loss_sum, count = _train_epoch(net, train_loader, criterion, optimizer, scheduler, scaler,
-                                           epoch=epoch, epochs=epochs, device=device,
-                                           memory_format=memory_format, amp_dtype=amp_dtype,
-                                           grad_clip=grad_clip, show=ctx.is_main)
+            loss_sum, count, seg_sum, seg_count = _train_epoch(
+                net, train_loader, criterion, optimizer, scheduler, scaler, epoch=epoch, epochs=epochs,
+                device=device, memory_format=memory_format, amp_dtype=amp_dtype, grad_clip=grad_clip,
+                show=ctx.is_main, seg_weight=seg_weight, ema=ema, ema_source=model)
             train_seconds += time.perf_counter() - started
-            loss_sum, count = distributed.all_reduce_sum([loss_sum, count], ctx, device)
+            loss_sum, count, seg_sum, seg_count = distributed.all_reduce_sum(
+                [loss_sum, count, seg_sum, seg_count], ctx, device)
             seen += int(count)
-            shard = _predict(model, val_loader, device=device, memory_format=memory_format, amp_dtype=amp_dtype)
+            shard = _predict(kept, val_loader, device=device, memory_format=memory_format, amp_dtype=amp_dtype)
             shards = distributed.all_gather_objects((val_positions, *shard), ctx)
             decision = None
             if ctx.is_main:  # the keep-best / stop decision is taken once, then broadcast
@@ -262,10 +289,11 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
             tracker = _EarlyStopping(**decision["tracker"])
             improved = tracker.best_epoch == epoch
             row = {"epoch": epoch, "train_loss": loss_sum / count,
+                   **({"train_seg_loss": seg_sum / max(seg_count, 1)} if seg_weight > 0 else {}),
                    **{f"val_{k}": v for k, v in decision["scores"].items()}, "lr": optimizer.param_groups[0]["lr"]}
             history.append(row)
             if improved:
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in kept.state_dict().items()})
             if live is not None:
                 _log_epoch(live, row)
             logger.info("epoch %d/%d: train loss %.4f, val %s %.4f%s", epoch, epochs, row["train_loss"],
@@ -273,7 +301,8 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
             if ctx.is_main and resume_dir is not None:
                 resume.save(resume_dir, {
                     "fingerprint": fingerprint, "epoch": epoch, "history": history, "tracker": tracker.state(),
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model": {k: v.detach().cpu() for k, v in trained.state_dict().items()},
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "best_state": best_state, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 })
@@ -323,16 +352,28 @@ class _EarlyStopping:
 
 def _train_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, epoch: int, epochs: int,
                  device: torch.device, memory_format, amp_dtype: torch.dtype | None, grad_clip: float | None,
-                 show: bool) -> tuple[float, int]:
-    """One pass over this rank's shard; returns (sum of per-image losses, images) for the all-reduce."""
+                 show: bool, seg_weight: float = 0.0, ema=None,
+                 ema_source: nn.Module | None = None) -> tuple[float, int, float, int]:
+    """One pass over this rank's shard; returns the sums the ranks all-reduce: (classification loss sum,
+    images, lesion loss sum, images with a lesion). The optimised loss is the classification loss plus
+    ``seg_weight`` times the mean lesion loss of the batch's tumour images."""
     net.train()
-    total, count = 0.0, 0
+    total, count, seg_total, seg_count = 0.0, 0, 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not show)
-    for step, (x, y) in enumerate(bar, start=1):
+    for step, batch in enumerate(bar, start=1):
+        x, y = batch[0], batch[1]
         x = x.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, S, S)
         y = y.to(device, non_blocking=True)  # (B,)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = criterion(net(x), y)
+            if seg_weight > 0:
+                logits, lesion_logits = net(x)
+                cls_loss = criterion(logits, y)
+                seg_sum, seg_n = lesion_loss(lesion_logits, batch[2].to(device, non_blocking=True))
+                loss = cls_loss + seg_weight * seg_sum / max(seg_n, 1)
+                seg_total += float(seg_sum.detach())
+                seg_count += seg_n
+            else:
+                cls_loss = loss = criterion(net(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at epoch {epoch}, step {step}; the run diverged. "
@@ -347,10 +388,12 @@ def _train_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, epoch:
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()  # per step: warm-up and cosine are defined in optimiser steps
-        total += loss.item() * y.shape[0]
+        if ema is not None:
+            ema.update_parameters(ema_source)
+        total += cls_loss.item() * y.shape[0]
         count += y.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}")
-    return total, count
+    return total, count, seg_total, seg_count
 
 
 @torch.no_grad()
@@ -405,15 +448,20 @@ def _val_scores(logits: np.ndarray, labels: np.ndarray, weight: torch.Tensor | N
 class _ImageDataset(Dataset):
     """Rows of the (memory-mapped) prepared cache, transformed on the fly."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform) -> None:
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform,
+                 masks: np.ndarray | None = None) -> None:
         self.images, self.rows, self.labels, self.transform = images, rows, labels, transform
+        self.masks = masks  # given: items are (image, label, mask), the mask moved with the image
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int):
         image = np.ascontiguousarray(self.images[self.rows[i]])  # (S, S) uint8, copied out of the mmap
-        return self.transform(image=image)["image"], int(self.labels[i])
+        if self.masks is None:
+            return self.transform(image=image)["image"], int(self.labels[i])
+        out = self.transform(image=image, mask=np.ascontiguousarray(self.masks[self.rows[i]]))
+        return out["image"], int(self.labels[i]), torch.as_tensor(np.asarray(out["mask"]) > 0, dtype=torch.uint8)
 
 
 def _open_live(live_dir: str | os.PathLike) -> Live:
@@ -524,7 +572,7 @@ def _warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 def _check_options(*, dropout, epochs, batch_size, lr, weight_decay, warmup_epochs, grad_clip,
-                   class_weights, monitor, patience, device, num_workers) -> None:
+                   class_weights, monitor, patience, device, num_workers, seg_weight=0.0, ema_decay=0.0) -> None:
     number = (int, float)
     checks = [
         ("model.dropout", dropout, isinstance(dropout, number) and 0 <= dropout < 1, "a number in [0, 1)"),
@@ -545,6 +593,9 @@ def _check_options(*, dropout, epochs, batch_size, lr, weight_decay, warmup_epoc
         ("train.device", device, device in DEVICES, f"one of {list(DEVICES)}"),
         ("train.num_workers", num_workers, isinstance(num_workers, int) and num_workers >= 0,
          "an integer >= 0"),
+        ("train.seg_weight", seg_weight, isinstance(seg_weight, number) and seg_weight >= 0, "a number >= 0"),
+        ("train.ema_decay", ema_decay, isinstance(ema_decay, number) and 0 <= ema_decay < 1,
+         "a number in [0, 1) (0 = off)"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
@@ -594,6 +645,8 @@ def _log_epoch(live, row: Mapping[str, float]) -> None:
     live.log_metric("train/loss", row["train_loss"])
     for key in ("loss", "macro_auc", "balanced_accuracy", "accuracy"):
         live.log_metric(f"val/{key}", row[f"val_{key}"])
+    if "train_seg_loss" in row:
+        live.log_metric("train/seg_loss", row["train_seg_loss"])
     live.log_metric("lr", row["lr"])
     live.next_step()
 
