@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from assurexray.ablation import (
     COLUMNS,
@@ -75,10 +77,12 @@ def test_seeds_of_one_configuration_are_grouped_and_a_better_lever_shows_a_posit
     assert [e.name for e in experiments] == list(GRID)
     rows = [measure(e, _reader) for e in experiments]
     summary = summarise(rows, experiments, baseline="base-s1", resamples=200)
-    assert summary["config"].tolist() == ["baseline", "train.augment.gamma=0.3"]
-    assert summary["n_seeds"].tolist() == [3, 3]
-    better = summary.iloc[1]
-    assert better["val_macro_auc_mean"] > summary.iloc[0]["val_macro_auc_mean"]
+    assert summary["config"].tolist() == ["baseline", "baseline [ensemble of 3 seeds]", "train.augment.gamma=0.3",
+                                          "train.augment.gamma=0.3 [ensemble of 3 seeds]"]
+    assert summary["n_seeds"].tolist() == [3, 3, 3, 3]
+    summary = summary.set_index("config")
+    better = summary.loc["train.augment.gamma=0.3"]
+    assert better["val_macro_auc_mean"] > summary.loc["baseline", "val_macro_auc_mean"]
     assert better["paired_diff_center_value"] > 0 and better["paired_diff_center_ci_low"] > 0
     assert better["paired_diff_center_n_pairs"] == 3
     assert better["center_3_mean"] == pytest.approx(0.55 + 2.5 / 20)
@@ -117,3 +121,35 @@ def test_the_command_writes_report_figure_and_csv_from_a_saved_exp_show(tmp_path
     for name in ("ablation.md", "ablation.png", "ablation.csv"):
         assert (tmp_path / "out" / name).is_file()
     assert set(f"{c}_mean" for c in COLUMNS) <= set(pd.read_csv(tmp_path / "out" / "ablation.csv").columns)
+
+
+def test_a_seed_ensemble_scores_the_averaged_probabilities_and_is_paired_with_the_baseline_ensemble():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=200).set_index("config")
+    frames = [pd.read_csv(io.StringIO(_files(seed, SKILL["gamma"])["metrics/center/eval/predictions.csv"]))
+              for seed in (1, 2, 3)]
+    probs = np.mean([f[["prob_Normal", "prob_Benign", "prob_Malignant"]].to_numpy() for f in frames], axis=0)
+    labels = frames[0]["label_idx"].to_numpy()
+    test, center3 = (frames[0]["partition"] == "test").to_numpy(), (frames[0]["center"] == 3).to_numpy()
+    ensemble = summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]"]
+    expected = roc_auc_score(labels[test], probs[test], multi_class="ovr", average="macro")
+    assert ensemble["center_pooled_mean"] == pytest.approx(expected)
+    expected3 = roc_auc_score(labels[test & center3], probs[test & center3], multi_class="ovr", average="macro")
+    assert ensemble["center_3_mean"] == pytest.approx(expected3)
+    # averaging independent noise helps: the ensemble beats the seeds' mean on validation
+    assert ensemble["val_macro_auc_mean"] > summary.loc["train.augment.gamma=0.3", "val_macro_auc_mean"]
+    assert ensemble["paired_diff_center_value"] > 0 and ensemble["paired_diff_center_n_pairs"] == 1
+    assert summary.loc["baseline [ensemble of 3 seeds]", "paired_diff_center_value"] == 0.0
+
+
+def test_only_selects_experiments_by_name(tmp_path, monkeypatch):
+    saved = tmp_path / "exp_show.json"
+    saved.write_text(json.dumps(_exp_show(GRID)))
+    monkeypatch.setattr("assurexray.ablation.git_reader", lambda repo: _reader)
+    assert main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "out"),
+                 "--resamples", "20", "--only", "base-*"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "ablation.csv")
+    assert table["config"].tolist() == ["baseline", "baseline [ensemble of 3 seeds]"]
+    with pytest.raises(SystemExit, match="no experiment matches"):
+        main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "o2"), "--only", "x*"])

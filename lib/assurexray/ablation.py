@@ -4,12 +4,14 @@ Input is ``dvc exp show --json`` (so the grid runs through DVC's own queue) and,
 prediction files committed in its git ref. Experiments that differ only in ``base.seed`` form one configuration;
 each configuration is summarised over its seeds (mean, standard deviation), and compared with the baseline by a
 paired cluster bootstrap on the same centre-holdout test images (seed by seed, then averaged), because two runs
-scored on one test set are not independent. Choosing among configurations is done on the centre-1 validation
+scored on one test set are not independent. A configuration with several seeds also gets a seed-ensemble row:
+the seeds' probabilities averaged image by image (val and test), scored like one model. Choosing among configurations is done on the centre-1 validation
 column only; the test columns are for reporting. NOT FOR CLINICAL USE.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import logging
@@ -87,6 +89,7 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     frame = None if predictions is None else pd.read_csv(io.StringIO(predictions), dtype={"group": str})
     row["val_macro_auc"] = _macro_auc(frame[frame["partition"] == "val"]) if frame is not None else None
     row["_test_predictions"] = frame[frame["partition"] == "test"] if frame is not None else None
+    row["_all_predictions"] = frame
     return row
 
 
@@ -109,6 +112,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
     base_label = config_of[baseline]
     base_by_seed = {r["seed"]: r for r in by_config[base_label]}
     table = []
+    ensembles = {label: _ensemble(label, members) for label, members in by_config.items() if len(members) > 1}
+    ensembles = {label: row for label, row in ensembles.items() if row is not None}
     for label, members in by_config.items():
         entry: dict[str, Any] = {"config": label, "n_seeds": len(members),
                                  "seeds": ",".join(str(m["seed"]) for m in members)}
@@ -121,8 +126,19 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
             else {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": len(members)}
         entry.update({f"paired_diff_center_{k}": v for k, v in diff.items()})
         table.append(entry)
+        if label in ensembles:  # the seed ensemble, paired with the baseline's seed ensemble
+            ens = ensembles[label]
+            entry = {"config": ens["name"], "n_seeds": len(members), "seeds": entry["seeds"],
+                     **{f"{c}_mean": ens.get(c) for c in COLUMNS}, **{f"{c}_sd": None for c in COLUMNS}}
+            base_ens = ensembles.get(base_label)
+            diff = {"value": None, "ci_low": None, "ci_high": None, "n_pairs": 0} if base_ens is None else (
+                _paired_difference([(ens, base_ens)], resamples=resamples, seed=seed, ci_level=ci_level)
+                if label != base_label else {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": 1})
+            entry.update({f"paired_diff_center_{k}": v for k, v in diff.items()})
+            table.append(entry)
     out = pd.DataFrame(table)
-    order = [base_label] + sorted(c for c in out["config"] if c != base_label)
+    firsts = [base_label] + ([ensembles[base_label]["name"]] if base_label in ensembles else [])
+    order = firsts + sorted(c for c in out["config"] if c not in firsts)
     return out.set_index("config").loc[order].reset_index()
 
 
@@ -133,7 +149,9 @@ def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
              "Each configuration is summarised over its seeds as mean ± sd. Choose on the **centre-1 validation** "
              "column only; the test columns are for reporting. The paired difference is a cluster bootstrap of "
              "macro AUC on the same centre-2/3 test images (configuration minus baseline, per seed, averaged); "
-             "differences under about 0.03 are noise for a single run.", "",
+             "differences under about 0.03 are noise for a single run. A row marked *ensemble* averages the "
+             "probabilities of that configuration's seeds (its paired difference is against the baseline's "
+             "ensemble; pointing game and stratified columns are n/a there).", "",
              f"Made by `{command}` on {date}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
@@ -190,6 +208,29 @@ def _config_label(exp: Experiment, reference: Experiment) -> str:
     diffs = [f"{key}={exp.params.get(key)}" for key in keys
              if json.dumps(exp.params.get(key), sort_keys=True) != json.dumps(reference.params.get(key), sort_keys=True)]
     return ", ".join(diffs) if diffs else "baseline"
+
+
+def _ensemble(label: str, members: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Average the members' val and test probabilities image by image; score the result like one model."""
+    frames = [m.get("_all_predictions") for m in members]
+    if any(f is None for f in frames):
+        return None
+    keyed = [f.sort_values(["partition", "row"]).reset_index(drop=True) for f in frames]
+    for other, member in zip(keyed[1:], members[1:]):
+        if not keyed[0][["partition", "row"]].equals(other[["partition", "row"]]):
+            raise ValueError(f"ablation: the seeds of {label!r} ({members[0]['name']!r}, {member['name']!r}) were "
+                             "scored on different images; an ensemble needs the same split.")
+    prob_columns = [c for c in keyed[0].columns if c.startswith("prob_")]
+    mean = keyed[0].copy()
+    mean[prob_columns] = np.mean([f[prob_columns].to_numpy(dtype=np.float64) for f in keyed], axis=0)
+    test = mean[mean["partition"] == "test"]
+    row: dict[str, Any] = {"name": f"{label} [ensemble of {len(members)} seeds]", "_test_predictions": test,
+                           "val_macro_auc": _macro_auc(mean[mean["partition"] == "val"]),
+                           "center_pooled": _macro_auc(test)}
+    for center in ("2", "3"):
+        row[f"center_{center}"] = _macro_auc(test[test["center"].astype(str) == center]) \
+            if "center" in test.columns else None
+    return row
 
 
 def _macro_auc(frame: pd.DataFrame) -> float | None:
@@ -271,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="the DVC/git repository (default: here)")
     parser.add_argument("--exp-show-json", help="read this saved `dvc exp show --json` output instead of running it")
     parser.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
+    parser.add_argument("--only", default="*", help="experiment names to include, a glob (e.g. 'scr-*'); default all")
     args = parser.parse_args(argv)
     if args.exp_show_json:
         data = json.loads(Path(args.exp_show_json).read_text(encoding="utf-8"))
@@ -280,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             raise SystemExit(f"error: `dvc exp show --json` failed in {args.repo}: {done.stderr.strip()}")
         data = json.loads(done.stdout)
-    experiments = experiments_from_exp_show(data)
+    experiments = [e for e in experiments_from_exp_show(data) if fnmatch.fnmatchcase(e.name, args.only)]
+    if not experiments:
+        raise SystemExit(f"error: no experiment matches --only {args.only!r}; see `dvc exp show`.")
     read = git_reader(args.repo)
     rows = [measure(e, read) for e in experiments]
     summary = summarise(rows, experiments, baseline=args.baseline, resamples=args.resamples)
