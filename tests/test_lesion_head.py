@@ -120,3 +120,29 @@ def test_a_killed_run_with_head_and_ema_resumes_to_the_same_bytes(tmp_path, monk
              for name, result in (("ref.pt", reference), ("resumed.pt", resumed))]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert _files(tmp_path / "live") == _files(tmp_path / "ref_live")
+
+
+def test_the_train_stage_passes_the_levers_from_params_yaml_into_the_checkpoint(tmp_path, repo_root, monkeypatch):
+    import sys
+
+    import yaml
+
+    from test_training import _prepared_dirs
+
+    prepared, split = _prepared_dirs(tmp_path)
+    np.save(prepared / "masks.npy", _masks())
+    params = yaml.safe_load((repo_root / "params.yaml").read_text(encoding="utf-8"))
+    assert params["train"]["seg_weight"] == 0 and params["train"]["ema_decay"] == 0  # off by default
+    params["model"].update(backbone="test_efficientnet", pretrained="none")
+    params["train"].update(epochs=1, batch_size=8, seg_weight=0.5, ema_decay=0.9)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.syspath_prepend(str(repo_root / "stages"))
+    sys.modules.pop("train", None)
+    import train as stage
+
+    model_path, live = tmp_path / "model.pt", tmp_path / "live"
+    assert stage.main(["--prepared", str(prepared), "--split", str(split), "--model", str(model_path),
+                       "--live", str(live), "--params", str(tmp_path / "params.yaml")]) == 0
+    _, meta = load_checkpoint(model_path)
+    assert (meta["params"]["train"]["seg_weight"], meta["params"]["train"]["ema_decay"]) == (0.5, 0.9)
+    assert (live / "plots" / "metrics" / "train" / "seg_loss.tsv").is_file()
