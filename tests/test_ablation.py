@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from assurexray.ablation import (
@@ -153,3 +154,23 @@ def test_only_selects_experiments_by_name(tmp_path, monkeypatch):
     assert table["config"].tolist() == ["baseline", "baseline [ensemble of 3 seeds]"]
     with pytest.raises(SystemExit, match="no experiment matches"):
         main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "o2"), "--only", "x*"])
+
+
+def test_stratified_metrics_inherited_from_the_parent_commit_are_not_reported():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+
+    def reader(rev, path):
+        if path == "dvc.lock":  # the stratified branch was trained with seed 42, not this experiment's seed
+            return yaml.safe_dump({"stages": {"train@stratified": {"params": {"params.yaml": {"base": {"seed": 42}}}}}})
+        return _reader(rev, path)
+
+    assert measure(experiments[0], reader)["stratified"] is None
+    assert measure(experiments[0], _reader)["stratified"] == 0.9  # no lock to contradict it
+
+    def fresh(rev, path):
+        seed = int(rev[-1])
+        if path == "dvc.lock":
+            return yaml.safe_dump({"stages": {"train@stratified": {"params": {"params.yaml": {"base": {"seed": seed}}}}}})
+        return _reader(rev, path)
+
+    assert measure(experiments[0], fresh)["stratified"] == 0.9

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 
 from assurexray import DISCLAIMER
@@ -83,7 +84,10 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     row["center_pooled"] = _value(center_eval, "headline", "macro_auc")
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")
-    row["stratified"] = _value(strat_eval, "headline", "macro_auc")
+    # An experiment that reran only the centre variant still carries its parent's stratified metrics: n/a then.
+    lock = read(exp.rev, "dvc.lock")
+    fresh = lock is None or not _stale(yaml.safe_load(lock), "train@stratified", exp.params)
+    row["stratified"] = _value(strat_eval, "headline", "macro_auc") if fresh else None
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
     frame = None if predictions is None else pd.read_csv(io.StringIO(predictions), dtype={"group": str})
@@ -210,22 +214,41 @@ def _config_label(exp: Experiment, reference: Experiment) -> str:
     return ", ".join(diffs) if diffs else "baseline"
 
 
+def _stale(lock: Mapping[str, Any], stage: str, params: Mapping[str, Any]) -> bool:
+    """True when ``stage``'s params recorded in dvc.lock differ from the experiment's (its outputs are a parent's)."""
+    recorded = ((lock.get("stages") or {}).get(stage) or {}).get("params", {}).get("params.yaml")
+    if recorded is None:
+        return True
+    flat = _flatten(recorded)
+    return any(json.dumps(value, sort_keys=True) != json.dumps(params.get(key), sort_keys=True)
+               for key, value in flat.items() if key in params)
+
+
 def _ensemble(label: str, members: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Average the members' val and test probabilities image by image; score the result like one model."""
+    """Average the members' probabilities image by image; score the result like one model.
+
+    The test images must be the same for every seed (else: an error). Validation is averaged only when the
+    seeds share it: a split seeded by ``base.seed`` carves another validation set per seed, and then the
+    ensemble has no validation figure (n/a), never one computed on a part of it.
+    """
     frames = [m.get("_all_predictions") for m in members]
     if any(f is None for f in frames):
         return None
-    keyed = [f.sort_values(["partition", "row"]).reset_index(drop=True) for f in frames]
-    for other, member in zip(keyed[1:], members[1:]):
-        if not keyed[0][["partition", "row"]].equals(other[["partition", "row"]]):
-            raise ValueError(f"ablation: the seeds of {label!r} ({members[0]['name']!r}, {member['name']!r}) were "
-                             "scored on different images; an ensemble needs the same split.")
-    prob_columns = [c for c in keyed[0].columns if c.startswith("prob_")]
-    mean = keyed[0].copy()
-    mean[prob_columns] = np.mean([f[prob_columns].to_numpy(dtype=np.float64) for f in keyed], axis=0)
-    test = mean[mean["partition"] == "test"]
+    parts = {}
+    for partition in ("val", "test"):
+        keyed = [f[f["partition"] == partition].sort_values("row").reset_index(drop=True) for f in frames]
+        same = all(np.array_equal(keyed[0]["row"].to_numpy(), k["row"].to_numpy()) for k in keyed[1:])
+        if not same and partition == "test":
+            raise ValueError(f"ablation: the seeds of {label!r} ({', '.join(repr(m['name']) for m in members)}) "
+                             "were tested on different images; an ensemble needs the same test set.")
+        if same:
+            prob_columns = [c for c in keyed[0].columns if c.startswith("prob_")]
+            mean = keyed[0].copy()
+            mean[prob_columns] = np.mean([k[prob_columns].to_numpy(dtype=np.float64) for k in keyed], axis=0)
+            parts[partition] = mean
+    test = parts["test"]
     row: dict[str, Any] = {"name": f"{label} [ensemble of {len(members)} seeds]", "_test_predictions": test,
-                           "val_macro_auc": _macro_auc(mean[mean["partition"] == "val"]),
+                           "val_macro_auc": _macro_auc(parts["val"]) if "val" in parts else None,
                            "center_pooled": _macro_auc(test)}
     for center in ("2", "3"):
         row[f"center_{center}"] = _macro_auc(test[test["center"].astype(str) == center]) \
