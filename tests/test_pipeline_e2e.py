@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,18 @@ def _ran_stages(output: str) -> set[str]:
 
 
 def build_pipeline_repo(repo: Path, params: dict[tuple[str, ...], object] = TINY_PARAMS,
-                        targets: tuple[str, ...] = ()) -> Path:
-    """Copy the project into ``repo`` (a new git + DVC repo), run the pipeline (or ``targets``) once, commit."""
+                        targets: tuple[str, ...] = (), edit_dvc_yaml: Callable[[dict], None] | None = None) -> Path:
+    """Copy the project into ``repo`` (a new git + DVC repo), run the pipeline (or ``targets``) once, commit.
+
+    ``edit_dvc_yaml`` may change the parsed dvc.yaml in place first (e.g. keep a subset of its stages).
+    """
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO_ROOT / name, repo / name)
+    if edit_dvc_yaml is not None:
+        pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+        edit_dvc_yaml(pipeline)
+        (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     for folder in ("stages", "lib"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     _set_params(repo / "params.yaml", params)

@@ -1,0 +1,338 @@
+"""Team scale, end to end with the real `dvc` CLI on the tiny synthetic sample: the README's commands, as printed.
+
+One module-scoped repo runs, once, the project's pipeline cut to what inference needs (test_pipeline_e2e's tiny
+params; stages fetch, prepare, split, train, evaluate of the stratified variant: the centre branch, audit, explain
+and report would only multiply the runtime on 2 cores). Its stage definitions are the project's and every stage
+of it has run, so the README lines run verbatim (a never-run stage makes a plain `dvc pull` and `dvc exp apply`
+fail: nothing to check out for it). Each remote test works on its own copy ("the lab machine"): the README
+"Team setup" lines configure a local-directory remote or an S3 remote (moto's server on 127.0.0.1), `dvc push`,
+then a teammate's fresh `git clone` runs `dvc pull`, `dvc status` (clean: nothing to retrain) and
+`assurexray infer`. The README "Experiment grids" lines queue a grid of train parameters, run it two at a time,
+read `dvc exp show --json`, and share one experiment through a bare git remote (`dvc exp push` / `dvc exp pull`).
+
+README commands are read from the README (placeholders such as ``<experiment>`` substituted), so the README and
+what runs here cannot drift apart. Timeouts are hang guards only; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import skip_or_fail
+from test_pipeline_e2e import REPO_ROOT, _dvc, _git, build_pipeline_repo
+
+pytestmark = pytest.mark.slow
+
+README = REPO_ROOT / "README.md"
+#: The stages kept (model + operating point: all `assurexray infer` needs), for the one variant kept.
+KEPT_STAGES, KEPT_VARIANT = ("fetch", "prepare", "split", "train", "evaluate"), "stratified"
+MODEL = "models/stratified/model.pt"
+TRAIN_SUMMARY = "metrics/stratified/train/metrics.json"  # DVCLive's summary: a DVC metric of the train stage
+QUEUE_HANG_GUARD_S = 1800  # two 1-epoch trainings on 2 busy cores take minutes; this only stops a hung queue
+FAKE_KEYS = {"AKIA...": "testing", "...": "testing"}  # the README's key placeholders; moto accepts any
+
+
+# --- the README's commands ---------------------------------------------------------------------------------------
+
+def _readme_block(heading: str) -> list[str]:
+    """Command lines of the first ```bash block under ``## heading``: continuations joined, comments dropped."""
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _line(lines: list[str], prefix: str) -> str:
+    found = [line for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, f"README: expected one command starting {prefix!r}, found {found}"
+    return found[0]
+
+
+def _run_line(line: str, cwd: Path, subs: dict[str, str] | None = None) -> tuple[Path, list[str]]:
+    """Run a README line (``a && b && cd d && c``) as a shell would, README placeholders replaced by ``subs``.
+
+    Returns the final directory and each dvc command's stdout.
+    """
+    outputs = []
+    for part in line.split(" && "):
+        argv = [(subs or {}).get(arg, arg) for arg in shlex.split(part)]
+        if argv[0] == "cd":
+            cwd = cwd / argv[1]
+        elif argv[0] == "git":
+            _git(cwd, *argv[1:])
+        elif argv[0] == "dvc":
+            outputs.append(_dvc(cwd, *argv[1:]).stdout)
+        else:
+            raise AssertionError(f"README line {line!r}: no runner for {argv[0]!r}")
+    return cwd, outputs
+
+
+TEAM = _readme_block("Team setup")
+GRID = _readme_block("Experiment grids")
+CLONE = _line(TEAM, "git clone ")  # git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status
+COMMIT_AND_PUSH = _line(TEAM, "git add .dvc/config ")
+
+
+# --- the repos -----------------------------------------------------------------------------------------------------
+
+def _keep_inference_branch(pipeline: dict) -> None:
+    """dvc.yaml cut to KEPT_STAGES of KEPT_VARIANT (definitions unchanged); the plots of dropped outputs go too."""
+    pipeline["vars"] = [{"variants": [KEPT_VARIANT]}]
+    pipeline["stages"] = {name: stage for name, stage in pipeline["stages"].items() if name in KEPT_STAGES}
+    assert set(pipeline["stages"]) == set(KEPT_STAGES)
+    pipeline.pop("plots", None)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The tiny pipeline (inference branch) run and committed, once; tests copy it and never change it."""
+    if shutil.which("git") is None:
+        skip_or_fail("git is not installed")
+    return build_pipeline_repo(tmp_path_factory.mktemp("scale") / "repo", edit_dvc_yaml=_keep_inference_branch)
+
+
+def _lab(built: Path, dest: Path) -> Path:
+    """A copy of the built repo, DVC cache included (the machine that ran the pipeline)."""
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+def _teammate_clone(url: Path, parent: Path) -> Path:
+    """README: ``git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status`` in ``parent``."""
+    parent.mkdir(parents=True, exist_ok=True)
+    clone, (pulled, status) = _run_line(CLONE, parent, {"<repo-url>": str(url)})
+    assert "up to date" in status.lower(), status
+    assert json.loads(_dvc(clone, "status", "--json").stdout or "{}") == {}  # nothing would retrain
+    return clone
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _infer_first_image(repo: Path) -> list[str]:
+    image = sorted((repo / "data" / "raw" / "images").iterdir())[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "assurexray"), "infer", str(image), "--model", MODEL,
+         "--output", "predictions.csv"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return (repo / "predictions.csv").read_text().splitlines()
+
+
+def _assert_pulled_and_infers(clone: Path, lab: Path) -> None:
+    assert (clone / MODEL).read_bytes() == (lab / MODEL).read_bytes()
+    header, row = _infer_first_image(clone)
+    assert "prob_Malignant" in header and row
+
+
+# --- remotes -------------------------------------------------------------------------------------------------------
+
+def test_a_local_directory_remote_lets_a_fresh_clone_pull_and_infer_without_training(built, tmp_path):
+    lab = _lab(built, tmp_path / "lab")
+    store = tmp_path / "nas" / "assurexray-cache"
+    _run_line(_line(TEAM, "dvc remote add -d storage /"), lab, {"/mnt/nas/assurexray-cache": str(store)})
+    _run_line(COMMIT_AND_PUSH, lab)
+    assert store.is_dir()
+    clone = _teammate_clone(lab, tmp_path / "teammate")
+    _assert_pulled_and_infers(clone, lab)
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch, tmp_path):
+    """moto's S3 API served on 127.0.0.1 (a free port) in this process; no real AWS settings reach DVC."""
+    try:
+        import boto3
+        import dvc_s3  # noqa: F401  (what `dvc` needs for s3:// remotes: pip install .[s3])
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        skip_or_fail(f"S3 remote test needs dvc-s3 and moto[server] ({exc})")
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # empty files, not ~/.aws (must exist)
+        (tmp_path / name).write_text("")
+        monkeypatch.setenv(name, str(tmp_path / name))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}", boto3
+    finally:
+        server.stop()
+
+
+def test_an_s3_remote_on_loopback_moto_round_trips_to_a_fresh_clone_that_infers(built, tmp_path, s3_endpoint,
+                                                                               monkeypatch):
+    endpoint, boto3 = s3_endpoint
+    add = _line(TEAM, "dvc remote add -d storage s3://")
+    bucket = re.match(r"s3://([^/]+)/", add.split()[-1]).group(1)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+
+    lab = _lab(built, tmp_path / "lab")
+    _run_line(add, lab)
+    _run_line(_line(TEAM, "dvc remote modify storage endpointurl "), lab,
+              {"https://minio.lab.example:9000": endpoint})
+    for key in ("access_key_id", "secret_access_key"):  # the lab keeps its keys in .dvc/config.local
+        _run_line(_line(TEAM, f"dvc remote modify --local storage {key} "), lab, FAKE_KEYS)
+    _run_line(COMMIT_AND_PUSH, lab)
+    committed = subprocess.run(["git", "show", "HEAD:.dvc/config"], cwd=lab, check=True, capture_output=True,
+                               text=True).stdout
+    assert endpoint in committed and "testing" not in committed  # shared settings in git, keys not
+    listed = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing").list_objects_v2(Bucket=bucket)
+    assert listed.get("KeyCount", 0) > 0
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # the teammate's keys come from the environment
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    clone = _teammate_clone(lab, tmp_path / "teammate")
+    _assert_pulled_and_infers(clone, lab)
+
+
+# --- experiment queue, exp push / pull -----------------------------------------------------------------------------
+
+def _experiments(shown) -> dict[str, dict]:
+    """name -> data of every named experiment in `dvc exp show --json` output (any nesting)."""
+    found: dict[str, dict] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict) and "params" in node["data"]:
+                found[node["name"]] = node["data"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    return found
+
+
+def _overrides(argv: list[str]) -> dict[str, str]:
+    return dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-S")
+
+
+def _queue_status(lab: Path) -> dict[str, str]:
+    """Experiment name -> status word, from `dvc queue status`'s table (Task, Name, Created, Status, Message)."""
+    rows = {}
+    for line in _dvc(lab, "queue", "status").stdout.splitlines():
+        words = line.split()
+        status = next((w for w in words if w in {"Queued", "Running", "Success", "Failed"}), None)  # dvc's 4 states
+        if status and len(words) > 1:
+            rows[words[1]] = status
+    return rows
+
+
+@pytest.fixture(scope="module")
+def grid(built, tmp_path_factory):
+    """The README grid queued on a lab copy with a local DVC remote and a bare git `origin`, run 2 at a time.
+
+    Returns (lab, origin, {experiment name: its -S overrides}).
+    """
+    root = tmp_path_factory.mktemp("grid")
+    lab = _lab(built, root / "lab")
+    store = root / "nas" / "assurexray-cache"
+    _run_line(_line(TEAM, "dvc remote add -d storage /"), lab, {"/mnt/nas/assurexray-cache": str(store)})
+    _run_line(COMMIT_AND_PUSH, lab)
+    origin = root / "origin.git"
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=lab, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "init", "-q", "--bare", f"--initial-branch={branch}", str(origin)], check=True)
+    _git(lab, "remote", "add", "origin", str(origin))
+    _git(lab, "push", "-q", "origin", "HEAD")
+
+    queued = [line for line in GRID if line.startswith("dvc exp run --queue ")]
+    assert len(queued) >= 2, GRID
+    experiments = {}
+    for line in queued:
+        argv = shlex.split(line)
+        assert all(key.startswith(("train.", "base.")) for key in _overrides(argv)), line  # train-stage params
+        out = _dvc(lab, *argv[1:])
+        name = re.search(r"Queued experiment '([^']+)'", out.stdout + out.stderr).group(1)
+        experiments[name] = _overrides(argv)
+    assert len(set(map(frozenset, (o.items() for o in experiments.values())))) == len(experiments)
+
+    _run_line(_line(GRID, "dvc queue start "), lab)  # dvc queue start -j 2
+    assert _line(GRID, "dvc queue status") == "dvc queue status"
+    deadline = time.monotonic() + QUEUE_HANG_GUARD_S
+    try:
+        while True:
+            status = _queue_status(lab)
+            if all(status.get(name) in {"Success", "Failed"} for name in experiments):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(5)
+    finally:
+        _dvc(lab, "queue", "stop", check=False)
+    if any(status.get(name) != "Success" for name in experiments):
+        logs = {name: _dvc(lab, "queue", "logs", name, check=False).stdout[-4000:] for name in experiments}
+        hung = time.monotonic() > deadline
+        pytest.fail(f"queued experiments {'still unfinished after the hang guard' if hung else 'did not succeed'}: "
+                    f"{status}\n" + "\n".join(f"--- dvc queue logs {n}\n{log}" for n, log in logs.items()))
+    return lab, origin, experiments
+
+
+def test_a_queued_grid_of_train_parameters_runs_two_at_a_time_each_with_its_own_dvclive_metrics(grid):
+    lab, _, experiments = grid
+    assert _line(GRID, "dvc exp show") == "dvc exp show"
+    found = _experiments(json.loads(_dvc(lab, "exp", "show", "--json").stdout))
+    assert set(experiments) <= set(found), (sorted(found), sorted(experiments))
+    summaries = {}
+    for name, overrides in experiments.items():
+        params = found[name]["params"]["params.yaml"]["data"]
+        for key, value in overrides.items():
+            section, leaf = key.split(".", 1)
+            assert params[section][leaf] == yaml.safe_load(value), (name, key)
+        summary = found[name]["metrics"][TRAIN_SUMMARY]["data"]  # written by DVCLive in the experiment's run
+        assert summary["epochs_run"] >= 1 and 0 <= summary["best"]["macro_auc"] <= 1
+        summaries[name] = json.dumps(summary, sort_keys=True)
+    assert len(set(summaries.values())) == len(summaries), summaries  # each experiment logged its own run
+
+
+def test_exp_push_and_pull_share_an_experiment_and_its_model_through_a_bare_git_remote(grid, tmp_path):
+    lab, origin, experiments = grid
+    name, overrides = next(iter(experiments.items()))
+    _run_line(_line(GRID, "dvc exp push origin "), lab, {"<experiment>": name})  # git refs + cache to the remote
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{_exp_rev(lab, name)}:dvc.lock"], cwd=lab, check=True,
+                                         capture_output=True, text=True).stdout)
+    model_md5 = next(o["md5"] for o in lock["stages"]["train@stratified"]["outs"] if o["path"] == MODEL)
+    assert model_md5 != _md5(lab / MODEL)  # the experiment's own model, not the baseline's
+
+    teammate = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "-q", str(origin), str(teammate)], check=True, capture_output=True)
+    assert name not in _dvc(teammate, "exp", "list", "--all-commits").stdout
+    _run_line(_line(GRID, "dvc exp pull origin "), teammate, {"<experiment>": name})  # pull, apply, dvc pull
+    shown = _experiments(json.loads(_dvc(teammate, "exp", "show", "--json").stdout))
+    assert name in shown and TRAIN_SUMMARY in shown[name]["metrics"]
+    params = yaml.safe_load((teammate / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, leaf = key.split(".", 1)
+        assert params[section][leaf] == yaml.safe_load(value), key
+    assert _md5(teammate / MODEL) == model_md5  # fetched from the DVC remote, not retrained
+    assert json.loads(_dvc(teammate, "status", "--json").stdout or "{}") == {}  # its evaluate came along too
+    header, row = _infer_first_image(teammate)  # with the experiment's model and its own operating point
+    assert "prob_Malignant" in header and row
+
+
+def _exp_rev(repo: Path, name: str) -> str:
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    found = [rev for rev, ref in (r.split() for r in refs) if ref.rsplit("/", 1)[-1] == name]
+    assert len(found) == 1, refs
+    return found[0]
