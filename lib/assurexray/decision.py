@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from assurexray.report import fmt_ci
+from assurexray.rendering import fmt_ci
 
 __all__ = ["ValidationRates", "validation_rates", "threshold_sentence", "decision_sentence", "top_class_sentence"]
 
