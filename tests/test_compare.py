@@ -14,6 +14,7 @@ import pytest
 from assurexray import DISCLAIMER
 from assurexray.compare import compare_variants, gap_ci, load_variant, render_report
 from assurexray.metrics import HEADLINE_METRICS
+from assurexray.rendering import fmt_ci
 
 Z95 = 1.959963984540054  # standard normal quantile 0.975
 
@@ -112,7 +113,8 @@ def test_every_number_in_the_report_appears_in_the_comparison_json():
     assert found, "the report shows no numbers"
     assert [n for n in found if n not in numbers] == []
     assert report.startswith(f"> **{DISCLAIMER}**")
-    assert "0.150 [" in report  # the macro gap, rendered from the dict
+    gap = fmt_ci(out["headline"]["macro_auc"]["gap"])  # the macro gap, rendered from the dict in the shared format
+    assert gap.startswith("0.150 (") and f"| {gap} |" in report
 
 
 def test_the_stage_writes_json_and_report_and_works_before_explain_exists(tmp_path):
@@ -127,7 +129,7 @@ def test_the_stage_writes_json_and_report_and_works_before_explain_exists(tmp_pa
     assert stage.main(args) == 0
     first = (tmp_path / "compare.json").read_text()
     assert json.loads(first)["headline"]["accuracy"]["gap"]["value"] == pytest.approx(0.1)
-    assert "| accuracy | 0.900 [0.850, 0.950] | 0.800 [0.750, 0.850] |" in (tmp_path / "comparison.md").read_text()
+    assert "| accuracy | 0.900 (0.850–0.950) | 0.800 (0.750–0.850) |" in (tmp_path / "comparison.md").read_text()
     assert stage.main(args) == 0 and (tmp_path / "compare.json").read_text() == first  # deterministic
 
 

@@ -5,7 +5,8 @@ independent, so the gap's standard error is ``sqrt(se_s**2 + se_c**2)`` from the
 distributions, and its interval a normal approximation around the observed gap. The standard error of a
 metric is the bootstrap replicate standard deviation stored by evaluate (metrics.json
 ``bootstrap.standard_error``) or, where absent, recovered from the width of its percentile interval.
-The markdown report is rendered from the comparison dict only, so every number in it is in compare.json.
+The markdown report is rendered from the comparison dict only (blocks and formats of ``assurexray.rendering``),
+so every number in it is in compare.json.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from scipy.stats import norm
 
 from assurexray import DISCLAIMER
+from assurexray.rendering import Alert, Block, Heading, Para, Table, fmt, fmt_ci, fmt_level, to_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -145,82 +147,58 @@ def gap_ci(
 
 def render_report(comparison: dict[str, Any]) -> str:
     """Markdown report of a :func:`compare_variants` dict (every number comes from that dict)."""
-    level = f"{comparison['ci_level'] * 100:g}%"
     n = comparison["n_test"]
-    lines = [
-        f"> **{DISCLAIMER}**",
-        "",
-        "# Stratified split vs centre hold-out",
-        "",
-        f"Test images: {VARIANT_TITLES['stratified']} {n['stratified']}, {VARIANT_TITLES['center']} {n['center']}. "
-        f"Values are point estimates with {level} bootstrap intervals in brackets.",
-        "",
-        "## Headline metrics (test)",
-        "",
-        *_table(comparison["headline"], with_gap=True),
-        "",
+    blocks: list[Block] = [
+        Alert(DISCLAIMER),
+        Heading(1, "Stratified split vs centre hold-out"),
+        Para(f"Test images: {VARIANT_TITLES['stratified']} {n['stratified']}, {VARIANT_TITLES['center']} "
+             f"{n['center']}. Values are point estimates with {fmt_level(comparison['ci_level'])} bootstrap "
+             "intervals in brackets."),
+        Heading(2, "Headline metrics (test)"),
+        _table(comparison["headline"], with_gap=True),
         *_like_for_like(comparison),
-        *_center_lines(comparison),
-        "## Malignant operating point (threshold fitted on validation, applied to test)",
-        "",
-        f"Thresholds: {VARIANT_TITLES['stratified']} {_num(comparison['threshold']['stratified'])}, "
-        f"{VARIANT_TITLES['center']} {_num(comparison['threshold']['center'])}.",
-        "",
-        *_table(comparison["operating_point"], with_gap=True),
-        "",
-        "## Localisation (Grad-CAM vs lesion masks)",
-        "",
+        *_center_blocks(comparison),
+        Heading(2, "Malignant operating point (threshold fitted on validation, applied to test)"),
+        Para(f"Thresholds: {VARIANT_TITLES['stratified']} {fmt(comparison['threshold']['stratified'])}, "
+             f"{VARIANT_TITLES['center']} {fmt(comparison['threshold']['center'])}."),
+        _table(comparison["operating_point"], with_gap=True),
+        Heading(2, "Localisation (Grad-CAM vs lesion masks)"),
+        _table(comparison["localization"], with_gap=False) if comparison["localization"] else
+        Para("Not available: the explain stage's metrics are absent for at least one variant."),
+        Heading(2, "Method"),
+        Para(f"Generalisation gap: {comparison['gap_method']}."),
     ]
-    if comparison["localization"]:
-        lines += _table(comparison["localization"], with_gap=False)
-    else:
-        lines.append("Not available: the explain stage's metrics are absent for at least one variant.")
-    lines += ["", "## Method", "", f"Generalisation gap: {comparison['gap_method']}.", ""]
-    return "\n".join(lines)
+    return to_markdown(blocks)
 
 
-def _like_for_like(comparison: dict[str, Any]) -> list[str]:
+def _like_for_like(comparison: dict[str, Any]) -> list[Block]:
     block = comparison.get("like_for_like") or {}
     if not block or block.get("same_classes"):
-        return ["Both test sets hold the same classes, so the gap compares like with like.", ""]
+        return [Para("Both test sets hold the same classes, so the gap compares like with like.")]
     classes = block["classes"]
-    lines = [f"The test sets hold different classes ({VARIANT_TITLES['stratified']}: {', '.join(classes['stratified'])}; "
-             f"{VARIANT_TITLES['center']}: {', '.join(classes['center'])}), so macro averages differ in what they "
-             f"average. Over the shared classes ({', '.join(block['shared'])}):", ""]
-    return lines + _table({"macro_auc (shared classes)": block["macro_auc_shared"]}, with_gap=True) + [""]
+    return [Para(f"The test sets hold different classes ({VARIANT_TITLES['stratified']}: "
+                 f"{', '.join(classes['stratified'])}; {VARIANT_TITLES['center']}: {', '.join(classes['center'])}), "
+                 "so macro averages differ in what they average. Over the shared classes "
+                 f"({', '.join(block['shared'])}):"),
+            _table({"macro_auc (shared classes)": block["macro_auc_shared"]}, with_gap=True)]
 
 
-def _center_lines(comparison: dict[str, Any]) -> list[str]:
+def _center_blocks(comparison: dict[str, Any]) -> list[Block]:
     rows = [(v, c, b) for v in VARIANTS for c, b in (comparison.get("by_center") or {}).get(v, {}).items()]
     if not rows:
         return []
-    lines = ["## Per test centre", "", "| Variant | Centre | Images | Classes (counts) | Macro AUC |", "|---|---|---|---|---|"]
-    for v, c, b in rows:
-        counts = ", ".join(f"{k} {n}" for k, n in b["counts"].items())
-        lines.append(f"| {VARIANT_TITLES[v]} | {c} | {b['n']} | {counts} | {_ci(b['macro_auc'])} |")
-    return lines + [""]
+    return [Heading(2, "Per test centre"),
+            Table(("Variant", "Centre", "Images", "Classes (counts)", "Macro AUC"),
+                  tuple((VARIANT_TITLES[v], str(c), fmt(b["n"]), ", ".join(f"{k} {n}" for k, n in b["counts"].items()),
+                         fmt_ci(b["macro_auc"])) for v, c, b in rows))]
 
 
-def _table(block: dict[str, dict[str, Any]], *, with_gap: bool) -> list[str]:
-    head = ["Metric", VARIANT_TITLES["stratified"], VARIANT_TITLES["center"]]
-    head += ["Gap (stratified - centre)"] if with_gap else []
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, entry in block.items():
-        cells = [name, _ci(entry["stratified"]), _ci(entry["center"])] + ([_ci(entry["gap"])] if with_gap else [])
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
-
-
-def _ci(value: dict[str, float | None]) -> str:
-    if value["value"] is None:
-        return "undefined"
-    if value["ci_low"] is None or value["ci_high"] is None:
-        return _num(value["value"])
-    return f"{_num(value['value'])} [{_num(value['ci_low'])}, {_num(value['ci_high'])}]"
-
-
-def _num(x: float) -> str:
-    return f"{x:.3f}"
+def _table(block: dict[str, dict[str, Any]], *, with_gap: bool) -> Table:
+    head = ("Metric", VARIANT_TITLES["stratified"], VARIANT_TITLES["center"])
+    head += ("Gap (stratified - centre)",) if with_gap else ()
+    return Table(head, tuple((name, fmt_ci(entry["stratified"]), fmt_ci(entry["center"]),
+                              *([fmt_ci(entry["gap"])] if with_gap else []))
+                             for name, entry in block.items()))
 
 
 def _stored_se(metrics: dict[str, Any], name: str) -> float | None:
