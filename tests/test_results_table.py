@@ -30,7 +30,8 @@ def _write(root: Path) -> None:
             "3": {"n": 20, "counts": {"Normal": 2, "Benign": 15, "Malignant": 3},
                   "headline": {"macro_auc": _ci(0.612, 0.5, 0.7)}, "diagnostics": {},
                   "operating_point": {"test_sensitivity": _ci(0.667, 0.2, 0.94), "test_specificity": _ci(0.47, 0.3, 0.6)}}}
-        metrics = {"n_test": 50, "test_counts": {"Normal": 12, "Benign": 30, "Malignant": 8},
+        metrics = {"n_test": 50, "class_names": ["Normal", "Benign", "Malignant"], "bootstrap": {"ci_level": 0.9},
+                   "test_counts": {"Normal": 12, "Benign": 30, "Malignant": 8},
                    "headline": {"macro_auc": _ci(auc, auc - 0.05, auc + 0.04)},
                    "diagnostics": {"tumour_vs_normal_auc": _ci(0.777, 0.7, 0.85)},
                    "operating_point": {"test_sensitivity": _ci(0.875, 0.5, 0.98), "test_specificity": _ci(0.31, 0.2, 0.4),
@@ -62,7 +63,8 @@ def test_every_number_in_the_table_comes_from_the_metrics_files(tmp_path):
     body = " ".join(cell for row in rows for cell in row.split("|")[3:])  # the numbers, not the labels
     for number in re.findall(r"\d+\.\d{3}|\b\d+\b", body):
         assert number in known, number
-    assert "| Centre holdout (train centre 1) | centre 3 | 20 (2/15/3) | 0.612 (0.500-0.700)" in table
+    assert "| Centre holdout (train centre 1) | centre 3 | 20 (2/15/3) | 0.612 (0.500–0.700) | undefined |" in table
+    assert "| Macro AUC (90% CI) |" in table  # the level the metrics were bootstrapped at, not a typed 95%
     assert "7 validation Malignant images and is flagged unreliable" in table
     assert "No group straddles" in table and "2026-12-01" in table
 
@@ -75,7 +77,29 @@ def test_the_readme_block_is_replaced_between_the_markers_only(tmp_path):
                  "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n") and "old table" not in text
-    assert "0.701 (0.651-0.741)" in text
+    assert "0.701 (0.651–0.741)" in text
     (tmp_path / "bare.md").write_text("no markers")
     with pytest.raises(ValueError, match=r"no <!-- results:begin --> \.\.\. <!-- results:end --> block"):
         update_readme(tmp_path / "bare.md", "table")
+
+
+@pytest.mark.parametrize("key", ["class_names", "bootstrap"])
+def test_eval_metrics_without_class_order_or_level_are_named_with_the_fix(tmp_path, key):
+    _write(tmp_path)
+    path = tmp_path / "center" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics[key]
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"center/eval/metrics\.json: 'class_names' or 'bootstrap\.ci_level' missing.*"
+                                         r"dvc repro evaluate@center"):
+        results_table(tmp_path, command="x", date="2026-12-01")
+
+
+def test_variants_bootstrapped_at_different_levels_are_refused(tmp_path):
+    _write(tmp_path)
+    path = tmp_path / "center" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["bootstrap"]["ci_level"] = 0.95
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"class_names / bootstrap\.ci_level differ"):
+        results_table(tmp_path, command="x", date="2026-12-01")

@@ -2,7 +2,8 @@
 
 ``python -m assurexray.results_table --metrics metrics --command "..." --readme README.md`` rewrites the block
 between ``<!-- results:begin -->`` and ``<!-- results:end -->`` of the README with a table of both variants,
-pooled and per test centre, with intervals, the grouping each split guarantees, the command and the date.
+pooled and per test centre, with intervals (in the one format of ``assurexray.rendering.fmt_ci``), the
+grouping each split guarantees, the command and the date.
 NOT FOR CLINICAL USE.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from assurexray.atomic import write_text
+from assurexray.rendering import fmt_ci, fmt_level, markdown_table
 from assurexray.splits import grouping_statement
 
 __all__ = ["results_table", "update_readme", "BEGIN", "END"]
@@ -26,29 +28,33 @@ VARIANTS = (("stratified", "Stratified (grouped)"), ("center", "Centre holdout (
 def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: str = "") -> str:
     """Markdown: one row per (variant, test set), pooled then each centre, from ``metrics_dir`` only."""
     root = Path(metrics_dir)
-    lines = ["| Variant | Test set | Images (N/B/M) | Macro AUC (95% CI) | Tumour vs normal AUC | "
-             "Malignant sens. / spec. at the val threshold |", "|---|---|---|---|---|---|"]
-    notes = []
+    evals = {variant: _read(root / variant / "eval" / "metrics.json") for variant, _ in VARIANTS}
+    names, level = _class_names_and_level(evals, root)
+    header = (
+        "Variant", "Test set", f"Images ({'/'.join(n[0] for n in names)})", f"Macro AUC ({fmt_level(level)} CI)",
+        "Tumour vs normal AUC", "Malignant sens. / spec. at the val threshold",
+    )
+    rows, notes = [], []
     for variant, title in VARIANTS:
-        e = _read(root / variant / "eval" / "metrics.json")
+        e = evals[variant]
         split = _read(root / variant / "split.json")
-        rows = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
+        blocks = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
         if variant == "stratified":
-            rows = rows[:1]  # per-centre rows of the stratified test are small; the holdout is the question
-        for label, block in rows:
+            blocks = blocks[:1]  # per-centre rows of the stratified test are small; the holdout is the question
+        for label, block in blocks:
             counts = block.get("test_counts") or block.get("counts") or {}
             op = block.get("operating_point") or {}
-            lines.append(
-                f"| {title} | {label} | {block.get('n_test', block.get('n'))} "
-                f"({'/'.join(str(counts.get(c, 0)) for c in ('Normal', 'Benign', 'Malignant'))}) | "
-                f"{_ci(_get(block, 'headline', 'macro_auc'))} | {_ci(_get(block, 'diagnostics', 'tumour_vs_normal_auc'))} | "
-                f"{_ci(op.get('test_sensitivity'))} / {_ci(op.get('test_specificity'))} |")
+            rows.append((
+                title, label, f"{block.get('n_test', block.get('n'))} ({'/'.join(str(counts.get(c, 0)) for c in names)})",
+                fmt_ci(_get(block, "headline", "macro_auc")), fmt_ci(_get(block, "diagnostics", "tumour_vs_normal_auc")),
+                f"{fmt_ci(op.get('test_sensitivity'))} / {fmt_ci(op.get('test_specificity'))}",
+            ))
         explain_path = root / variant / "explain" / "metrics.json"
         if explain_path.is_file():
             x = _read(explain_path)
             notes.append(f"- {title}: Grad-CAM pointing game on {_get(x, 'model', 'overall', 'n')} annotated test "
-                         f"tumours {_ci(_get(x, 'model', 'overall', 'pointing_game'))} against "
-                         f"{_ci(_get(x, 'baseline', 'overall', 'pointing_game'))} for a centred Gaussian "
+                         f"tumours {fmt_ci(_get(x, 'model', 'overall', 'pointing_game'))} against "
+                         f"{fmt_ci(_get(x, 'baseline', 'overall', 'pointing_game'))} for a centred Gaussian "
                          f"(layer `{x.get('target_layer')}`, chosen on validation).")
         notes.append(f"- {title}: {grouping_statement(split)}")
         op = e.get("operating_point") or {}
@@ -56,7 +62,7 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
             notes.append(f"- {title}: the Malignant threshold rests on {op.get('val_positives')} validation "
                          "Malignant images and is flagged unreliable.")
     made = f"Made by `{command}` on {date}" + (f" at commit {commit}" if commit else "") + "."
-    return "\n".join(lines + ["", *notes, "", made])
+    return "\n".join([markdown_table(header, rows), "", *notes, "", made])
 
 
 def update_readme(readme: str | Path, table: str) -> None:
@@ -83,13 +89,18 @@ def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
     return node
 
 
-def _ci(ci: Mapping[str, Any] | None) -> str:
-    if not ci or ci.get("value") is None:
-        return "n/a"
-    if ci.get("ci_low") is None:
-        return f"{ci['value']:.3f}"
-    few = f", Wilson n={ci['n']}" if ci.get("interval") == "wilson" else ""
-    return f"{ci['value']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f}{few})"
+def _class_names_and_level(evals: Mapping[str, Mapping[str, Any]], root: Path) -> tuple[list[str], float]:
+    """Class order and bootstrap level the table states, read from the eval metrics (both variants must agree)."""
+    found = {v: (e.get("class_names"), _get(e, "bootstrap", "ci_level")) for v, e in evals.items()}
+    for variant, (names, level) in found.items():
+        if not names or level is None:
+            raise ValueError(f"{root / variant / 'eval' / 'metrics.json'}: 'class_names' or 'bootstrap.ci_level' "
+                             f"missing (schema in docs/ARCHITECTURE.md); re-run `dvc repro evaluate@{variant}`.")
+    if len(set(map(repr, found.values()))) > 1:
+        raise ValueError(f"{root}: the variants' class_names / bootstrap.ci_level differ ({found!r}); re-run "
+                         "evaluate for both with the same params.")
+    names, level = next(iter(found.values()))
+    return list(names), level
 
 
 def main(argv: list[str] | None = None) -> int:
