@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.audit import audit_dataset, write_audit
+from assurexray.audit import audit_dataset
+from assurexray.audit_report import write_audit
 from assurexray.cli_errors import run_stage
 from assurexray.params import check_keys, load_params
 

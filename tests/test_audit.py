@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from assurexray import DISCLAIMER
-from assurexray.audit import FIGURES, audit_dataset, render_report, write_audit
+from assurexray.audit import audit_dataset
+from assurexray.audit_report import FIGURES, render_report, write_audit
 from assurexray.schema import RELEASE_COLUMNS
 
 
