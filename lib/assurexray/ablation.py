@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from assurexray import DISCLAIMER
 from assurexray.metrics import bootstrap_weights, percentile_ci, weighted_suite
+from assurexray.rendering import Alert, Heading, Image, Para, Table, to_markdown
 
 __all__ = ["Experiment", "experiments_from_exp_show", "measure", "summarise", "render_markdown", "plot",
            "git_reader", "COLUMNS"]
@@ -147,23 +148,29 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
 
 
 def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
-    """The ablation report: every number in it comes from ``summary`` (mean ± sd over seeds)."""
-    head = ["Configuration", "Seeds", *(COLUMN_TITLES[c] for c in COLUMNS), "Paired Δ centres 2+3 vs baseline"]
-    lines = [f"> **{DISCLAIMER}**", "", "# Ablation: levers against the centre gap", "",
-             "Each configuration is summarised over its seeds as mean ± sd. Choose on the **centre-1 validation** "
+    """The ablation report: every number in it comes from ``summary`` (mean ± sd over seeds).
+
+    The paired difference keeps its own signed form, ``+0.012 (-0.010 to +0.030, 3 seed(s))``: the sign is the
+    finding, and a seed count is not an interval of ``rendering.fmt_ci``.
+    """
+    head = ("Configuration", "Seeds", *(COLUMN_TITLES[c] for c in COLUMNS), "Paired Δ centres 2+3 vs baseline")
+    rows = tuple((str(r["config"]), f"{int(r['n_seeds'])} ({r['seeds']})",
+                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS), _diff(r))
+                 for _, r in summary.iterrows())
+    return to_markdown([
+        Alert(DISCLAIMER),
+        Heading(1, "Ablation: levers against the centre gap"),
+        Para("Each configuration is summarised over its seeds as mean ± sd. Choose on the **centre-1 validation** "
              "column only; the test columns are for reporting. The paired difference is a cluster bootstrap of "
              "macro AUC on the same centre-2/3 test images (configuration minus baseline, per seed, averaged); "
              "differences under about 0.03 are noise for a single run. A row marked *ensemble* averages the "
              "probabilities of that configuration's seeds (its paired difference is against the baseline's "
-             "ensemble; pointing game and stratified columns are n/a there).", "",
-             f"Made by `{command}` on {date}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in summary.iterrows():
-        cells = [str(r["config"]), f"{int(r['n_seeds'])} ({r['seeds']})"]
-        cells += [_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS]
-        cells.append(_diff(r))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "![ablation](ablation.png)", "", f"> **{DISCLAIMER}**", ""])
+             "ensemble; pointing game and stratified columns are n/a there)."),
+        Para(f"Made by `{command}` on {date}."),
+        Table(head, rows),
+        Image("ablation", "ablation.png"),
+        Alert(DISCLAIMER),
+    ])
 
 
 def plot(summary: pd.DataFrame, path: str | Path) -> None:
