@@ -6,7 +6,8 @@ import argparse
 
 from assurexray.cli_errors import run_stage
 from assurexray.params import check_keys, load_params
-from assurexray.report import TRACKED_PARAMS, collect_report_data, tracked_params, write_reports
+from assurexray.report import write_reports
+from assurexray.report_data import TRACKED_PARAMS, collect_report_data, tracked_params
 
 
 def main(argv: list[str] | None = None) -> int:

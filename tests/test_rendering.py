@@ -14,7 +14,11 @@ from assurexray.rendering import (
     Image,
     Para,
     Table,
+    fmt,
     fmt_ci,
+    fmt_level,
+    fmt_param,
+    fmt_pct,
     markdown_table,
     to_html,
     to_markdown,
@@ -85,3 +89,14 @@ def test_an_unknown_block_is_refused_by_name(render):
 ])
 def test_every_interval_is_written_one_way(ci, expected):
     assert fmt_ci(ci) == expected
+
+
+@pytest.mark.parametrize(("formatter", "value", "expected"), [
+    (fmt, 0.91249, "0.912"), (fmt, -1e-17, "0.000"), (fmt, -0.0125, "-0.013"), (fmt, 7, "7"), (fmt, None, "n/a"),
+    (fmt, True, "yes"), (fmt, "gradcam", "gradcam"),
+    (fmt_param, 2.5e-05, "0.000025"), (fmt_param, 0.001, "0.001"), (fmt_param, [0.3, 0.5], "0.3, 0.5"),
+    (fmt_param, None, "null (default)"), (fmt_param, False, "false"), (fmt_param, 12, "12"),
+    (fmt_pct, 41.5, "41.5%"), (fmt_pct, None, "n/a"), (fmt_level, 0.95, "95%"), (fmt_level, 0.9, "90%"),
+])
+def test_formatters_render_values_consistently(formatter, value, expected):
+    assert formatter(value) == expected

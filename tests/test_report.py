@@ -1,4 +1,5 @@
-"""Tests for assurexray.report and stages/report.py on a hand-made metrics tree (schemas: docs/ARCHITECTURE.md)."""
+"""Tests for assurexray.report, model_card, report_data and stages/report.py on a hand-made metrics tree
+(schemas: docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -20,20 +21,10 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from assurexray import DISCLAIMER, __version__  # noqa: E402
-from assurexray.report import (  # noqa: E402
-    REFERENCES,
-    collect_report_data,
-    fmt,
-    fmt_ci,
-    fmt_level,
-    fmt_param,
-    fmt_pct,
-    render_model_card,
-    render_report_html,
-    render_report_markdown,
-    tracked_params,
-    write_reports,
-)
+from assurexray.model_card import render_model_card  # noqa: E402
+from assurexray.rendering import fmt_ci  # noqa: E402
+from assurexray.report import REFERENCES, render_report_html, render_report_markdown, write_reports  # noqa: E402
+from assurexray.report_data import collect_report_data, tracked_params  # noqa: E402
 from assurexray.schema import DATASET_CITATION, DATASET_LICENSE  # noqa: E402
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -249,19 +240,6 @@ def test_headline_values_are_read_from_the_metrics_file_not_typed(tree, render):
     _write(path, metrics)
     text = render(_data(tree))
     assert "0.654 (0.601–0.710)" in text and "0.781 (0.740–0.817)" not in text
-
-
-@pytest.mark.parametrize(("formatter", "value", "expected"), [
-    (fmt, 0.91249, "0.912"), (fmt, -1e-17, "0.000"), (fmt, -0.0125, "-0.013"), (fmt, 7, "7"), (fmt, None, "n/a"), (fmt, True, "yes"), (fmt, "gradcam", "gradcam"),
-    (fmt_ci, _ci(0.912, 0.8713, 0.9482), "0.912 (0.871–0.948)"), (fmt_ci, _ci(-0.05, -0.1, 0.0),
-                                                                  "-0.050 (-0.100–0.000)"),
-    (fmt_ci, _ci(0.5, None, None), "0.500 (no interval)"), (fmt_ci, _ci(None, None, None), "undefined"),
-    (fmt_param, 2.5e-05, "0.000025"), (fmt_param, 0.001, "0.001"), (fmt_param, [0.3, 0.5], "0.3, 0.5"),
-    (fmt_param, None, "null (default)"), (fmt_param, False, "false"), (fmt_param, 12, "12"),
-    (fmt_pct, 41.5, "41.5%"), (fmt_pct, None, "n/a"), (fmt_level, 0.95, "95%"), (fmt_level, 0.9, "90%"),
-])
-def test_formatters_render_values_consistently(formatter, value, expected):
-    assert formatter(value) == expected
 
 
 # ------------------------------------------------------------------------------------ document content

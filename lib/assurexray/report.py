@@ -36,15 +36,12 @@ from assurexray.rendering import (
 )
 from assurexray.report_data import (
     FIGURES,
-    TRACKED_PARAMS,
     VARIANT_TITLES,
     VARIANTS,
     ReportData,
     ci_level,
-    collect_report_data,
     explain_name,
     lookup,
-    tracked_params,
 )
 from assurexray.report_sections import (
     HEADLINE_TITLES,
@@ -69,13 +66,7 @@ from assurexray.splits import grouping_statement
 
 logger = logging.getLogger(__name__)
 
-# Formatters, data and model card are re-exported: callers of ``assurexray.report`` keep working; new code
-# imports them from their owners (``rendering``, ``report_data``, ``model_card``).
-__all__ = [
-    "VARIANTS", "TRACKED_PARAMS", "REFERENCES", "HEADLINE_TITLES", "ReportData", "tracked_params",
-    "collect_report_data", "render_model_card", "render_report_markdown", "render_report_html", "write_reports",
-    "fmt", "fmt_ci", "fmt_param", "fmt_pct", "fmt_level",
-]
+__all__ = ["REFERENCES", "render_report_markdown", "render_report_html", "write_reports"]
 
 REPORT_TITLE = "AssureXRay proof-of-concept report"
 GRADCAM_REFERENCE = "Selvaraju R. R. et al., \"Grad-CAM\", ICCV 2017, doi:10.1109/ICCV.2017.74"
