@@ -128,10 +128,12 @@ def lookup(data: Mapping[str, Any] | None, *keys: str) -> Any:
 
 
 def ci_level(d: ReportData) -> Any:
+    """The bootstrap confidence level the eval metrics were computed at."""
     return d.evals[VARIANTS[0]]["bootstrap"].get("ci_level")
 
 
 def explain_name(d: ReportData, v: str) -> str:
+    """Display name of a variant's explain metrics file (for 'not available' sentences)."""
     return f"{d.metrics_name}/{v}/explain/metrics.json"
 
 

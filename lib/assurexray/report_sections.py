@@ -39,6 +39,7 @@ _WEIGHT_SOURCES = {
 
 
 def source_note(d: ReportData) -> Para:
+    """Where the numbers come from; a loud warning when they are from the synthetic sample."""
     source = d.params["data"]["source"]
     if source == "sample":
         return Para("**Data source `sample`: these numbers come from the built-in synthetic dataset, not from "
@@ -48,6 +49,7 @@ def source_note(d: ReportData) -> Para:
 
 
 def caveats(d: ReportData) -> tuple[str, ...]:
+    """Limitations, shared by the model card and the report (the gap and the test sizes read from the metrics)."""
     items = []
     if d.params["data"]["source"] == "sample":
         items.append("**Synthetic data**: these results come from the built-in synthetic sample, not BTXRD.")
@@ -70,6 +72,7 @@ def caveats(d: ReportData) -> tuple[str, ...]:
 
 
 def headline_table(d: ReportData) -> Table:
+    """Headline metrics of both variants side by side, with the gap from compare.json."""
     names = union_keys(d.evals[v]["headline"] for v in VARIANTS)
     rows = []
     for m in names:
@@ -80,6 +83,7 @@ def headline_table(d: ReportData) -> Table:
 
 
 def gap_text(d: ReportData) -> Para:
+    """The macro AUC gap in one sentence, with its verdict."""
     if not d.compare:
         return Para(unavailable("Generalisation gap", f"{d.metrics_name}/compare.json"))
     # Point estimates from the eval files (the source); only the gap comes from compare.json.
@@ -90,6 +94,7 @@ def gap_text(d: ReportData) -> Para:
 
 
 def gap_verdict(gap: Mapping[str, Any] | None) -> str:
+    """What a gap interval allows one to say (only an interval that excludes zero is a difference)."""
     if gap is None or gap.get("value") is None or gap.get("ci_low") is None or gap.get("ci_high") is None:
         return "no interval, so no conclusion"
     if gap["ci_low"] > 0:
@@ -100,6 +105,7 @@ def gap_verdict(gap: Mapping[str, Any] | None) -> str:
 
 
 def operating_point_table(d: ReportData) -> Table:
+    """The Malignant threshold chosen on validation and what it gives on test, per variant."""
     rows = []
     for v in VARIANTS:
         op = d.evals[v]["operating_point"]
@@ -111,6 +117,7 @@ def operating_point_table(d: ReportData) -> Table:
 
 
 def calibration_table(d: ReportData) -> Table:
+    """Temperature and ECE before/after scaling, per variant."""
     rows = tuple((VARIANT_TITLES[v], *(fmt(d.evals[v]["calibration"].get(k))
                                         for k in ("temperature", "ece_before", "ece_after", "bins")))
                  for v in VARIANTS)
@@ -118,6 +125,7 @@ def calibration_table(d: ReportData) -> Table:
 
 
 def partition_table(d: ReportData, partitions: Sequence[str]) -> Any:
+    """Images, groups and centres per variant and partition (from split.json)."""
     rows = []
     for v in VARIANTS:
         s = d.splits[v]
@@ -134,6 +142,7 @@ def partition_table(d: ReportData, partitions: Sequence[str]) -> Any:
 
 
 def center_table(d: ReportData) -> Any:
+    """Images per centre and class (from the audit metrics)."""
     by_center = lookup(d.audit, "class_by_center")
     if not by_center:
         return Para(unavailable("Images per centre and class", f"{d.metrics_name}/audit.json"))
@@ -169,6 +178,7 @@ def versus(model: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> s
 
 
 def weights_text(source: Any) -> str:
+    """Where the backbone's initial weights come from, in words (params ``model.pretrained``)."""
     if source is None:
         return _WEIGHT_SOURCES["none"]
     if str(source).lower().endswith((".pth", ".pt", ".safetensors")):
@@ -177,6 +187,7 @@ def weights_text(source: Any) -> str:
 
 
 def flat_params(params: Mapping[str, Any], prefix: str = "") -> str:
+    """A params section as ``key value`` pairs (nested keys dotted), values as written in params.yaml."""
     items = []
     for k, v in params.items():
         if isinstance(v, Mapping):
@@ -187,14 +198,17 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> str:
 
 
 def keys_text(mapping: Mapping[str, Any] | None) -> str:
+    """The keys of a mapping, comma-separated (``n/a`` when absent)."""
     return ", ".join(str(k) for k in mapping) if mapping else "n/a"
 
 
 def pairs_text(mapping: Mapping[str, Any] | None, formatter: Any) -> str:
+    """``key: value`` pairs of a mapping with ``formatter`` applied (``n/a`` when absent)."""
     return ", ".join(f"{k}: {formatter(v)}" for k, v in mapping.items()) if mapping else "n/a"
 
 
 def union_keys(dicts: Any) -> list[str]:
+    """Keys of several dicts in first-seen order (variants may hold different metrics)."""
     out: list[str] = []
     for dct in dicts:
         out += [k for k in dct if k not in out]
