@@ -34,7 +34,7 @@ VEGA_CHARTS = 4  # training loss, ROC, precision-recall, confusion (dvc.yaml top
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=1500, check=False)  # hang guard only
     assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
 
