@@ -1,22 +1,16 @@
 """No half-written model outputs: train, evaluate, explain, headline and report are killed at each of their writes.
 
-The approach of ``test_stage_kill`` (a forked child reruns the stage with other params and SIGKILLs itself; after
-each kill every output is byte-identical to its previous or its new version, or absent), with two kinds of kill
-point, so that a plain ``open(path, "w")`` onto an output is caught as well as a folder filled in place:
-
-- the k-th ``os.replace`` (the moment an atomic write commits), killed before it happens;
-- the k-th file opened for writing under the project, killed just after ``open`` returns: a write straight onto
-  an output leaves it truncated (empty), while an atomic write only leaves a temporary file beside it.
+The approach and the kill points of ``test_stage_kill`` (a forked child reruns the stage with other params and
+SIGKILLs itself at its k-th ``os.replace`` or file opened for writing; after each kill every output is
+byte-identical to its previous or its new version, or absent).
 
 A tiny project (40 synthetic cases, 32 px, the ``test_efficientnet`` model, 2 epochs) keeps it cheap. The centre
-variant's metrics and plots are copies of the stratified ones: headline and report only read them.
+variant's metrics and plots are the stratified ones re-evaluated with other params: headline and report only
+read them.
 """
 
 from __future__ import annotations
 
-import builtins
-import io
-import multiprocessing
 import os
 import shutil
 import signal
@@ -26,8 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT
-from test_stage_kill import backup, restore, snapshot, snapshot_of, stage_main, write_params
+from test_stage_kill import backup, restore, run_killed, snapshot, snapshot_of, stage_main, write_params
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 
@@ -99,41 +92,6 @@ def tiny_params(root: Path, name: str, updates: dict[tuple[str, ...], object] | 
 
 def argv_of(template: list[str], root: Path, params: Path) -> list[str]:
     return [a.format(root=root) for a in template] + ["--params", str(params)]
-
-
-def _killed_at(k: int, root: Path, main, argv: list[str]) -> None:
-    """Child: run ``main``; SIGKILL this process at its k-th kill point (see the module docstring)."""
-    torch.set_num_threads(1)
-    calls = {"n": 0}
-    real_replace, real_open = os.replace, io.open
-    inside = str(root) + os.sep
-
-    def replace(src, dst):
-        calls["n"] += 1
-        if calls["n"] == k:
-            os.kill(os.getpid(), signal.SIGKILL)
-        real_replace(src, dst)
-
-    def open_(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        writes = any(flag in mode for flag in "wax+")
-        if writes and isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)).startswith(inside):
-            calls["n"] += 1
-            if calls["n"] == k:
-                handle.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        return handle
-
-    os.replace, io.open, builtins.open = replace, open_, open_
-    main(argv)
-    os._exit(0 if calls["n"] < k else 3)  # 0: the stage finished before reaching its k-th kill point
-
-
-def run_killed(k: int, root: Path, main, argv: list[str]) -> int:
-    child = multiprocessing.get_context("fork").Process(target=_killed_at, args=(k, root, main, argv))
-    child.start()
-    child.join(timeout=600)
-    return child.exitcode
 
 
 def reset(root: Path, paths: list[str]) -> None:
