@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,12 @@ def reset(root: Path, paths: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory) -> Iterator[Path]:
     """fetch -> prepare -> split -> train -> evaluate -> explain (stratified), then headline and report, once.
 
     Torch runs on one thread here and in the children: a forked child must not inherit a live OpenMP pool.
     """
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("killed_model")
     params = tiny_params(root, "first")
@@ -121,7 +123,8 @@ def project(tmp_path_factory) -> Path:
     assert stage_main("evaluate")(argv_of(center, root, tiny_params(root, "center", RERUN["evaluate"]))) == 0
     for name in ("headline", "report"):
         assert stage_main(name)(argv_of(STAGES[name][0], root, params)) == 0
-    return root
+    yield root
+    torch.set_num_threads(threads)  # the tests after this module run as before
 
 
 @pytest.mark.parametrize("name", STAGES)
