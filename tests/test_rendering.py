@@ -9,6 +9,7 @@ import pytest
 from assurexray.rendering import (
     Alert,
     Bullets,
+    Chart,
     Figure,
     Heading,
     Image,
@@ -69,6 +70,14 @@ def test_a_missing_figure_says_which_file_and_how_to_get_it_in_both_renderings()
     assert to_markdown([figure]) == sentence + "\n"
     assert "<p class=\"missing\">ROC curves: not available (plots/center/eval/roc.png missing): run " \
            "<code>dvc repro</code>.</p>" in to_html([figure], title="t")
+
+
+def test_a_chart_is_embedded_from_its_bytes_and_names_its_sources_or_says_which_is_missing():
+    chart = Chart("Loss", b"png-bytes", ("a/train.tsv", "a/val.tsv"), "(in git)")
+    assert to_markdown([chart]) == "*Figure: Loss*: drawn from `a/train.tsv` and `a/val.tsv` (in git).\n"
+    assert base64.b64encode(b"png-bytes").decode("ascii") in to_html([chart], title="t")
+    missing = Chart("Loss", None, ("a/train.tsv", "a/val.tsv"))
+    assert to_markdown([missing]) == unavailable("Loss", "a/train.tsv or a/val.tsv") + "\n"
 
 
 @pytest.mark.parametrize("render", [to_markdown, lambda blocks: to_html(blocks, title="t")])

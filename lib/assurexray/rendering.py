@@ -1,7 +1,8 @@
 """One renderer for every generated document: blocks -> markdown and HTML, and the one set of number formats.
 
 A document (report, model card, audit, comparison, datasheet) is built as a list of blocks (:class:`Heading`,
-:class:`Para`, :class:`Bullets`, :class:`Table`, :class:`Figure`, :class:`Image`, :class:`Alert`) from its
+:class:`Para`, :class:`Bullets`, :class:`Table`, :class:`Figure`, :class:`Chart`, :class:`Image`, :class:`Alert`)
+from its
 metrics; :func:`to_markdown` and :func:`to_html` render the same list, so two renderings of a document never
 disagree, and the modules that compute numbers never write markup. Block text uses a small markdown subset
 (`code` and **bold**) that :func:`to_html` translates.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = [
-    "Heading", "Para", "Bullets", "Table", "Figure", "Image", "Alert", "Block",
+    "Heading", "Para", "Bullets", "Table", "Figure", "Chart", "Image", "Alert", "Block",
     "to_markdown", "to_html", "markdown_table",
     "fmt", "fmt_ci", "fmt_param", "fmt_pct", "fmt_level", "unavailable", "RERUN",
 ]
@@ -72,6 +73,16 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class Chart:
+    """A figure the document draws itself (PNG bytes): embedded in HTML; markdown names the files it is drawn from."""
+
+    caption: str
+    png: bytes | None  # None = a source file is absent: both renderings say so and how to get it
+    sources: tuple[str, ...]  # display names of the files drawn
+    note: str = ""  # appended to the markdown sentence (where a reader finds the sources or the chart)
+
+
+@dataclass(frozen=True)
 class Image:
     """An image linked, not embedded (``![alt](src)``): for documents written next to their figures."""
 
@@ -86,7 +97,7 @@ class Alert:
     text: str
 
 
-Block = Heading | Para | Bullets | Table | Figure | Image | Alert
+Block = Heading | Para | Bullets | Table | Figure | Chart | Image | Alert
 
 
 # -------------------------------------------------------------------------------------------- renderers
@@ -109,6 +120,12 @@ def to_markdown(blocks: Sequence[Block]) -> str:
                 out.append(unavailable(b.caption, b.name))
             else:
                 out.append(f"*Figure: {b.caption}*: `{b.name}`" + (f" ({b.note})" if b.note else "") + ".")
+        elif isinstance(b, Chart):
+            if b.png is None:
+                out.append(unavailable(b.caption, " or ".join(b.sources)))
+            else:
+                drawn = " and ".join(f"`{s}`" for s in b.sources)
+                out.append(f"*Figure: {b.caption}*: drawn from {drawn}" + (f" {b.note}" if b.note else "") + ".")
         elif isinstance(b, Image):
             out.append(f"![{b.alt}]({b.src})")
         elif isinstance(b, Alert):
@@ -136,10 +153,12 @@ def to_html(blocks: Sequence[Block], *, title: str) -> str:
             if b.path is None:
                 body.append(f"<p class=\"missing\">{_inline(unavailable(b.caption, b.name))}</p>")
             else:
-                payload = base64.b64encode(b.path.read_bytes()).decode("ascii")
-                alt = html.escape(b.caption)
-                body.append(f"<figure><img src=\"data:image/png;base64,{payload}\" alt=\"{alt}\">"
-                            f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
+                body.append(_embedded(b.path.read_bytes(), b.caption))
+        elif isinstance(b, Chart):
+            if b.png is None:
+                body.append(f"<p class=\"missing\">{_inline(unavailable(b.caption, ' or '.join(b.sources)))}</p>")
+            else:
+                body.append(_embedded(b.png, b.caption))
         elif isinstance(b, Image):
             body.append(f"<figure><img src=\"{html.escape(b.src)}\" alt=\"{html.escape(b.alt)}\"></figure>")
         elif isinstance(b, Alert):
@@ -233,6 +252,12 @@ _CSS = (
     ".disclaimer{border:3px solid #b00020;background:#fdecea;color:#b00020;padding:.8em 1em;margin:1em 0;"
     "font-size:1.1em}.missing{color:#8a5a00;font-style:italic}"
 )
+
+
+def _embedded(png: bytes, caption: str) -> str:
+    payload = base64.b64encode(png).decode("ascii")
+    return (f"<figure><img src=\"data:image/png;base64,{payload}\" alt=\"{html.escape(caption)}\">"
+            f"<figcaption>{_inline(caption)}</figcaption></figure>")
 
 
 def _inline(text: str) -> str:

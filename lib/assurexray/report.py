@@ -17,10 +17,13 @@ from typing import Any
 
 from assurexray import DISCLAIMER
 from assurexray.atomic import write_text
+from assurexray.learning_curves import LOSS_FILES, loss_curve_png
 from assurexray.model_card import MODEL_CARD_REFERENCE, render_model_card
 from assurexray.rendering import (
     Alert,
+    Block,
     Bullets,
+    Chart,
     Figure,
     Heading,
     Para,
@@ -76,6 +79,8 @@ PER_CLASS_TITLES = {"auc": "AUC", "ap": "AP", "sensitivity": "Sensitivity", "spe
                     "ppv": "PPV", "npv": "NPV", "f1": "F1"}
 #: Where a markdown reader finds a figure: the PNGs are DVC outputs, not in git; report.html embeds them.
 FIGURE_NOTE = "tracked by DVC, not git: `dvc pull` or `dvc repro` fetches it; `report.html` embeds every figure"
+#: Where a markdown reader finds a chart the report draws: its sources are in git, report.html embeds it.
+CHART_NOTE = "(in git); `report.html` embeds it"
 
 
 def write_reports(data: ReportData, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -185,6 +190,7 @@ def _methods(d: ReportData) -> list[Any]:
         Para(f"Settings (params `train`): {flat_params({k: v for k, v in train.items() if k != 'augment'})}. "
              f"Augmentation: {flat_params(train.get('augment', {}))}."),
         _training_table(d),
+        *_training_curves(d),
         Heading(3, "Evaluation"),
         Para(f"Percentile bootstrap over {fmt(boot.get('resamples'))} resamples of the test set "
              f"({'case groups' if boot.get('cluster') else 'images'} resampled), {fmt_level(boot.get('ci_level'))} "
@@ -279,6 +285,18 @@ def _training_table(d: ReportData) -> Any:
                          fmt(t.get("monitor")), fmt(t.get("best_score"))))
     return Table(("Variant", "Epochs run", "Best epoch", "Monitor", "Best validation score"), tuple(rows))
 
+
+
+def _training_curves(d: ReportData) -> list[Block]:
+    """Train and validation loss per epoch, one chart per variant (the curves `dvc plots show` draws)."""
+    charts: list[Block] = []
+    for v in VARIANTS:
+        caption = f"Training and validation loss per epoch: {VARIANT_TITLES[v]}"
+        sources = tuple(f"{d.metrics_name}/{v}/train/{rel}" for rel in LOSS_FILES.values())
+        history = d.losses[v]
+        png = None if history is None else loss_curve_png(history, title=f"{v}: train and validation loss")
+        charts.append(Chart(caption, png, sources, CHART_NOTE))
+    return charts
 
 def _localisation_detail(d: ReportData) -> list[Any]:
     blocks: list[Any] = [Para("Scored on annotated tumour test images; the baseline is a centred Gaussian "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from assurexray.learning_curves import LossHistory, read_loss_history
 from assurexray.params import check_keys
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class ReportData:
     compare: dict[str, Any] | None
     #: variant -> figure file -> absolute path, or None when the PNG is absent.
     figures: dict[str, dict[str, Path | None]]
+    #: variant -> train and validation loss per epoch (DVCLive's files), or None when absent.
+    losses: dict[str, LossHistory | None]
     #: Names shown for missing files, relative to the metrics/plots folders' parent (no machine paths).
     metrics_name: str = "metrics"
     plots_name: str = "plots"
@@ -109,6 +112,7 @@ def collect_report_data(
         compare=_read_optional(metrics_dir / "compare.json"),
         figures={v: {f"{sub}/{name}": _existing(plots_dir / v / sub / name) for sub, name, _ in FIGURES}
                  for v in VARIANTS},
+        losses={v: read_loss_history(metrics_dir / v / "train") for v in VARIANTS},
         metrics_name=metrics_dir.name,
         plots_name=plots_dir.name,
     )
