@@ -46,9 +46,9 @@ FAKE_KEYS = {"AKIA...": "testing", "...": "testing"}  # the README's key placeho
 # --- the README's commands ---------------------------------------------------------------------------------------
 
 def _readme_block(heading: str) -> list[str]:
-    """Command lines of the first ```bash block under ``## heading``: continuations joined, comments dropped."""
+    """Command lines of the ```bash blocks under ``## heading``: continuations joined, comments dropped."""
     section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    block = "".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
     lines = (re.sub(r"\s+#.*$", "", line).strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
