@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     infer.add_argument(
-        "--model", default=None, metavar="FILE",
-        help="checkpoint (default: $ASSUREXRAY_MODEL, else models/stratified/model.pt under $ASSUREXRAY_ROOT, "
+        "--model", default=None, metavar="FILE", action="append",
+        help="checkpoint; repeat for a seed ensemble (probabilities averaged; same classes and preprocessing) "
+        "(default: $ASSUREXRAY_MODEL, else models/stratified/model.pt under $ASSUREXRAY_ROOT, "
         "the current folder or the checkout assurexray is installed from)",
     )
     infer.add_argument(
@@ -79,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="operating_point.json (temperature, Malignant threshold); "
-        "default: metrics/<variant>/eval/operating_point.json beside the model's models/<variant>/",
+        "default: metrics/<variant>/eval/operating_point.json beside the model's models/<variant>/ "
+        "(an ensemble has none by default: pass the one evaluate wrote for it)",
     )
     infer.add_argument("--output", default=None, metavar="FILE", help="write per-image results to a .jsonl or .csv file")
     infer.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay PNG per image")
+    infer.add_argument(
+        "--gradcam-layer", default=None, metavar="NAME",
+        help="module to explain with --gradcam, or 'auto' (the last conv/norm layer); default: the layer the "
+        "explain stage chose, metrics/<variant>/explain/metrics.json beside the model's models/<variant>/",
+    )
     infer.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default: 16)")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     infer.add_argument(
@@ -139,12 +146,14 @@ def _run_infer(args: argparse.Namespace) -> int:
     from assurexray.infer import infer_command
     from assurexray.project import resolve_model_path
 
+    models = [resolve_model_path(None)] if not args.model else [resolve_model_path(m) for m in args.model]
     return infer_command(
         args.inputs,
-        model_path=resolve_model_path(args.model),
+        model_path=models,
         operating_point_path=args.operating_point,
         output=args.output,
         gradcam_dir=args.gradcam,
+        gradcam_layer=args.gradcam_layer,
         batch_size=args.batch_size,
         device=args.device,
         max_pixels=args.max_pixels,
