@@ -101,16 +101,30 @@ def resolve_model_path(
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the pipeline's files live under one project ``root`` (the paths of dvc.yaml, stated once)."""
+    """Where the pipeline's files live under one project ``root`` (the paths of dvc.yaml, stated once).
+
+    ``metrics_root`` reads a metrics folder kept elsewhere (a copied run's ``metrics/``); default ``root/metrics``.
+    """
 
     root: Path
+    metrics_root: Path | None = None
+
+    @classmethod
+    def of_metrics(cls, metrics_dir: str | os.PathLike) -> "Layout":
+        """The layout of a run whose metrics folder is ``metrics_dir`` (its parent is taken as the root)."""
+        metrics_dir = Path(metrics_dir)
+        return cls(metrics_dir.parent, metrics_root=metrics_dir)
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics" if self.metrics_root is None else self.metrics_root
 
     def model(self, variant: str) -> Path:
         return self.root / "models" / variant / "model.pt"
 
     def metrics(self, variant: str) -> Path:
         """``metrics/<variant>``: split.json and one folder per stage (train, eval, explain)."""
-        return self.root / "metrics" / variant
+        return self.metrics_dir / variant
 
     def eval_dir(self, variant: str) -> Path:
         return self.metrics(variant) / "eval"
@@ -141,7 +155,7 @@ class Layout:
 
     @property
     def compare(self) -> Path:
-        return self.root / "metrics" / "compare.json"
+        return self.metrics_dir / "compare.json"
 
     @property
     def samples(self) -> Path:
