@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,7 +111,7 @@ class Predictor:
     def is_ensemble(self) -> bool:
         return len(self.models) > 1
 
-    @property
+    @cached_property  # built once per predictor (a frozen dataclass still has an instance __dict__)
     def transform(self) -> Callable[..., dict[str, Any]]:
         """The checkpoint's albumentations eval preprocessing of one letterboxed uint8 (S, S) image."""
         return eval_transform(self.meta)
