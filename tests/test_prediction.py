@@ -237,3 +237,16 @@ def test_the_app_and_infer_share_the_engine(members, tmp_path):
     assert app.probs == pytest.approx(cli_row.probs, abs=1e-12) and app.pred == cli_row.pred
     assert app.outcome.probs == app.probs and app.temperature == 1.0 and app.malignant_threshold is None
     assert prediction.default_operating_point_path(model) == webapp.Layout(root).operating_point("stratified")
+
+
+@pytest.mark.parametrize("tta_flip", [None, False, True])
+def test_the_operating_point_evaluate_writes_is_what_inference_reads(tmp_path, tta_flip):
+    record = prediction.operating_point_record(temperature=1.7, malignant_threshold=0.25, target_sensitivity=0.9,
+                                               val_sensitivity=0.92, model_sha256="ab" * 32, tta_flip=tta_flip)
+    assert list(record)[:5] == ["temperature", "malignant_threshold", "target_sensitivity", "val_sensitivity",
+                                "model_sha256"]
+    path = tmp_path / "operating_point.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    op = prediction.load_operating_point(path, model_sha256="AB" * 32, class_names=CLASSES)
+    assert op == OperatingPoint(temperature=1.7, malignant_threshold=0.25, source=path, tta_flip=bool(tta_flip),
+                                target_sensitivity=0.9)

@@ -36,7 +36,13 @@ from assurexray.metrics import (
     roc_curves,
     suite_with_ci,
 )
-from assurexray.prediction import OperatingPoint, Predictor, load_predictor, malignant_flags
+from assurexray.prediction import (
+    OperatingPoint,
+    Predictor,
+    load_predictor,
+    malignant_flags,
+    operating_point_record,
+)
 from assurexray.project import MALIGNANT
 
 logger = logging.getLogger(__name__)
@@ -113,10 +119,12 @@ def evaluate_checkpoint(
         class_names=predictor.class_names, resamples=resamples, cluster=cluster, ci_level=ci_level,
         bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=predictor.model_sha256,
     )
-    evaluation.operating_point["tta_flip"] = bool(tta_flip)
+    evaluation.operating_point.update(operating_point_record(
+        **evaluation.operating_point, tta_flip=bool(tta_flip),
+        member_sha256s=predictor.member_sha256s if predictor.is_ensemble else None,
+    ))
     evaluation.metrics["tta_flip"] = bool(tta_flip)
     if predictor.is_ensemble:
-        evaluation.operating_point["member_sha256s"] = list(predictor.member_sha256s)
         evaluation.metrics["ensemble_size"] = len(predictor.models)
     return evaluation
 
@@ -220,9 +228,9 @@ def evaluate_logits(
         _prediction_rows(val_frame, p_val, "val", class_names, threshold),
         _prediction_rows(test_frame, p_test, "test", class_names, threshold),
     ], ignore_index=True)
-    operating_point = {"temperature": temperature, "malignant_threshold": threshold,
-                       "target_sensitivity": target_sensitivity, "val_sensitivity": val_sens,
-                       "model_sha256": model_sha256}
+    operating_point = operating_point_record(temperature=temperature, malignant_threshold=threshold,
+                                             target_sensitivity=target_sensitivity, val_sensitivity=val_sens,
+                                             model_sha256=model_sha256)
     roc = [{"class": name, "fpr": float(x), "tpr": float(t)}
            for name, c in zip(class_names, roc_curves(y_test, p_test)) for x, t in zip(c["fpr"], c["tpr"])]
     pr = [{"class": name, "recall": float(r), "precision": float(p)}

@@ -41,6 +41,7 @@ __all__ = [
     "Predictor",
     "load_predictor",
     "load_operating_point",
+    "operating_point_record",
     "default_operating_point_path",
     "flip_averaged_logits",
     "scores_from_probabilities",
@@ -224,6 +225,24 @@ def default_operating_point_path(model_path: str | os.PathLike) -> Path:
     """``<root>/metrics/<variant>/eval/operating_point.json`` for ``<root>/models/<variant>/model.pt``."""
     layout, variant = Layout.of_model(model_path)
     return layout.operating_point(variant)
+
+
+def operating_point_record(
+    *, temperature: float, malignant_threshold: float, target_sensitivity: float, val_sensitivity: float,
+    model_sha256: str, tta_flip: bool | None = None, member_sha256s: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``operating_point.json`` evaluate writes and :func:`load_operating_point` reads (keys in file order).
+
+    ``tta_flip`` None (not recorded) reads back as False; ``member_sha256s`` only for an ensemble.
+    """
+    record: dict[str, Any] = {"temperature": temperature, "malignant_threshold": malignant_threshold,
+                              "target_sensitivity": target_sensitivity, "val_sensitivity": val_sensitivity,
+                              "model_sha256": model_sha256}
+    if tta_flip is not None:
+        record["tta_flip"] = bool(tta_flip)
+    if member_sha256s is not None:
+        record["member_sha256s"] = list(member_sha256s)
+    return record
 
 
 def load_operating_point(
