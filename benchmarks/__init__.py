@@ -1,16 +1,23 @@
 """Speed checks that print ratios (never timed tests): ``python -m benchmarks [--quick]`` runs them all.
 
-Each module exposes ``figures(quick: bool) -> list[Figure]``; ``__main__`` prints the table with the goals
-and writes ``metrics/bench.json`` (not a DVC metric: timings depend on the machine).
+Each module exposes ``figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]``; ``__main__`` prints
+the table with the goals and writes ``metrics/bench.json`` (not a DVC metric: timings depend on the machine);
+``benchmarks.readme`` copies that table into README.md. ``tiny=True`` runs the same code on the smallest inputs
+(synthetic files, a tiny model) in seconds: it checks the plumbing (tests/test_benchmarks.py), its numbers mean
+nothing and the README never quotes them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
-__all__ = ["Figure", "best_of"]
+import numpy as np
+from PIL import Image
+
+__all__ = ["Figure", "best_of", "format_table", "synthetic_originals"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +43,28 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def format_table(figures: Sequence[Figure]) -> str:
+    """A markdown table: figure, value, goal, met?, detail (what the README quotes)."""
+    rows = ["| figure | value | goal | met | detail |", "|---|---|---|---|---|"]
+    for f in figures:
+        value = "n/a" if f.value is None else f"{f.value:,.3g} {f.unit}".strip()
+        met = {True: "yes", False: "**no**", None: "-"}[f.ok]
+        rows.append(f"| {f.name} | {value} | {f.goal or '-'} | {met} | {f.detail} |")
+    return "\n".join(rows)
+
+
+def synthetic_originals(folder: Path, n: int, *, width: int = 640, height: int = 480) -> list[Path]:
+    """``n`` grey JPEGs (a bright blob on noise) standing in for originals where tiny runs need files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    paths = []
+    for i in range(n):
+        blob = 150 * np.exp(-(((xx - width * (0.3 + 0.1 * i)) / 80) ** 2 + ((yy - height / 2) / 120) ** 2))
+        pixels = np.clip(rng.normal(60, 20, (height, width)) + blob, 0, 255).astype(np.uint8)
+        path = folder / f"IMG{i + 1:06d}.jpeg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths

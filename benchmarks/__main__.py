@@ -3,6 +3,8 @@
     python -m benchmarks            # all figures (peak memory on the full release size included)
     python -m benchmarks --quick    # fewer repeats and images, no peak-memory runs: a few minutes on 2 cores
     python -m benchmarks --only prepare_draft infer_overlap
+    python -m benchmarks --readme   # and rewrite README.md's table from the new results
+    python -m benchmarks --tiny --out /tmp/bench.json   # seconds: checks the plumbing, the numbers mean nothing
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import traceback
 import torch
 
 from assurexray.atomic import write_json
-from benchmarks import Figure
+from benchmarks import Figure, format_table, readme
 
-#: Benchmark modules in run order (benchmarks/<name>.py, each with figures(quick)).
+#: Benchmark modules in run order (benchmarks/<name>.py, each with figures(quick, *, tiny)).
 MODULES = (
     "training_overhead", "prepare_draft", "infer_overlap", "gradcam_cost", "bootstrap_speed", "grouping_scale",
     "cache_read_speed", "dvc_noop", "peak_memory",
@@ -32,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller inputs, no peak-memory runs")
     parser.add_argument("--only", nargs="+", choices=MODULES, metavar="NAME", help=f"a subset of {list(MODULES)}")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smallest inputs and a tiny model: checks that every benchmark runs, measures nothing")
     parser.add_argument("--out", default="metrics/bench.json", help="JSON results (default: %(default)s)")
+    parser.add_argument("--readme", action="store_true", help="then rewrite README.md's table from --out")
     args = parser.parse_args(argv)
+    if args.tiny and (args.readme or args.out == parser.get_default("out")):
+        parser.error("--tiny figures measure nothing: pass another --out and no --readme")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
     figures: list[Figure] = []
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            found = importlib.import_module(f"benchmarks.{name}").figures(quick=args.quick)
+            found = importlib.import_module(f"benchmarks.{name}").figures(quick=args.quick, tiny=args.tiny)
         except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
             traceback.print_exc()
             found = [Figure(name, None, "", "", False, f"failed: {type(err).__name__}: {err}")]
@@ -53,22 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
     print(format_table(figures))
     write_json(args.out, {
-        "quick": args.quick, "seconds": round(time.perf_counter() - started, 1), "python": platform.python_version(),
+        "quick": args.quick, "tiny": args.tiny, "seconds": round(time.perf_counter() - started, 1),
+        "python": platform.python_version(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "figures": [f.to_dict() for f in figures],
     })
     print(f"wrote {args.out}", file=sys.stderr)
+    if args.readme:
+        readme.update(args.out, "README.md")
+        print("updated README.md", file=sys.stderr)
     return 0 if all(f.ok is not False for f in figures) else 1
-
-
-def format_table(figures: list[Figure]) -> str:
-    """A markdown table: figure, value, goal, met?, detail (the README quotes it)."""
-    rows = ["| figure | value | goal | met | detail |", "|---|---|---|---|---|"]
-    for f in figures:
-        value = "n/a" if f.value is None else f"{f.value:,.3g} {f.unit}".strip()
-        met = {True: "yes", False: "**no**", None: "-"}[f.ok]
-        rows.append(f"| {f.name} | {value} | {f.goal or '-'} | {met} | {f.detail} |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ def measure(prepared: str, batches: int, batch_size: int) -> tuple[float, int]:
     return batches * min(batch_size, n) / (time.perf_counter() - started), n
 
 
-def figures(quick: bool = False) -> list[Figure]:
-    if not Path("data/prepared/images.npy").is_file():
-        return [Figure("cache read / training throughput", None, "x", ">> 1x", None,
-                       "skipped: no data/prepared here (dvc repro prepare or dvc pull)")]
-    speed, n = measure("data/prepared", 50 if quick else 200, 32)
+def figures(quick: bool = False, *, tiny: bool = False, prepared: str = "data/prepared") -> list[Figure]:
+    if not (Path(prepared) / "images.npy").is_file():
+        return [Figure("cache read / training throughput", None, "x", ">= 10x", None,
+                       f"skipped: no {prepared} here (dvc repro prepare or dvc pull)")]
+    speed, n = measure(prepared, 5 if tiny else 50 if quick else 200, 32)
     ratio = speed / TRAINING_IMAGES_PER_SECOND
     return [Figure("cache read / training throughput", ratio, "x", ">= 10x", ratio >= 10,
                    f"{speed:,.0f} img/s from {n} cached images vs {TRAINING_IMAGES_PER_SECOND:g} img/s training")]

@@ -55,15 +55,22 @@ def measure(backbone: str = "tf_efficientnet_lite0", size: int = 128, batch: int
     return timings
 
 
-def figures(quick: bool = False) -> list[Figure]:
-    t = measure(batches=2 if quick else 4, repeats=2 if quick else 3)
+def figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]:
+    if tiny:  # plumbing only
+        setup = dict(backbone="test_efficientnet", size=32, batch=4, batches=1, repeats=1, layer_search=2)
+    else:
+        setup = dict(backbone="tf_efficientnet_lite0", size=128, batch=16, batches=2 if quick else 4,
+                     repeats=2 if quick else 3, layer_search=4)
+    t = measure(**setup)
     ratio = t["cam"] / t["forward"]
     search = t["layer_search"] / t["cam"]
     return [
         Figure("Grad-CAM / forward per image", ratio, "x", "<= 3x", ratio <= 3,
-               f"{1000 * t['cam']:.1f} vs {1000 * t['forward']:.1f} ms/image, lite0 @128 px, batch 16"),
-        Figure("explain layer search / one Grad-CAM pass", search, "x", "about candidates + 1 (5)", None,
-               f"{1000 * t['layer_search']:.1f} ms per validation image for 4 candidate layers"),
+               f"{1000 * t['cam']:.1f} vs {1000 * t['forward']:.1f} ms/image, {setup['backbone']} "
+               f"@{setup['size']} px, batch {setup['batch']}"),
+        Figure("explain layer search / one Grad-CAM pass", search, "x",
+               f"about candidates + 1 ({setup['layer_search'] + 1})", None,
+               f"{1000 * t['layer_search']:.1f} ms per validation image for {setup['layer_search']} candidate layers"),
     ]
 
 

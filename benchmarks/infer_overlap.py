@@ -17,48 +17,57 @@ import torch
 
 from assurexray.infer import run_inference
 from assurexray.model import FORMAT_VERSION, create_model, save_checkpoint
-from benchmarks import Figure
+from benchmarks import Figure, synthetic_originals
 
 MINI = Path(os.environ.get("BTXRD_MINI", Path(__file__).resolve().parents[1].parent / "shared" / "btxrd-mini"))
 BACKBONE, SIZE, BATCH = "tf_efficientnet_lite0", 160, 16
+TINY = ("test_efficientnet", 32, 2)  # tiny=True: backbone, px, batch (plumbing only)
 
 
-def _checkpoint(path: Path) -> Path:
+def _checkpoint(path: Path, backbone: str, size: int) -> Path:
     torch.manual_seed(0)
-    net = create_model(BACKBONE, num_classes=3, dropout=0.0, pretrained="none")
+    net = create_model(backbone, num_classes=3, dropout=0.0, pretrained="none")
     meta = {
-        "backbone": BACKBONE, "num_classes": 3, "class_names": ["Normal", "Benign", "Malignant"], "dropout": 0.0,
-        "input_size": SIZE, "in_chans": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "backbone": backbone, "num_classes": 3, "class_names": ["Normal", "Benign", "Malignant"], "dropout": 0.0,
+        "input_size": size, "in_chans": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "clahe": False, "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "loss", "best_score": 0.0,
         "seed": 0, "format_version": FORMAT_VERSION,
     }
     return save_checkpoint(path, net, meta)
 
 
-def figures(quick: bool = False) -> list[Figure]:
+def figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]:
+    if tiny:  # plumbing only: a tiny model on two small synthetic JPEGs
+        with tempfile.TemporaryDirectory() as tmp:
+            files = synthetic_originals(Path(tmp) / "originals", TINY[2])
+            return _figures(files, *TINY, source="synthetic")
     files = sorted((MINI / "images").glob("*.jp*g"))
     if not files:
-        return [Figure("infer folder / pure forward", None, "", ">= 0.5", None, f"skipped: {MINI} absent")]
-    files = files[:BATCH] if quick else files
+        return [Figure("infer folder of originals / pure forward", None, "", ">= 0.5", None,
+                       f"skipped: {MINI} absent")]
+    return _figures(files[:BATCH] if quick else files, BACKBONE, SIZE, BATCH, source="btxrd-mini")
+
+
+def _figures(files: list[Path], backbone: str, size: int, batch: int, *, source: str) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = _checkpoint(Path(tmp) / "models" / "bench" / "model.pt")
+        model_path = _checkpoint(Path(tmp) / "models" / "bench" / "model.pt", backbone, size)
         logging.getLogger("assurexray.infer").setLevel(logging.ERROR)  # no operating point here: expected
         started = time.perf_counter()
-        result = run_inference(files, model_path=model_path, batch_size=BATCH)
+        result = run_inference(files, model_path=model_path, batch_size=batch)
         infer_speed = len(files) / (time.perf_counter() - started)
         assert not result.failures, result.failures
-    model = create_model(BACKBONE, num_classes=3, dropout=0.0, pretrained="none").eval()
-    x = torch.randn(BATCH, 3, SIZE, SIZE)  # (B, 3, S, S)
+    model = create_model(backbone, num_classes=3, dropout=0.0, pretrained="none").eval()
+    x = torch.randn(batch, 3, size, size)  # (B, 3, S, S)
     with torch.inference_mode():
         model(x)  # warm-up
         started = time.perf_counter()
-        rounds = max(1, len(files) // BATCH)
+        rounds = max(1, len(files) // batch)
         for _ in range(rounds):
             model(x)
-        forward_speed = rounds * BATCH / (time.perf_counter() - started)
+        forward_speed = rounds * batch / (time.perf_counter() - started)
     ratio = infer_speed / forward_speed
     return [Figure("infer folder of originals / pure forward", ratio, "", ">= 0.5", ratio >= 0.5,
-                   f"{infer_speed:.1f} vs {forward_speed:.1f} img/s ({len(files)} btxrd-mini originals, model "
+                   f"{infer_speed:.1f} vs {forward_speed:.1f} img/s ({len(files)} {source} originals, model "
                    "load included)")]
 
 

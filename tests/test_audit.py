@@ -334,3 +334,27 @@ def test_the_datasheet_documents_every_sheet_column_with_counts_from_the_sheet(r
     text = (tmp_path / "datasheet.md").read_text()
     assert DISCLAIMER in text and "CC BY-NC-ND 4.0" in text and "## Known traps" in text
     assert text.count("| `") == len(sheet["columns"])  # one table row per column
+
+
+def test_the_montage_title_sits_above_its_first_row_of_thumbnails(result, tmp_path, monkeypatch):
+    from assurexray import audit
+
+    saved = {}
+    original = audit._save
+
+    def keep(fig, path):
+        original(fig, path)  # laid out and drawn exactly as written to disk
+        saved[Path(path).name] = fig
+
+    monkeypatch.setattr(audit, "_save", keep)
+    write_audit(result, report_path=tmp_path / "audit.md", figures_dir=tmp_path / "figures",
+                metrics_path=tmp_path / "audit.json")
+    fig = saved[FIGURES["duplicates"]]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # measure the layout _save computed (positions are kept)
+    title = fig._suptitle.get_window_extent(renderer)  # matplotlib keeps the suptitle apart from fig.texts
+    first_row = [ax for ax in fig.axes if ax.get_subplotspec().rowspan.start == 0 and ax.axison]
+    assert first_row  # the fixture has duplicate groups to show
+    for ax in first_row:
+        assert ax.get_tightbbox(renderer).y1 <= title.y0, (ax.get_title(), title)  # display y grows upwards

@@ -49,8 +49,8 @@ def test_every_headline_number_is_copied_from_the_metrics_files():
     assert head == {
         "n_test": 40,
         "macro_auc": {"value": 0.81, "ci_low": 0.81 - 0.1, "ci_high": 0.81 + 0.05},
-        "malignant_sensitivity": 0.875,  # at the operating point, not the argmax sensitivity
-        "malignant_specificity": 0.625,
+        "malignant_sensitivity_at_threshold": 0.875,  # at the operating point, not the argmax sensitivity
+        "malignant_specificity_at_threshold": 0.625,
         "ece_calibrated": 0.04,
         "pointing_game": {"model": 0.44, "baseline": 0.1},
         "epochs_trained": 11,

@@ -226,6 +226,12 @@ def test_readme_exp_show_fits_200_columns_with_two_experiments(pipeline_repo: Pa
         assert len(metric_columns) <= 80, len(metric_columns)  # ~70 (headline + training); was ~1,200 with audit/split/explain/compare JSONs as metrics
         assert len(header) <= 240, len(header)  # the rest are params.yaml's commented keys (about 190)
         assert len([c for c in header if "headline.json:" in c]) <= 2 * 16
+        # Why the bare command cannot fit (README): one column per stage dependency, which no setting removes.
+        deps = [c for c in header if ":" not in c and "/" in c]
+        stated = re.search(r"one per stage dependency \((\d+) file and folder hashes", readme)
+        assert stated and int(stated.group(1)) == len(deps), (stated, len(deps))
+        bare = _dvc(repo, "exp", "show", "--no-pager", env_extra={"COLUMNS": "200"}).stdout
+        assert "…" in bare and "train.lr" not in bare  # squeezed to unreadable cells, as the README says
         shown = _dvc(repo, *README_EXP_SHOW, "--no-pager", env_extra={"COLUMNS": "200"}).stdout
         lines = shown.splitlines()
         (repo / "exp_show_measured.txt").write_text(

@@ -28,10 +28,12 @@ TINY_REAL = {
 }
 
 
-def test_dvc_repro_runs_the_whole_pipeline_on_real_btxrd_radiographs(btxrd_mini, tmp_path):
+@pytest.fixture(scope="module")
+def real_repo(btxrd_mini, tmp_path_factory) -> Path:
+    """A temp git + DVC repo where `dvc repro` ran once on the real excerpt."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
+    repo = tmp_path_factory.mktemp("real") / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO_ROOT / name, repo / name)
@@ -47,7 +49,11 @@ def test_dvc_repro_runs_the_whole_pipeline_on_real_btxrd_radiographs(btxrd_mini,
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline definition")
     _dvc(repo, "repro")
+    return repo
 
+
+def test_dvc_repro_runs_the_whole_pipeline_on_real_btxrd_radiographs(real_repo):
+    repo = real_repo
     assert len(list((repo / "data" / "raw" / "images").iterdir())) == 30
     audit = json.loads((repo / "metrics" / "audit.json").read_text())
     assert audit["n_images"] == 30 and audit["annotations"]["tumour_with_annotation"] == 20
@@ -62,3 +68,15 @@ def test_dvc_repro_runs_the_whole_pipeline_on_real_btxrd_radiographs(btxrd_mini,
     report = (repo / "reports" / "report.md").read_text()
     assert "NOT FOR CLINICAL USE" in report and "`btxrd`" in report
     assert json.loads(_dvc(repo, "status", "--json").stdout or "{}") == {}
+
+
+def test_the_exploratory_notebook_runs_on_the_real_data_outputs(real_repo, monkeypatch):
+    from test_notebook import VARIANTS, expected, run_notebook  # skips where nbclient is absent
+
+    summary = run_notebook(real_repo, monkeypatch)
+    assert sorted(summary) == sorted(VARIANTS)
+    for variant in VARIANTS:
+        got = {k: summary[variant][k] for k in ("n_test", "errors_argmax", "missed_at_operating_point",
+                                                "false_negatives_listed")}
+        assert got == expected(real_repo, variant), variant
+    assert "1" not in summary["center"]["ece_by_center"]  # centre 1 trains the centre variant: not in its test

@@ -1,8 +1,10 @@
-"""`dvc plots show` renders offline: the real dvc CLI writes the page, headless Chromium opens it with the network cut.
+"""`dvc plots show` and `dvc plots diff` render offline: the real dvc CLI writes the page, headless Chromium opens it
+with the network cut.
 
 A tiny temp repo holds the project's dvc.yaml, .dvc/config and .dvc/plots templates plus plot data built in code.
 The same page with DVC's own template (Vega from a CDN) is the control: offline its charts have no size, which
 is the failure this guards against. Screenshots go to test-artifacts/ (git-ignored). Skips without Chromium.
+Waits are for events (every chart drawn, or Vega absent so nothing can draw), never for a length of time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, STEP_MS
+from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, HANG_GUARD_MS
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +34,7 @@ VEGA_CHARTS = 4  # training loss, ROC, precision-recall, confusion (dvc.yaml top
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=1500, check=False)  # hang guard only
     assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -77,6 +79,9 @@ def plots_repo(tmp_path_factory) -> Path:
     shutil.copytree(REPO_ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     shutil.copy2(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # plots.html_template
     _plot_data(repo)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "plot data"],
+                   cwd=repo, check=True)  # a revision for `dvc plots diff`
     return repo
 
 
@@ -107,13 +112,14 @@ def _chart_sizes(page_path: Path, screenshot: Path) -> list[dict]:
 
             context.route("**/*", block)
             page = context.new_page()
-            page.set_default_timeout(STEP_MS)
-            page.goto(page_path.as_uri())
-            try:  # vega-embed draws asynchronously after load; a page that cannot draw times out here
-                page.wait_for_function(f"ids => ({measure})(ids).every(c => c.drawn_height > 0)", arg=ids,
-                                       timeout=10_000)
+            page.set_default_timeout(HANG_GUARD_MS)
+            page.goto(page_path.as_uri())  # returns after the load event: every script has run or failed to load
+            try:  # vega-embed draws asynchronously after load; without vegaEmbed (CDN blocked) nothing ever will
+                page.wait_for_function(
+                    f"ids => typeof vegaEmbed === 'undefined' || ({measure})(ids).every(c => c.drawn_height > 0)",
+                    arg=ids)
             except PlaywrightError:
-                pass  # measured below, so the assertion shows what was (not) drawn
+                pass  # only a hung page gets here; measured below, so the assertion shows what was (not) drawn
             sizes = page.evaluate(measure, ids)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -146,3 +152,16 @@ def test_control_dvc_default_template_charts_collapse_offline(plots_repo, tmp_pa
     assert len(sizes) == VEGA_CHARTS
     assert all(chart["height"] == 0 and chart["drawn_height"] == 0 for chart in sizes), sizes
     assert any("cdn.jsdelivr.net" in url for url in sizes[0]["blocked"])
+
+
+def test_dvc_plots_diff_renders_every_chart_offline(plots_repo):
+    out = plots_repo / "plots_diff"
+    _dvc(plots_repo, "plots", "diff", "HEAD", "-o", str(out))  # as the README runs it, against a revision
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr.net" not in html and "NOT FOR CLINICAL USE" in html
+    ARTIFACTS.mkdir(exist_ok=True)
+    sizes = _chart_sizes(out / "index.html", ARTIFACTS / "dvc_plots_diff_offline.png")
+    assert len(sizes) == VEGA_CHARTS, sizes
+    for chart in sizes:
+        assert chart["drawn_width"] > 100 and chart["drawn_height"] > 100, chart
+    assert sizes[0]["blocked"] == []

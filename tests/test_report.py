@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import importlib.metadata
+import io
 import json
 import re
 import subprocess
@@ -18,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from assurexray import DISCLAIMER, __version__  # noqa: E402
 from assurexray.report import (  # noqa: E402
@@ -379,6 +381,34 @@ def test_the_committed_markdown_names_figures_without_linking_to_dvc_tracked_fil
             "`dvc pull` or `dvc repro` fetches it; `report.html` embeds every figure).") in report
     assert "Precision-recall curves, one-vs-rest (test): not available (plots/stratified/eval/pr.png missing): " \
            "run `dvc repro`." in report
+
+
+def _loss_files(root: Path, variant: str, val_last: float = 0.7) -> None:
+    """DVCLive's loss files (step, loss) for one variant, as the train stage writes them."""
+    for rel, last in (("train/loss.tsv", 0.4), ("val/loss.tsv", val_last)):
+        path = root / "metrics" / variant / "train" / "plots" / "metrics" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"step\tloss\n0\t1.1\n1\t0.9\n2\t{last}\n", encoding="utf-8")
+
+
+def test_the_html_report_draws_the_training_curves_from_dvclive_files(tree):
+    _loss_files(tree, "stratified")
+    html = render_report_html(_data(tree))
+    charts = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Training and validation loss per '
+                        r'epoch: ([^"]+)">', html)
+    assert [v for _, v in charts] == ["Stratified split"]  # drawn where the files exist
+    with Image.open(io.BytesIO(base64.b64decode(charts[0][0]))) as png:
+        assert png.format == "PNG" and png.width > 300
+    assert ("Training and validation loss per epoch: Centre hold-out: not available "
+            "(metrics/center/train/plots/metrics/train/loss.tsv or metrics/center/train/plots/metrics/val/loss.tsv "
+            "missing)") in html
+    report = render_report_markdown(_data(tree))
+    assert ("*Figure: Training and validation loss per epoch: Stratified split*: drawn from "
+            "`metrics/stratified/train/plots/metrics/train/loss.tsv` and "
+            "`metrics/stratified/train/plots/metrics/val/loss.tsv` (in git); `report.html` embeds it.") in report
+    assert render_report_html(_data(tree)) == html  # same files, same bytes
+    _loss_files(tree, "stratified", val_last=0.2)
+    assert render_report_html(_data(tree)) != html  # drawn from the data, not a fixed picture
 
 
 def test_documents_are_identical_when_regenerated(tree):

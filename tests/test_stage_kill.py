@@ -2,15 +2,24 @@
 
 Each stage runs once to completion (the "previous" outputs) and once with other params / inputs (the "new"
 outputs). Then, from the previous state each time, a forked child reruns it and SIGKILLs itself at its k-th
-``os.replace`` (the moment an atomic write commits), for every k the stage reaches. After each kill every
-output is byte-identical to its previous or its new version, or absent (a folder swap killed between its two
-renames), never truncated or a mix of both runs.
+kill point, for every k the stage reaches. After each kill every output is byte-identical to its previous or
+its new version, or absent (a folder swap killed between its two renames), never truncated or a mix of both
+runs. Kill points, so that a plain ``open(path, "w")`` onto an output is caught as well as a folder filled in
+place:
+
+- each ``os.replace`` (the moment an atomic write commits), killed before it happens;
+- each file opened for writing under the project, killed just after ``open`` returns: a write straight onto
+  an output leaves it truncated (empty), while an atomic write only leaves a temporary file beside it.
+
+The model stages are killed the same way in ``test_stage_kill_model``.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import importlib.util
+import io
 import json
 import multiprocessing
 import os
@@ -19,6 +28,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO_ROOT
@@ -42,6 +52,7 @@ STAGES = {
                 ["metrics/compare.json", "reports/comparison.md"]),
 }
 NO_PARAMS = {"compare"}  # stages without --params: their rerun differs through their inputs
+MAX_KILLS = 200  # more kill points than any stage here reaches (fetch: about 110); the test fails if one reaches it
 
 
 def write_eval_metrics(root: Path, *, shift: float) -> None:
@@ -91,10 +102,12 @@ def snapshot_of(state: dict[str, str | None], rel: str) -> dict[str, str | None]
     return {k: v for k, v in state.items() if k == rel or k.startswith(rel + "/")}
 
 
-def _killed_at(k: int, main, argv: list[str]) -> None:
-    """Child: run ``main`` and SIGKILL this process at the k-th os.replace, before it happens."""
+def _killed_at(k: int, root: Path, main, argv: list[str]) -> None:
+    """Child: run ``main``; SIGKILL this process at its k-th kill point (see the module docstring)."""
+    torch.set_num_threads(1)  # a forked child must not use an OpenMP pool it inherited from the parent
     calls = {"n": 0}
-    real_replace = os.replace
+    real_replace, real_open = os.replace, io.open
+    inside = str(root) + os.sep
 
     def replace(src, dst):
         calls["n"] += 1
@@ -102,15 +115,25 @@ def _killed_at(k: int, main, argv: list[str]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_replace(src, dst)
 
-    os.replace = replace
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writes = any(flag in mode for flag in "wax+")
+        if writes and isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)).startswith(inside):
+            calls["n"] += 1
+            if calls["n"] == k:
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return handle
+
+    os.replace, io.open, builtins.open = replace, open_, open_
     main(argv)
-    os._exit(0 if calls["n"] < k else 3)  # 0: the stage finished before reaching the k-th write
+    os._exit(0 if calls["n"] < k else 3)  # 0: the stage finished before reaching its k-th kill point
 
 
-def run_killed(k: int, main, argv: list[str]) -> int:
-    child = multiprocessing.get_context("fork").Process(target=_killed_at, args=(k, main, argv))
+def run_killed(k: int, root: Path, main, argv: list[str]) -> int:
+    child = multiprocessing.get_context("fork").Process(target=_killed_at, args=(k, root, main, argv))
     child.start()
-    child.join(timeout=300)
+    child.join(timeout=600)
     return child.exitcode
 
 
@@ -161,22 +184,24 @@ def test_a_stage_killed_at_any_write_leaves_each_output_whole_old_new_or_absent(
         extra = ["--params", str(write_params(project, seed=2))]  # a rerun changes every output
     args = [a.format(root=project) for a in argv] + extra
     main = stage_main(name)
-    assert run_killed(10_000, main, args) == 0  # a complete rerun: the "new" outputs
+    assert run_killed(10_000, project, main, args) == 0  # a complete rerun: the "new" outputs
     new = snapshot(project, outputs)
     assert new != previous, f"{name}: the rerun must change some output for the kills to tell old from new"
     killed = 0
-    for k in range(1, 50):
+    for k in range(1, MAX_KILLS + 1):
         restore(project, outputs, saved)
-        code = run_killed(k, main, args)
+        code = run_killed(k, project, main, args)
         if code == 0:
-            break  # the stage makes fewer than k writes
-        assert code == -signal.SIGKILL, f"{name}: child exited {code} before reaching write {k}"
+            break  # the stage has fewer than k kill points
+        assert code == -signal.SIGKILL, f"{name}: child exited {code} before reaching kill point {k}"
         killed += 1
         for rel in outputs:  # each output whole, as before or as after a full run, or absent: never truncated
             after = snapshot(project, [rel])
             allowed = ({rel: None}, snapshot_of(previous, rel), snapshot_of(new, rel))
-            assert after in allowed, f"{name} killed at write {k}: {rel} is neither the old, the new nor absent"
-    assert killed >= 1, f"{name}: no write was reached"
+            assert after in allowed, f"{name} killed at point {k}: {rel} is neither the old, the new nor absent"
+    else:
+        pytest.fail(f"{name}: more than {MAX_KILLS} kill points; raise MAX_KILLS")
+    assert killed >= len(outputs), f"{name}: fewer kill points than outputs: some write escapes the hooks"
     restore(project, outputs, saved)  # the next stage's test starts from the completed project
     if name in NO_PARAMS:
         write_eval_metrics(project, shift=0.1)

@@ -22,8 +22,9 @@ __all__ = ["HEADLINE_KEYS", "headline_metrics", "headlines", "load_variant_metri
 HEADLINE_KEYS: dict[str, str] = {
     "n_test": "test images (eval metrics.json n_test)",
     "macro_auc": "macro one-vs-rest AUC on test with its bootstrap interval: value, ci_low, ci_high",
-    "malignant_sensitivity": "Malignant sensitivity on test at the operating point chosen on validation",
-    "malignant_specificity": "Malignant specificity on test at that operating point",
+    "malignant_sensitivity_at_threshold": "Malignant sensitivity on test at the operating point (threshold) chosen on "
+                                          "validation; not the argmax sensitivity of eval metrics.json",
+    "malignant_specificity_at_threshold": "Malignant specificity on test at that threshold",
     "ece_calibrated": "expected calibration error on test after temperature scaling",
     "pointing_game": "Grad-CAM pointing game hit rate on test: model, and the centred-Gaussian baseline",
     "epochs_trained": "epochs the training loop ran (early stopping included)",
@@ -69,8 +70,10 @@ def headline_metrics(
     return {
         "n_test": _get(eval_metrics, ("n_test",), source),
         "macro_auc": {k: _get(auc, (k,), f"{source} headline.macro_auc") for k in ("value", "ci_low", "ci_high")},
-        "malignant_sensitivity": _get(eval_metrics, ("operating_point", "test_sensitivity", "value"), source),
-        "malignant_specificity": _get(eval_metrics, ("operating_point", "test_specificity", "value"), source),
+        "malignant_sensitivity_at_threshold": _get(eval_metrics, ("operating_point", "test_sensitivity", "value"),
+                                                   source),
+        "malignant_specificity_at_threshold": _get(eval_metrics, ("operating_point", "test_specificity", "value"),
+                                                   source),
         "ece_calibrated": _get(eval_metrics, ("calibration", "ece_after"), source),
         "pointing_game": {
             side: None if explain_metrics is None

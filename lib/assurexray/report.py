@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from assurexray import DISCLAIMER, __version__
 from assurexray.atomic import write_text
+from assurexray.learning_curves import LOSS_FILES, LossHistory, loss_curve_png, read_loss_history
 from assurexray.params import check_keys
 from assurexray.splits import grouping_statement
 from assurexray.schema import DATASET_CITATION, DATASET_LICENSE
@@ -101,6 +102,8 @@ class ReportData:
     compare: dict[str, Any] | None
     #: variant -> figure file -> absolute path, or None when the PNG is absent.
     figures: dict[str, dict[str, Path | None]]
+    #: variant -> train and validation loss per epoch (DVCLive's files), or None when absent.
+    losses: dict[str, LossHistory | None]
     #: Names shown for missing files, relative to the metrics/plots folders' parent (no machine paths).
     metrics_name: str = "metrics"
     plots_name: str = "plots"
@@ -215,6 +218,7 @@ def collect_report_data(
         compare=_read_optional(metrics_dir / "compare.json"),
         figures={v: {f"{sub}/{name}": _existing(plots_dir / v / sub / name) for sub, name, _ in FIGURES}
                  for v in VARIANTS},
+        losses={v: read_loss_history(metrics_dir / v / "train") for v in VARIANTS},
         metrics_name=metrics_dir.name,
         plots_name=plots_dir.name,
     )
@@ -282,6 +286,15 @@ class _Figure:
     caption: str
     path: Path | None
     missing: str  # display name of the figure file (named in the markdown, and when it is missing)
+
+
+@dataclass(frozen=True)
+class _Chart:
+    """A figure the report draws itself (PNG bytes); the markdown names its source files, the HTML embeds it."""
+
+    caption: str
+    png: bytes | None
+    sources: tuple[str, ...]  # display names of the files drawn (or missing)
 
 
 @dataclass(frozen=True)
@@ -462,6 +475,7 @@ def _methods(d: ReportData) -> list[Any]:
         _Para(f"Settings (params `train`): {_flat({k: v for k, v in train.items() if k != 'augment'})}. "
               f"Augmentation: {_flat(train.get('augment', {}))}."),
         _training_table(d),
+        *_training_curves(d),
         _Heading(3, "Evaluation"),
         _Para(f"Percentile bootstrap over {fmt(boot.get('resamples'))} resamples of the test set "
               f"({'case groups' if boot.get('cluster') else 'images'} resampled), {fmt_level(boot.get('ci_level'))} "
@@ -684,6 +698,18 @@ def _training_table(d: ReportData) -> Any:
     return _Table(("Variant", "Epochs run", "Best epoch", "Monitor", "Best validation score"), tuple(rows))
 
 
+def _training_curves(d: ReportData) -> list[Any]:
+    """Train and validation loss per epoch, one chart per variant (the curves `dvc plots show` draws)."""
+    charts = []
+    for v in VARIANTS:
+        caption = f"Training and validation loss per epoch: {VARIANT_TITLES[v]}"
+        sources = tuple(f"{d.metrics_name}/{v}/train/{rel}" for rel in LOSS_FILES.values())
+        history = d.losses[v]
+        png = None if history is None else loss_curve_png(history, title=f"{v}: train and validation loss")
+        charts.append(_Chart(caption, png, sources))
+    return charts
+
+
 def _center_table(d: ReportData) -> Any:
     by_center = _get(d.audit, "class_by_center")
     if not by_center:
@@ -877,6 +903,12 @@ def _to_markdown(blocks: Sequence[Any]) -> str:
                 out.append(_unavailable(b.caption, b.missing))
             else:
                 out.append(f"*Figure: {b.caption}*: `{b.missing}` ({_FIGURE_ELSEWHERE}).")
+        elif isinstance(b, _Chart):
+            if b.png is None:
+                out.append(_unavailable(b.caption, " or ".join(b.sources)))
+            else:
+                drawn = " and ".join(f"`{s}`" for s in b.sources)
+                out.append(f"*Figure: {b.caption}*: drawn from {drawn} (in git); `report.html` embeds it.")
         elif isinstance(b, _Alert):
             out.append(f"> **{b.text}**")
         else:
@@ -904,6 +936,13 @@ def _to_html(blocks: Sequence[Any], *, title: str) -> str:
                 payload = base64.b64encode(b.path.read_bytes()).decode("ascii")
                 alt = html.escape(b.caption)
                 body.append(f"<figure><img src=\"data:image/png;base64,{payload}\" alt=\"{alt}\">"
+                            f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
+        elif isinstance(b, _Chart):
+            if b.png is None:
+                body.append(f"<p class=\"missing\">{_inline(_unavailable(b.caption, ' or '.join(b.sources)))}</p>")
+            else:
+                payload = base64.b64encode(b.png).decode("ascii")
+                body.append(f"<figure><img src=\"data:image/png;base64,{payload}\" alt=\"{html.escape(b.caption)}\">"
                             f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
         elif isinstance(b, _Alert):
             body.append(f"<div class=\"disclaimer\" role=\"alert\"><strong>{_inline(b.text)}</strong></div>")
