@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from assurexray.cases import case_key
-from assurexray.project import DATASET_SUFFIXES
+from assurexray.filetypes import DATASET_SUFFIXES
 from assurexray.schema import CLASS_NAMES, RELEASE_COLUMNS, REQUIRED_COLUMNS, VIEW_COLUMNS
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes accepted as radiographs (resized copies may be re-saved as .jpg or .png): assurexray.project's.
+#: File suffixes accepted as radiographs (resized copies may be re-saved as .jpg or .png): assurexray.filetypes'.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(DATASET_SUFFIXES)
 
 #: Optional columns naming the case (views of one patient/lesion): the sample's `case_id`, the authors'

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from assurexray import __version__
 from assurexray.atomic import atomic_dir
+from assurexray.filetypes import DATASET_SUFFIXES
 from assurexray.params import check_keys
-from assurexray.project import DATASET_SUFFIXES
 
 __all__ = ["SOURCES", "IMAGE_SUFFIXES", "SHEET_NAMES", "fetch_data", "download", "verify_archive",
            "extract_release", "import_release"]
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: Values of ``data.source``.
 SOURCES: tuple[str, ...] = ("sample", "btxrd")
 #: Image files accepted in ``images/`` (the release has .jpeg; resized copies may be .jpg, .png, .tif...):
-#: exactly the suffixes ``prepare`` reads (assurexray.project.DATASET_SUFFIXES), so no file fetch keeps is refused later, and
+#: exactly the suffixes ``prepare`` reads (assurexray.filetypes.DATASET_SUFFIXES), so no file fetch keeps is refused later, and
 #: none it drops would have been used.
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(sorted(DATASET_SUFFIXES))
 #: Metadata sheet names, in order of preference.

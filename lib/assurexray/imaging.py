@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from assurexray.project import RASTER_SUFFIXES
+from assurexray.filetypes import RASTER_SUFFIXES
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -40,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# RASTER_SUFFIXES: the raster file types decoded here (PIL); stated in assurexray.project with the other lists.
+# RASTER_SUFFIXES: the raster file types decoded here (PIL); stated in assurexray.filetypes with the other lists.
 #: Suffixes of image formats this project does not decode: named as unsupported, never silently dropped.
 UNSUPPORTED_IMAGE_SUFFIXES: tuple[str, ...] = (
     ".jp2", ".j2k", ".jpx", ".jxl", ".heic", ".heif", ".avif", ".dng", ".raw", ".nef", ".cr2", ".svg",

@@ -1,6 +1,6 @@
 """Facts about a project that every module shares, each stated once: the split variants, where each stage's
 artefacts live (:class:`Layout`, the paths of dvc.yaml), the class the operating point is about, the image
-suffixes each reader accepts, the one reader of the pipeline's JSON files, and which model ``assurexray infer``
+suffixes each reader accepts (from assurexray.filetypes), the one reader of the pipeline's JSON files, and which model ``assurexray infer``
 uses by default. A module that needs one of these imports it from here; none rebuilds a path or a list.
 
 Precedence of the model file (the first that applies wins; a named file that is missing is an error, never a
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from assurexray.filetypes import DATASET_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, RASTER_SUFFIXES
+
 __all__ = [
     "VARIANTS", "VARIANT_TITLES", "MALIGNANT", "RASTER_SUFFIXES", "DICOM_SUFFIXES", "INFER_SUFFIXES",
     "DATASET_SUFFIXES", "Layout", "read_json", "ROOT_ENV", "MODEL_ENV", "DEFAULT_MODEL", "resolve_model_path",
@@ -37,15 +39,8 @@ VARIANT_TITLES: dict[str, str] = {"stratified": "Stratified split", "center": "C
 #: The class of the operating point (the sensitivity-targeted threshold) and of every "flag".
 MALIGNANT = "Malignant"
 
-#: Raster file types decoded by assurexray.imaging (PIL).
-RASTER_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-#: DICOM suffixes (assurexray.dicom also recognises suffix-less DICOM files by content).
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
-#: What ``assurexray infer`` and the web app's uploader read.
-INFER_SUFFIXES: tuple[str, ...] = RASTER_SUFFIXES + DICOM_SUFFIXES
-#: Radiographs accepted in a dataset's ``images/`` folder (fetch keeps and prepare reads exactly these): the
-#: raster types less GIF, a palette format no radiograph archive exports (a .gif there is a stray web image).
-DATASET_SUFFIXES: tuple[str, ...] = tuple(s for s in RASTER_SUFFIXES if s != ".gif")
+# The suffix lists (RASTER_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, DATASET_SUFFIXES) live in
+# assurexray.filetypes, re-exported here, so the data and training stages do not depend on this file.
 
 #: Environment variable naming the project root (models/, metrics/, plots/, data/).
 ROOT_ENV = "ASSUREXRAY_ROOT"
