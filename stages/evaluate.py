@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True, help="prepared cache folder, e.g. data/prepared")
     parser.add_argument("--split", required=True, help="split folder with val.csv/test.csv, e.g. data/splits/V")
-    parser.add_argument("--model", required=True, help="checkpoint, e.g. models/V/model.pt")
+    parser.add_argument("--model", required=True, action="append",
+                        help="checkpoint, e.g. models/V/model.pt; repeat for a seed ensemble (probabilities averaged)")
     parser.add_argument("--out", required=True, help="metrics folder, e.g. metrics/V/eval")
     parser.add_argument("--figures", required=True, help="figures folder; PNGs go to <figures>/eval")
     parser.add_argument("--variant", default=None, help="split variant named in the figure titles, e.g. center")

@@ -9,29 +9,32 @@ NOT FOR CLINICAL USE.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from assurexray.atomic import write_text
+from assurexray.project import MALIGNANT, VARIANTS, Layout, read_json
+from assurexray.schema import CLASS_NAMES
 from assurexray.splits import grouping_statement
 
 __all__ = ["results_table", "update_readme", "BEGIN", "END"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-VARIANTS = (("stratified", "Stratified (grouped)"), ("center", "Centre holdout (train centre 1)"))
+#: The table's row titles (longer than project.VARIANT_TITLES: the README says what each split guarantees).
+_TITLES = {"stratified": "Stratified (grouped)", "center": "Centre holdout (train centre 1)"}
 
 
 def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: str = "") -> str:
     """Markdown: one row per (variant, test set), pooled then each centre, from ``metrics_dir`` only."""
-    root = Path(metrics_dir)
+    layout = Layout.of_metrics(metrics_dir)
     lines = ["| Variant | Test set | Images (N/B/M) | Macro AUC (95% CI) | Tumour vs normal AUC | "
              "Malignant sens. / spec. at the val threshold |", "|---|---|---|---|---|---|"]
     notes = []
-    for variant, title in VARIANTS:
-        e = _read(root / variant / "eval" / "metrics.json")
-        split = _read(root / variant / "split.json")
+    for variant in VARIANTS:
+        title = _TITLES[variant]
+        e = _read(layout.eval_metrics(variant))
+        split = _read(layout.split_summary(variant))
         rows = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
         if variant == "stratified":
             rows = rows[:1]  # per-centre rows of the stratified test are small; the holdout is the question
@@ -40,10 +43,10 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
             op = block.get("operating_point") or {}
             lines.append(
                 f"| {title} | {label} | {block.get('n_test', block.get('n'))} "
-                f"({'/'.join(str(counts.get(c, 0)) for c in ('Normal', 'Benign', 'Malignant'))}) | "
+                f"({'/'.join(str(counts.get(c, 0)) for c in CLASS_NAMES)}) | "
                 f"{_ci(_get(block, 'headline', 'macro_auc'))} | {_ci(_get(block, 'diagnostics', 'tumour_vs_normal_auc'))} | "
                 f"{_ci(op.get('test_sensitivity'))} / {_ci(op.get('test_specificity'))} |")
-        explain_path = root / variant / "explain" / "metrics.json"
+        explain_path = layout.explain_metrics(variant)
         if explain_path.is_file():
             x = _read(explain_path)
             notes.append(f"- {title}: Grad-CAM pointing game on {_get(x, 'model', 'overall', 'n')} annotated test "
@@ -53,8 +56,8 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
         notes.append(f"- {title}: {grouping_statement(split)}")
         op = e.get("operating_point") or {}
         if op.get("reliable") is False:
-            notes.append(f"- {title}: the Malignant threshold rests on {op.get('val_positives')} validation "
-                         "Malignant images and is flagged unreliable.")
+            notes.append(f"- {title}: the {MALIGNANT} threshold rests on {op.get('val_positives')} validation "
+                         f"{MALIGNANT} images and is flagged unreliable.")
     made = f"Made by `{command}` on {date}" + (f" at commit {commit}" if commit else "") + "."
     return "\n".join(lines + ["", *notes, "", made])
 
@@ -72,7 +75,7 @@ def update_readme(readme: str | Path, table: str) -> None:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run the pipeline (dvc repro) before making the table.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, fix="re-run the pipeline (dvc repro) before making the table")
 
 
 def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
