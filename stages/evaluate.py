@@ -6,7 +6,7 @@ import argparse
 
 from assurexray.cli_errors import run_stage
 from assurexray.evaluation import evaluate_checkpoint, write_evaluation
-from assurexray.params import check_keys, load_params
+from assurexray.params import check_keys, load_params, train_device
 
 EVALUATE_KEYS = {
     "bootstrap_resamples", "bootstrap_cluster", "ci_level", "calibration_bins",
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=params["bootstrap_seed"],
         batch_size=params["batch_size"],
         tta_flip=params["tta_flip"],
+        device=train_device(args.params),
     )
     write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures, variant=args.variant)
     return 0

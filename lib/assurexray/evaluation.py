@@ -36,6 +36,7 @@ from assurexray.metrics import (
     roc_curves,
     suite_with_ci,
 )
+from assurexray.model import resolve_device
 from assurexray.prediction import (
     OperatingPoint,
     Predictor,
@@ -90,6 +91,7 @@ def evaluate_checkpoint(
     seed: int,
     batch_size: int,
     tta_flip: bool = False,
+    device: str = "cpu",
 ) -> Evaluation:
     """Load ``model_path`` (one checkpoint, or several: a seed ensemble), predict the val and test partitions of
     ``split_dir`` through :class:`assurexray.prediction.Predictor` (the engine infer and the app use) and
@@ -99,12 +101,15 @@ def evaluate_checkpoint(
     and threshold are fitted on what is scored); operating_point.json records it so inference does the same.
     An ensemble's operating_point.json carries ``model_sha256`` = the ensemble's identity and its
     ``member_sha256s``, so ``assurexray infer --model A --model B --operating-point ...`` can check it.
+    ``device``: cpu, cuda, cuda:N or auto (:func:`assurexray.model.resolve_device`); the pipeline passes
+    ``train.device``, so evaluation runs where training did.
     """
     paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first.")
-    predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=bool(tta_flip)))
+    predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=bool(tta_flip)),
+                               device=resolve_device(device))
     frames, logits = {}, {}
     for partition in ("val", "test"):
         frames[partition], images = load_partition(prepared, split_dir, partition)

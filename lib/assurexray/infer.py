@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -42,6 +41,7 @@ from assurexray.imaging import (
     image_size,
     letterbox_geometry,
 )
+from assurexray.model import resolve_device
 from assurexray.prediction import OperatingPoint, Predictor, load_predictor
 from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
 from assurexray.project import DICOM_SUFFIXES, INFER_SUFFIXES, Layout
@@ -254,7 +254,7 @@ def predict_images(
     if not images:
         raise ValueError("predict_images: no image given.")
     predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
-                               device=_resolve_device(device))
+                               device=resolve_device(device, setting="--device"))
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
     scored, heatmaps = _score(dict(images), predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
     overlays = {key: render_overlay(images[key], heat,
@@ -349,7 +349,7 @@ def run_inference(
         listed = "; ".join(p.error or p.path for p in problems) or "no inputs given"
         raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
     predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
-                               device=_resolve_device(device))
+                               device=resolve_device(device, setting="--device"))
     gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam_dir is not None else None
     predictions: list[Prediction] = []
@@ -660,16 +660,6 @@ def _model_paths(model_path: str | os.PathLike | Sequence[str | os.PathLike]) ->
     if isinstance(model_path, (str, os.PathLike)):
         return [Path(model_path)]
     return [Path(p) for p in model_path]
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto.")
-    return device
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], list[Prediction]]:

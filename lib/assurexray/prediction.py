@@ -170,7 +170,7 @@ def load_predictor(
     model_paths: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     operating_point: str | os.PathLike | OperatingPoint | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> Predictor:
     """Load one checkpoint or an ensemble, with its operating point.
 
