@@ -6,7 +6,7 @@ import argparse
 
 from assurexray.cli_errors import run_stage
 from assurexray.evaluation import evaluate_checkpoint, write_evaluation
-from assurexray.params import check_keys, load_params
+from assurexray.params import check_keys, load_params, train_device
 
 EVALUATE_KEYS = {
     "bootstrap_resamples", "bootstrap_cluster", "ci_level", "calibration_bins",
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True, help="prepared cache folder, e.g. data/prepared")
     parser.add_argument("--split", required=True, help="split folder with val.csv/test.csv, e.g. data/splits/V")
-    parser.add_argument("--model", required=True, help="checkpoint, e.g. models/V/model.pt")
+    parser.add_argument("--model", required=True, action="append",
+                        help="checkpoint, e.g. models/V/model.pt; repeat for a seed ensemble (probabilities averaged)")
     parser.add_argument("--out", required=True, help="metrics folder, e.g. metrics/V/eval")
     parser.add_argument("--figures", required=True, help="figures folder; PNGs go to <figures>/eval")
     parser.add_argument("--variant", default=None, help="split variant named in the figure titles, e.g. center")
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=params["bootstrap_seed"],
         batch_size=params["batch_size"],
         tta_flip=params["tta_flip"],
+        device=train_device(args.params),
     )
     write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures, variant=args.variant)
     return 0

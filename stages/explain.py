@@ -11,8 +11,8 @@ from assurexray.atomic import atomic_path, write_json
 from assurexray.cli_errors import run_stage
 from assurexray.explain import ExplainConfig, explain_variant
 from assurexray.gallery import write_gallery
-from assurexray.model import load_checkpoint
-from assurexray.params import check_keys, load_params
+from assurexray.model import load_checkpoint, resolve_device
+from assurexray.params import check_keys, load_params, train_device
 from assurexray.transforms import eval_transform
 
 EXPLAIN_KEYS = {f.name for f in dataclasses.fields(ExplainConfig)}
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     params = check_keys(load_params(args.params, "explain"), EXPLAIN_KEYS, where=f"{args.params} explain")
     config = ExplainConfig(**params)
     base = load_params(args.params, "base")
-    model, meta = load_checkpoint(args.model)
+    model, meta = load_checkpoint(args.model, device=resolve_device(train_device(args.params)))
     result = explain_variant(
         model=model,
         transform=eval_transform(meta),

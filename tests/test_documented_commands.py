@@ -51,7 +51,7 @@ def _overrides(argv: list[str]) -> dict[str, str]:
 def test_every_documented_override_names_a_key_of_params_yaml():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     text = README.read_text(encoding="utf-8")
-    keys = set(re.findall(r"-S '?([a-z_][a-z0-9_.]*)=", text))
+    keys = set(re.findall(r"-S ['\"]?([a-z_][a-z0-9_.]*)=", text))  # -S key=v, -S 'key=v', -S "key='v w'"
     assert len(keys) > 10, keys
     for key in sorted(keys):
         node = params

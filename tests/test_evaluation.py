@@ -14,7 +14,7 @@ import yaml
 
 from assurexray.evaluation import evaluate_logits, load_partition
 from assurexray.metrics import HEADLINE_METRICS, PER_CLASS_METRICS
-from assurexray.model import backbone_norm, create_model, file_sha256, save_checkpoint
+from assurexray.model import backbone_norm, create_model, file_sha256, load_checkpoint, save_checkpoint
 
 NAMES = ["Normal", "Benign", "Malignant"]
 PRED_COLUMNS = ["row", "image_id", "partition", "label", "label_idx", "prob_Normal", "prob_Benign",
@@ -154,7 +154,7 @@ def tiny_run(tmp_path_factory) -> Path:
             "input_size": 32, "in_chans": 3, "mean": mean, "std": std, "clahe": False, "letterbox_fill": 0,
             "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5, "seed": 0, "format_version": 1}
     save_checkpoint(root / "model.pt", model, meta)
-    (root / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS, "train": {"device": "auto"}}))
     return root
 
 
@@ -193,6 +193,34 @@ def test_the_stage_writes_every_output_and_reruns_identically(tiny_run):
     other = json.loads((tiny_run / "b" / "eval" / "metrics.json").read_text())
     assert m == other
     assert (out / "predictions.csv").read_bytes() == (tiny_run / "b" / "eval" / "predictions.csv").read_bytes()
+
+
+def test_the_stage_evaluates_a_seed_ensemble_given_model_twice(tiny_run, tmp_path):
+    from assurexray.prediction import ensemble_sha256
+
+    torch.manual_seed(1)
+    other = create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+    _, meta = load_checkpoint(tiny_run / "model.pt")
+    second = save_checkpoint(tmp_path / "seed1" / "model.pt", other, meta)
+    assert _stage().main([
+        "--prepared", str(tiny_run / "prepared"), "--split", str(tiny_run / "split"), "--model",
+        str(tiny_run / "model.pt"), "--model", str(second), "--out", str(tmp_path / "eval"),
+        "--figures", str(tmp_path / "plots"), "--params", str(tiny_run / "params.yaml")]) == 0
+    op = json.loads((tmp_path / "eval" / "operating_point.json").read_text())
+    members = [file_sha256(tiny_run / "model.pt"), file_sha256(second)]
+    assert op["member_sha256s"] == members and op["model_sha256"] == ensemble_sha256(members)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["ensemble_size"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")
+def test_the_stage_runs_where_train_device_says(tiny_run):
+    """evaluate reads train.device (auto here = CPU): asking for CUDA on a CPU-only machine is refused by name."""
+    (tiny_run / "cuda.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS, "train": {"device": "cuda"}}))
+    with pytest.raises(ValueError, match=r"train\.device='cuda': CUDA is not available"):
+        _run_stage(tiny_run, "c", params="cuda.yaml")
+    (tiny_run / "nodevice.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS, "train": {}}))
+    with pytest.raises(ValueError, match=r"train\.device is missing"):
+        _run_stage(tiny_run, "d", params="nodevice.yaml")
 
 
 def test_a_checkpoint_of_another_input_size_is_rejected(tiny_run, tmp_path):

@@ -374,8 +374,16 @@ def test_the_explain_stage_writes_metrics_per_image_table_and_gallery(tmp_path, 
             "seed": 0, "format_version": 1}
     model_lib.save_checkpoint(tmp_path / "model.pt", _model(), meta)
     params = tmp_path / "params.yaml"
-    params.write_text("base:\n  seed: 1\nexplain:\n  bootstrap_resamples: 20\n  gallery_top_k: 1\n")
+    params.write_text("base:\n  seed: 1\ntrain:\n  device: auto\nexplain:\n  bootstrap_resamples: 20\n  gallery_top_k: 1\n")
     out, figures = tmp_path / "metrics" / "explain", tmp_path / "plots" / "gradcam"
+    argv = ["--prepared", str(paths["prepared_dir"]), "--split", str(paths["split_dir"]),
+            "--model", str(tmp_path / "model.pt"), "--predictions", str(paths["predictions_path"]),
+            "--out", str(tmp_path / "cuda"), "--figures", str(tmp_path / "cuda-figures"), "--params"]
+    if not torch.cuda.is_available():  # explain runs where train.device says: CUDA on a CPU machine is refused
+        cuda = tmp_path / "cuda.yaml"
+        cuda.write_text(params.read_text().replace("device: auto", "device: cuda"))
+        with pytest.raises(ValueError, match=r"train\.device='cuda': CUDA is not available"):
+            main([*argv, str(cuda)])
     rc = main(["--prepared", str(paths["prepared_dir"]), "--split", str(paths["split_dir"]),
                "--model", str(tmp_path / "model.pt"), "--predictions", str(paths["predictions_path"]),
                "--out", str(out), "--figures", str(figures), "--params", str(params)])

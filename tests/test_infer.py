@@ -20,12 +20,11 @@ from assurexray import cli, infer
 from assurexray import model as model_lib
 from assurexray.infer import (
     collect_inputs,
-    default_operating_point_path,
-    load_operating_point,
     read_gray,
     run_inference,
     write_predictions,
 )
+from assurexray.prediction import default_operating_point_path, load_operating_point
 from assurexray.transforms import prepare_image
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -467,7 +466,7 @@ def test_predict_images_scores_arrays_like_run_inference_scores_files(model_path
 
 def test_inference_averages_with_the_mirror_image_when_evaluate_did(model_path, tmp_path):
     """operating_point.json records tta_flip; infer must score as evaluate did, or the threshold means nothing."""
-    from assurexray.evaluation import flip_averaged_logits
+    from assurexray.prediction import flip_averaged_logits
     from assurexray.transforms import prepare_image
 
     image = gradient(32, 32)  # left-right asymmetric: its mirror scores differently

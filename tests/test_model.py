@@ -201,3 +201,17 @@ def test_saving_the_same_weights_twice_gives_byte_identical_files(tmp_path):
     first = save_checkpoint(tmp_path / "a" / "model.pt", net, _meta())
     second = save_checkpoint(tmp_path / "b" / "model.pt", net, _meta())
     assert hashlib.sha256(first.read_bytes()).digest() == hashlib.sha256(second.read_bytes()).digest()
+
+
+def test_one_device_resolver_for_train_evaluate_explain_and_infer(monkeypatch):
+    from assurexray.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device='cuda:1': CUDA is not available"):
+        resolve_device("cuda:1", setting="--device")
+    with pytest.raises(ValueError, match=r"train\.device='tpu': expected cpu, cuda, cuda:N or auto"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun: a bare "cuda" is this process's GPU
+    assert resolve_device("auto") == torch.device("cuda", 3) and resolve_device("cuda:0") == torch.device("cuda", 0)

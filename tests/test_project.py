@@ -97,3 +97,69 @@ def test_infer_from_another_folder_uses_the_project_named_by_the_root_env(places
     assert cli.main(["infer", str(image)]) == 2
     err = capsys.readouterr().err
     assert f"assurexray infer: error: no model given and none found (looked in {ROOT_ENV}=" in err
+
+
+# --- one list of variants, one artefact layout, one list of suffixes -------------------------------------------
+
+
+def _dvc() -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text(encoding="utf-8"))
+
+
+def _written(stage: str) -> set[str]:
+    """What a ``foreach`` stage of dvc.yaml writes (outs, metrics, plots), per variant (``${item}`` filled in)."""
+    do = _dvc()["stages"][stage]["do"]
+    entries = [e for key in ("outs", "metrics", "plots") for e in do.get(key, [])]
+    names = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return {n.replace("${item}", v) for n in names for v in project.VARIANTS}
+
+
+def test_the_layout_names_the_paths_dvc_yaml_writes():
+    layout = project.Layout(Path())
+    for v in project.VARIANTS:
+        assert {layout.model(v).as_posix(), layout.train_metrics(v).as_posix()} <= _written("train")
+        assert {p.as_posix() for p in (layout.operating_point(v), layout.eval_metrics(v), layout.predictions(v),
+                                       layout.plots(v) / "eval")} <= _written("evaluate")
+        assert layout.explain_metrics(v).as_posix() in _written("explain")
+        assert layout.split_summary(v).as_posix() in _written("split")
+    assert layout.model("stratified") == project.DEFAULT_MODEL
+
+
+def test_the_variants_dvc_yaml_runs_are_the_projects():
+    variants = next(entry["variants"] for entry in _dvc()["vars"] if isinstance(entry, dict) and "variants" in entry)
+    assert tuple(variants) == project.VARIANTS
+
+
+def test_a_layout_of_a_model_or_a_copied_metrics_folder_reads_the_fixed_layout(tmp_path):
+    layout, variant = project.Layout.of_model(tmp_path / "models" / "center" / "model.pt")
+    assert (layout.root, variant) == (tmp_path, "center")
+    assert layout.operating_point(variant) == tmp_path / "metrics" / "center" / "eval" / "operating_point.json"
+    copied = project.Layout.of_metrics(tmp_path / "run7")
+    assert copied.eval_metrics("center") == tmp_path / "run7" / "center" / "eval" / "metrics.json"
+    assert copied.compare == tmp_path / "run7" / "compare.json"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"bad\.json: not valid JSON .*; re-run it"),
+    ("[1, 2]", r"bad\.json: expected a JSON object, got list; re-run it"),
+])
+def test_the_json_reader_names_the_file_and_the_fix(tmp_path, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        project.read_json(path, fix="re-run it")
+    (tmp_path / "ok.json").write_text('{"a": 1}', encoding="utf-8")
+    assert project.read_json(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_every_reader_takes_its_image_suffixes_from_the_project():
+    from assurexray import btxrd, dicom, fetch, imaging, infer, webapp
+
+    assert imaging.RASTER_SUFFIXES is project.RASTER_SUFFIXES and dicom.DICOM_SUFFIXES is project.DICOM_SUFFIXES
+    assert infer.IMAGE_SUFFIXES == project.INFER_SUFFIXES
+    assert webapp.UPLOAD_TYPES == tuple(s.lstrip(".") for s in project.INFER_SUFFIXES)
+    # what fetch keeps is exactly what prepare reads, and every one of them is decodable
+    assert set(fetch.IMAGE_SUFFIXES) == set(btxrd.IMAGE_SUFFIXES) == set(project.DATASET_SUFFIXES)
+    assert set(project.DATASET_SUFFIXES) <= set(project.RASTER_SUFFIXES)

@@ -5,8 +5,8 @@ params; stages fetch, prepare, split, train, evaluate of the stratified variant:
 and report would only multiply the runtime on 2 cores). Its stage definitions are the project's and every stage
 of it has run, so the README lines run verbatim (a never-run stage makes a plain `dvc pull` and `dvc exp apply`
 fail: nothing to check out for it). Each remote test works on its own copy ("the lab machine"): the README
-"Team setup" lines configure a local-directory remote or an S3 remote (moto's server on 127.0.0.1), `dvc push`,
-then a teammate's fresh `git clone` runs `dvc pull`, `dvc status` (clean: nothing to retrain) and
+"Team setup" lines configure a local-directory remote, an S3 remote (moto's server on 127.0.0.1) or an SSH remote
+(an asyncssh SFTP server on 127.0.0.1), `dvc push`, then a teammate's fresh `git clone` runs `dvc pull`, `dvc status` (clean: nothing to retrain) and
 `assurexray infer`. The README "Experiment grids" lines queue a grid of train parameters, run it two at a time,
 read `dvc exp show --json`, and share one experiment through a bare git remote (`dvc exp push` / `dvc exp pull`).
 
@@ -16,6 +16,7 @@ what runs here cannot drift apart. Timeouts are hang guards only; nothing assert
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,11 +48,17 @@ FAKE_KEYS = {"AKIA...": "testing", "...": "testing"}  # the README's key placeho
 # --- the README's commands ---------------------------------------------------------------------------------------
 
 def _readme_block(heading: str) -> list[str]:
-    """Command lines of the first ```bash block under ``## heading``: continuations joined, comments dropped."""
+    """Command lines of the ```bash blocks under ``## heading``: continuations joined, comments dropped."""
     section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    block = "".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
     lines = (re.sub(r"\s+#.*$", "", line).strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def _readme_inline(heading: str, prefix: str) -> str:
+    """The one inline `command` under ``## heading`` that starts with ``prefix`` (a command quoted in prose)."""
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return _line(re.findall(r"`([^`\n]+)`", section), prefix)
 
 
 def _line(lines: list[str], prefix: str) -> str:
@@ -82,6 +90,7 @@ TEAM = _readme_block("Team setup")
 GRID = _readme_block("Experiment grids")
 CLONE = _line(TEAM, "git clone ")  # git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status
 COMMIT_AND_PUSH = _line(TEAM, "git add .dvc/config ")
+PULL_WITH_DEPS = _readme_inline("Team setup", "dvc pull --with-deps ")  # what to pull when some stage never ran
 
 
 # --- the repos -----------------------------------------------------------------------------------------------------
@@ -149,6 +158,10 @@ def test_a_local_directory_remote_lets_a_fresh_clone_pull_and_infer_without_trai
     assert store.is_dir()
     clone = _teammate_clone(lab, tmp_path / "teammate")
     _assert_pulled_and_infers(clone, lab)
+    partial = tmp_path / "partial"  # the README's targeted pull, in another fresh clone
+    subprocess.run(["git", "clone", "-q", str(lab), str(partial)], check=True, capture_output=True)
+    _run_line(PULL_WITH_DEPS, partial)  # dvc pull --with-deps evaluate@stratified
+    _assert_pulled_and_infers(partial, lab)
 
 
 @pytest.fixture
@@ -200,6 +213,61 @@ def test_an_s3_remote_on_loopback_moto_round_trips_to_a_fresh_clone_that_infers(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # the teammate's keys come from the environment
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     clone = _teammate_clone(lab, tmp_path / "teammate")
+    _assert_pulled_and_infers(clone, lab)
+
+
+@pytest.fixture
+def ssh_server(tmp_path, monkeypatch):
+    """An SSH/SFTP server (asyncssh, what dvc-ssh's client is built on) on 127.0.0.1, key login only.
+
+    HOME is a temp dir whose ~/.ssh holds the user's key and the server's host key in known_hosts, as on a lab
+    machine after ``ssh-keygen`` and ``ssh-keyscan``; no other SSH settings reach DVC. Yields the port.
+    """
+    try:
+        import asyncssh
+        import dvc_ssh  # noqa: F401  (what `dvc` needs for ssh:// remotes: pip install .[ssh])
+    except ImportError as exc:
+        skip_or_fail(f"SSH remote test needs dvc-ssh ({exc})")
+    dot_ssh = tmp_path / "home" / ".ssh"
+    dot_ssh.mkdir(parents=True)
+    user_key, host_key = asyncssh.generate_private_key("ssh-ed25519"), asyncssh.generate_private_key("ssh-ed25519")
+    user_key.write_private_key(str(dot_ssh / "id_ed25519"))
+    (dot_ssh / "id_ed25519").chmod(0o600)
+    monkeypatch.setenv("HOME", str(dot_ssh.parent))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    authorized = asyncssh.import_authorized_keys(user_key.export_public_key().decode())
+
+    async def listen():  # asyncssh.listen returns an awaitable, not the coroutine run_coroutine_threadsafe wants
+        return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[host_key], sftp_factory=True,
+                                     authorized_client_keys=authorized)
+
+    server = asyncio.run_coroutine_threadsafe(listen(), loop).result(timeout=60)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        (dot_ssh / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
+        yield port
+    finally:
+        server.close()
+        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=60)
+        loop.close()
+
+
+def test_an_ssh_remote_on_loopback_round_trips_to_a_fresh_clone_that_infers(built, tmp_path, ssh_server):
+    store = tmp_path / "server" / "srv" / "assurexray-cache"
+    add = _line(TEAM, "dvc remote add -d storage ssh://")
+    lab = _lab(built, tmp_path / "lab")
+    _run_line(add, lab, {add.split()[-1]: f"ssh://lab@127.0.0.1:{ssh_server}{store}"})
+    _run_line(_line(TEAM, "dvc remote modify --local storage keyfile "), lab)  # ~/.ssh/id_ed25519, as printed
+    _run_line(COMMIT_AND_PUSH, lab)
+    committed = subprocess.run(["git", "show", "HEAD:.dvc/config"], cwd=lab, check=True, capture_output=True,
+                               text=True).stdout
+    assert f"127.0.0.1:{ssh_server}" in committed and "keyfile" not in committed  # the key path stays local
+    assert any(path.is_file() for path in (store / "files" / "md5").rglob("*"))  # pushed over SFTP
+    clone = _teammate_clone(lab, tmp_path / "teammate")  # no config.local: ssh's default key in ~/.ssh
     _assert_pulled_and_infers(clone, lab)
 
 

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from assurexray import DISCLAIMER
 from assurexray.metrics import bootstrap_weights, percentile_ci, weighted_suite
+from assurexray.project import Layout
 from assurexray.rendering import Alert, Heading, Image, Para, Table, to_markdown
 
 __all__ = ["Experiment", "experiments_from_exp_show", "measure", "summarise", "render_markdown", "plot",
@@ -43,6 +44,7 @@ COLUMN_TITLES = {
     "pointing_game_center": "Pointing game (centres 2+3)",
 }
 _IGNORED_PARAMS = ("base.seed",)  # what distinguishes seeds of one configuration
+_REPO = Layout(Path())  # paths inside an experiment's git revision, relative to the repository root
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,10 @@ def git_reader(repo: str | Path) -> Callable[[str, str], str | None]:
 def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str, Any]:
     """The table's numbers for one experiment, read from its committed metrics and predictions."""
     row: dict[str, Any] = {"name": exp.name, "rev": exp.rev, "seed": exp.params.get("base.seed")}
-    center_eval = _json(read(exp.rev, "metrics/center/eval/metrics.json"))
-    strat_eval = _json(read(exp.rev, "metrics/stratified/eval/metrics.json"))
-    explain = _json(read(exp.rev, "metrics/center/explain/metrics.json"))
-    predictions = read(exp.rev, "metrics/center/eval/predictions.csv")
+    center_eval = _json(read(exp.rev, _REPO.eval_metrics("center").as_posix()))
+    strat_eval = _json(read(exp.rev, _REPO.eval_metrics("stratified").as_posix()))
+    explain = _json(read(exp.rev, _REPO.explain_metrics("center").as_posix()))
+    predictions = read(exp.rev, _REPO.predictions("center").as_posix())
     row["center_pooled"] = _value(center_eval, "headline", "macro_auc")
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from assurexray.cases import case_key
+from assurexray.filetypes import DATASET_SUFFIXES
 from assurexray.schema import CLASS_NAMES, RELEASE_COLUMNS, REQUIRED_COLUMNS, VIEW_COLUMNS
 
 __all__ = [
@@ -35,8 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes accepted as radiographs (resized copies may be re-saved as .jpg or .png).
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+#: File suffixes accepted as radiographs (resized copies may be re-saved as .jpg or .png): assurexray.filetypes'.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(DATASET_SUFFIXES)
 
 #: Optional columns naming the case (views of one patient/lesion): the sample's `case_id`, the authors'
 #: `Original Name`. The first one present wins.

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from assurexray import DISCLAIMER, __version__
 from assurexray.cli_errors import USER_ERRORS, error_line, warnings_as_log_lines
+from assurexray.project import DEFAULT_MODEL, MODEL_ENV, ROOT_ENV, Layout, resolve_model_path
 
 __all__ = ["main", "build_parser", "app_path", "app_command", "launch_app"]
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 #: Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted (Ctrl-C).
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/assurexray/cli.py -> repository root
+_LAYOUT = Layout(Path())  # the artefact paths, relative to a project root, for the help texts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     infer.add_argument(
-        "--model", default=None, metavar="FILE",
-        help="checkpoint (default: $ASSUREXRAY_MODEL, else models/stratified/model.pt under $ASSUREXRAY_ROOT, "
+        "--model", default=None, metavar="FILE", action="append",
+        help="checkpoint; repeat for a seed ensemble (probabilities averaged; same classes and preprocessing) "
+        f"(default: ${MODEL_ENV}, else {DEFAULT_MODEL.as_posix()} under ${ROOT_ENV}, "
         "the current folder or the checkout assurexray is installed from)",
     )
     infer.add_argument(
@@ -79,10 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="operating_point.json (temperature, Malignant threshold); "
-        "default: metrics/<variant>/eval/operating_point.json beside the model's models/<variant>/",
+        f"default: {_LAYOUT.operating_point('<variant>').as_posix()} beside the model's models/<variant>/ "
+        "(an ensemble has none by default: pass the one evaluate wrote for it)",
     )
     infer.add_argument("--output", default=None, metavar="FILE", help="write per-image results to a .jsonl or .csv file")
     infer.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay PNG per image")
+    infer.add_argument(
+        "--gradcam-layer", default=None, metavar="NAME",
+        help="module to explain with --gradcam, or 'auto' (the last conv/norm layer); default: the layer the "
+        f"explain stage chose, {_LAYOUT.explain_metrics('<variant>').as_posix()} beside the model's "
+        "models/<variant>/",
+    )
     infer.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default: 16)")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     infer.add_argument(
@@ -137,14 +147,15 @@ def launch_app(*, port: int = 8501) -> int:
 
 def _run_infer(args: argparse.Namespace) -> int:
     from assurexray.infer import infer_command
-    from assurexray.project import resolve_model_path
 
+    models = [resolve_model_path(None)] if not args.model else [resolve_model_path(m) for m in args.model]
     return infer_command(
         args.inputs,
-        model_path=resolve_model_path(args.model),
+        model_path=models,
         operating_point_path=args.operating_point,
         output=args.output,
         gradcam_dir=args.gradcam,
+        gradcam_layer=args.gradcam_layer,
         batch_size=args.batch_size,
         device=args.device,
         max_pixels=args.max_pixels,

@@ -11,7 +11,6 @@ so every number in it is in compare.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,20 +20,20 @@ from typing import Any
 from scipy.stats import norm
 
 from assurexray import DISCLAIMER
+from assurexray.project import VARIANT_TITLES, VARIANTS, read_json
 from assurexray.rendering import Alert, Block, Heading, Para, Table, fmt, fmt_ci, fmt_level, to_markdown
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "load_variant", "compare_variants", "gap_ci", "render_report"]
 
-VARIANTS: tuple[str, ...] = ("stratified", "center")
-VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
 GAP_METHOD = (
     "gap = stratified - center (positive: worse on the unseen centre); interval = gap +/- z * sqrt(se_s^2 + se_c^2), "
     "a normal approximation from the two independent bootstrap distributions, se = bootstrap replicate "
     "standard deviation (from the interval width where not stored)"
 )
 _OPERATING_POINT_METRICS = ("test_sensitivity", "test_specificity")
+_FIX = "re-run the stage that writes it"
 
 
 def load_variant(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -43,10 +42,10 @@ def load_variant(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     eval_path, explain_path = root / "eval" / "metrics.json", root / "explain" / "metrics.json"
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path}: evaluation metrics not found; run `dvc repro evaluate` first.")
-    explain = _read_json(explain_path) if explain_path.is_file() else None
+    explain = read_json(explain_path, fix=_FIX) if explain_path.is_file() else None
     if explain is None:
         logger.info("%s absent: localisation is left out of the comparison", explain_path)
-    return _read_json(eval_path), explain
+    return read_json(eval_path, fix=_FIX), explain
 
 
 def compare_variants(
@@ -209,10 +208,3 @@ def _se_from_interval(value: dict[str, float | None], z: float) -> float | None:
     if value["ci_low"] is None or value["ci_high"] is None:
         return None
     return (value["ci_high"] - value["ci_low"]) / (2.0 * z)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the stage that writes it.") from err

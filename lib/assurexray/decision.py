@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 
+from assurexray.project import MALIGNANT
 from assurexray.rendering import fmt_ci
 
 __all__ = ["ValidationRates", "validation_rates", "threshold_sentence", "decision_sentence", "top_class_sentence"]
 
-MALIGNANT = "Malignant"
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from assurexray.filetypes import DICOM_SUFFIXES
+
 __all__ = ["DICOM_SUFFIXES", "is_dicom", "read_dicom_gray", "read_dicom_bytes", "dicom_to_gray"]
 
 logger = logging.getLogger(__name__)
 
 #: File suffixes treated as DICOM even without the 128-byte preamble + "DICM" marker.
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+# DICOM_SUFFIXES (.dcm, .dicom) is stated in assurexray.filetypes with the other suffix lists.
 
 #: Packages that give pydicom a decoder, per compressed transfer syntax (pydicom 3 "pixel data handlers").
 _DECODER_PACKAGES: dict[str, str] = {

@@ -13,13 +13,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure  # object API: no pyplot state, no display backend needed
-from tqdm import tqdm
 
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_dir, atomic_path, write_json
@@ -38,8 +36,15 @@ from assurexray.metrics import (
     roc_curves,
     suite_with_ci,
 )
-from assurexray.model import file_sha256, load_checkpoint
-from assurexray.transforms import eval_transform
+from assurexray.model import resolve_device
+from assurexray.prediction import (
+    OperatingPoint,
+    Predictor,
+    load_predictor,
+    malignant_flags,
+    operating_point_record,
+)
+from assurexray.project import MALIGNANT
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +52,13 @@ __all__ = [
     "Evaluation",
     "evaluate_checkpoint",
     "evaluate_logits",
-    "flip_averaged_logits",
     "load_partition",
     "predict_logits",
     "write_evaluation",
     "POSITIVE_CLASS",
 ]
 
-POSITIVE_CLASS = "Malignant"
+POSITIVE_CLASS = MALIGNANT  # the class of the operating point (assurexray.project states it once)
 #: A sensitivity threshold fitted on fewer validation Malignant images than this is flagged unreliable: with
 #: 5 positives, "90% sensitivity" is the 5th-lowest score, and one image more or less moves it anywhere.
 MIN_THRESHOLD_POSITIVES = 20
@@ -78,7 +82,7 @@ def evaluate_checkpoint(
     *,
     prepared: str | os.PathLike,
     split_dir: str | os.PathLike,
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike],
     resamples: int,
     cluster: bool,
     ci_level: float,
@@ -87,34 +91,46 @@ def evaluate_checkpoint(
     seed: int,
     batch_size: int,
     tta_flip: bool = False,
+    device: str = "cpu",
 ) -> Evaluation:
-    """Load ``model_path``, predict the val and test partitions of ``split_dir`` and evaluate them.
+    """Load ``model_path`` (one checkpoint, or several: a seed ensemble), predict the val and test partitions of
+    ``split_dir`` through :class:`assurexray.prediction.Predictor` (the engine infer and the app use) and
+    evaluate them.
 
     ``tta_flip`` averages the logits of each image and its mirror image (val and test alike, so the temperature
     and threshold are fitted on what is scored); operating_point.json records it so inference does the same.
+    An ensemble's operating_point.json carries ``model_sha256`` = the ensemble's identity and its
+    ``member_sha256s``, so ``assurexray infer --model A --model B --operating-point ...`` can check it.
+    ``device``: cpu, cuda, cuda:N or auto (:func:`assurexray.model.resolve_device`); the pipeline passes
+    ``train.device``, so evaluation runs where training did.
     """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: checkpoint not found; run `dvc repro train` first.")
-    model, meta = load_checkpoint(model_path)
-    transform = eval_transform(meta)
+    paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first.")
+    predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=bool(tta_flip)),
+                               device=resolve_device(device))
     frames, logits = {}, {}
     for partition in ("val", "test"):
         frames[partition], images = load_partition(prepared, split_dir, partition)
-        if images.shape[1:] != (meta["input_size"], meta["input_size"]):
+        if images.shape[1:] != (predictor.input_size, predictor.input_size):
             raise ValueError(
                 f"{prepared}: cached images are {images.shape[1:]!r} px but the checkpoint expects "
-                f"input_size {meta['input_size']!r}; re-run prepare and train with the same size."
+                f"input_size {predictor.input_size!r}; re-run prepare and train with the same size."
             )
-        logits[partition] = predict_logits(model, images, transform, batch_size=batch_size, desc=partition,
-                                           tta_flip=tta_flip)
+        logits[partition] = predict_logits(predictor, images, batch_size=batch_size, desc=partition)
     evaluation = evaluate_logits(
         val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"], test_logits=logits["test"],
-        class_names=list(meta["class_names"]), resamples=resamples, cluster=cluster, ci_level=ci_level,
-        bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=file_sha256(model_path),
+        class_names=predictor.class_names, resamples=resamples, cluster=cluster, ci_level=ci_level,
+        bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=predictor.model_sha256,
     )
-    evaluation.operating_point["tta_flip"] = bool(tta_flip)
+    evaluation.operating_point.update(operating_point_record(
+        **evaluation.operating_point, tta_flip=bool(tta_flip),
+        member_sha256s=predictor.member_sha256s if predictor.is_ensemble else None,
+    ))
     evaluation.metrics["tta_flip"] = bool(tta_flip)
+    if predictor.is_ensemble:
+        evaluation.metrics["ensemble_size"] = len(predictor.models)
     return evaluation
 
 
@@ -144,36 +160,12 @@ def load_partition(
     return frame, np.ascontiguousarray(cache[rows])
 
 
-def predict_logits(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    transform: Callable[..., dict[str, Any]],
-    *,
-    batch_size: int = 64,
-    desc: str = "predict",
-    tta_flip: bool = False,
-) -> np.ndarray:
-    """Logits ``(n, K)`` of uint8 gray images ``(n, S, S)``, preprocessed by the albumentations ``transform``.
-
-    ``tta_flip``: the mean of the logits of the image and of its left-right mirror (test-time augmentation).
-    """
+def predict_logits(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,
+                   desc: str = "predict") -> np.ndarray:
+    """Logits ``(n, K)`` of cached (already letterboxed) uint8 images ``(n, S, S)``, before temperature."""
     if batch_size < 1:
         raise ValueError(f"evaluate.batch_size must be >= 1, got {batch_size!r}.")
-    device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch_size), desc=f"evaluate {desc}", unit="batch"):
-            batch = torch.stack([transform(image=img)["image"] for img in images[start:start + batch_size]])
-            out.append(flip_averaged_logits(model, batch.to(device), tta_flip=tta_flip))  # (B, K)
-    return np.concatenate(out, axis=0)
-
-
-def flip_averaged_logits(model: torch.nn.Module, batch: torch.Tensor, *, tta_flip: bool) -> np.ndarray:
-    """Logits ``(B, K)`` of a preprocessed batch ``(B, 3, S, S)``; with ``tta_flip`` averaged with its mirror."""
-    logits = model(batch).float()
-    if tta_flip:
-        logits = (logits + model(torch.flip(batch, dims=(3,))).float()) / 2.0
-    return logits.cpu().numpy()
+    return predictor.logits_of(images, batch_size=batch_size, desc=f"evaluate {desc}")
 
 
 def evaluate_logits(
@@ -241,9 +233,9 @@ def evaluate_logits(
         _prediction_rows(val_frame, p_val, "val", class_names, threshold),
         _prediction_rows(test_frame, p_test, "test", class_names, threshold),
     ], ignore_index=True)
-    operating_point = {"temperature": temperature, "malignant_threshold": threshold,
-                       "target_sensitivity": target_sensitivity, "val_sensitivity": val_sens,
-                       "model_sha256": model_sha256}
+    operating_point = operating_point_record(temperature=temperature, malignant_threshold=threshold,
+                                             target_sensitivity=target_sensitivity, val_sensitivity=val_sens,
+                                             model_sha256=model_sha256)
     roc = [{"class": name, "fpr": float(x), "tpr": float(t)}
            for name, c in zip(class_names, roc_curves(y_test, p_test)) for x, t in zip(c["fpr"], c["tpr"])]
     pr = [{"class": name, "recall": float(r), "precision": float(p)}
@@ -352,7 +344,7 @@ def _prediction_rows(frame: pd.DataFrame, probs: np.ndarray, partition: str, cla
         rows[f"prob_{name}"] = probs[:, c]
     rows["pred_idx"] = pred
     rows["pred"] = np.asarray(class_names, dtype=object)[pred]
-    rows["malignant_flag"] = (probs[:, class_names.index(POSITIVE_CLASS)] >= threshold).astype(int)
+    rows["malignant_flag"] = malignant_flags(probs, class_names, threshold=threshold)  # as infer decides
     rows["group"] = frame["group"].to_numpy()
     rows["center"] = frame["center"].to_numpy()
     return rows

@@ -179,12 +179,13 @@ def compute_heatmaps(
     clone.requires_grad_(False)
     (layer if any(True for _ in layer.parameters()) else clone).requires_grad_(True)
     cam = cam_cls(model=clone, target_layers=[layer])
+    device = _device_of(clone)  # inputs follow the model (CPU, or the GPU explain/infer loaded it on)
     cam.batch_size = batch_size  # read by ScoreCAM for its masked forward passes
     with _hooks_released(cam), torch.enable_grad():
         for start in tqdm(range(0, n, batch_size), desc=f"{method} heatmaps", disable=not progress):
             stop = min(start + batch_size, n)
             batch = torch.stack([_apply(transform, img, size) for img in images[start:stop]])  # (B, C, S, S)
-            maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(c)) for c in targets[start:stop]])
+            maps = cam(input_tensor=batch.to(device), targets=[ClassifierOutputTarget(int(c)) for c in targets[start:stop]])
             out[start:stop] = _minmax(maps)
     return out
 
@@ -506,7 +507,7 @@ def _probe(
                if n and any(isinstance(x, _CONV_OR_NORM) for x in m.modules())]
     try:
         with torch.no_grad():
-            logits = clone(torch.zeros(1, *input_shape))
+            logits = clone(torch.zeros(1, *input_shape, device=_device_of(clone)))
     finally:
         for h in handles:
             h.remove()
@@ -538,11 +539,16 @@ def _call_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
                for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
         for h in handles:
             h.remove()
     return list(dict.fromkeys(started))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a parameter-free module)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def _cam_copy(model: nn.Module) -> nn.Module:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from assurexray import __version__
 from assurexray.atomic import atomic_dir
-from assurexray.btxrd import IMAGE_SUFFIXES as BTXRD_IMAGE_SUFFIXES
+from assurexray.filetypes import DATASET_SUFFIXES
 from assurexray.params import check_keys
 
 __all__ = ["SOURCES", "IMAGE_SUFFIXES", "SHEET_NAMES", "fetch_data", "download", "verify_archive",
@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 #: Values of ``data.source``.
 SOURCES: tuple[str, ...] = ("sample", "btxrd")
 #: Image files accepted in ``images/`` (the release has .jpeg; resized copies may be .jpg, .png, .tif...):
-#: exactly the suffixes ``prepare`` reads (assurexray.btxrd), so no file fetch keeps is refused later, and
+#: exactly the suffixes ``prepare`` reads (assurexray.filetypes.DATASET_SUFFIXES), so no file fetch keeps is refused later, and
 #: none it drops would have been used.
-IMAGE_SUFFIXES: tuple[str, ...] = tuple(sorted(BTXRD_IMAGE_SUFFIXES))
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(sorted(DATASET_SUFFIXES))
 #: Metadata sheet names, in order of preference.
 SHEET_NAMES: tuple[str, ...] = ("dataset.xlsx", "dataset.csv")
 SAMPLE_KEYS: tuple[str, ...] = ("n_cases", "image_size", "duplicate_fraction")

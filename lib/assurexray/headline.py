@@ -10,10 +10,11 @@ Every value is copied from a metrics file, never computed here. NOT FOR CLINICAL
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from assurexray.project import Layout, read_json
 
 __all__ = ["HEADLINE_KEYS", "headline_metrics", "headlines", "load_variant_metrics", "leaf_count"]
 
@@ -38,8 +39,9 @@ def load_variant_metrics(metrics_dir: str | os.PathLike) -> dict[str, dict[str, 
     eval/metrics.json is required; explain/metrics.json and train/metrics.json are None when absent.
     """
     root = Path(metrics_dir)
-    paths = {"eval": root / "eval" / "metrics.json", "explain": root / "explain" / "metrics.json",
-             "train": root / "train" / "metrics.json"}
+    layout = Layout.of_metrics(root.parent)
+    paths = {"eval": layout.eval_metrics(root.name), "explain": layout.explain_metrics(root.name),
+             "train": layout.train_metrics(root.name)}
     if not paths["eval"].is_file():
         raise FileNotFoundError(
             f"{paths['eval']}: evaluation metrics not found; the headline needs them. Run `dvc repro evaluate` first."
@@ -124,10 +126,4 @@ def _get(data: Mapping[str, Any], keys: tuple[str, ...], source: str) -> Any:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the stage that writes it.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; re-run the stage that writes it.")
-    return data
+    return read_json(path, fix="re-run the stage that writes it")

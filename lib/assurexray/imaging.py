@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from assurexray.filetypes import RASTER_SUFFIXES
+
 __all__ = [
     "RASTER_SUFFIXES",
     "Letterbox",
@@ -38,8 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Raster file types decoded here (PIL), the one list every reader imports (DICOM lives in assurexray.dicom).
-RASTER_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+# RASTER_SUFFIXES: the raster file types decoded here (PIL); stated in assurexray.filetypes with the other lists.
 #: Suffixes of image formats this project does not decode: named as unsupported, never silently dropped.
 UNSUPPORTED_IMAGE_SUFFIXES: tuple[str, ...] = (
     ".jp2", ".j2k", ".jpx", ".jxl", ".heic", ".heif", ".avif", ".dng", ".raw", ".nef", ".cr2", ".svg",

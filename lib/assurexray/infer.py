@@ -1,8 +1,9 @@
 """Classify radiograph files with a trained checkpoint: the engine behind ``assurexray infer``.
 
-Preprocessing and class order come from the checkpoint (``meta``), the temperature and the Malignant
-threshold from the evaluate stage's ``operating_point.json``, which must belong to the same model file
-(checked by SHA-256), so a file scored here gets the probabilities evaluation reported. (One known
+Scoring is :class:`assurexray.prediction.Predictor`, the engine evaluate uses: preprocessing and class order
+from the checkpoint (``meta``), the temperature and the Malignant threshold from the evaluate stage's
+``operating_point.json``, which must belong to the same model file (checked by SHA-256), so a file scored here
+gets the probabilities evaluation reported. Several ``--model`` files form a seed ensemble. (One known
 difference: ``prepare`` decodes JPEGs over twice the cache size in draft mode, which differs from the full
 decode used here by under one grey level on average; see tests/test_imaging.py.)
 A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
@@ -16,7 +17,6 @@ import glob
 import io
 import json
 import logging
-import math
 import os
 import sys
 from collections import deque
@@ -27,29 +27,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from assurexray import DISCLAIMER
 from assurexray.atomic import atomic_path, write_text
-from assurexray.calibration import apply_temperature
-from assurexray.evaluation import flip_averaged_logits
-from assurexray.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_bytes, read_dicom_gray
+from assurexray.dicom import is_dicom, read_dicom_bytes, read_dicom_gray
 from assurexray.explain import compute_heatmaps
 from assurexray.imaging import (
-    RASTER_SUFFIXES,
     UNSUPPORTED_IMAGE_SUFFIXES,
     decode_gray,
     decode_gray_bytes,
     image_size,
-    letterbox,
     letterbox_geometry,
 )
-from assurexray.model import file_sha256, load_checkpoint
+from assurexray.model import resolve_device
+from assurexray.prediction import OperatingPoint, Predictor, load_predictor
 from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
+from assurexray.project import DICOM_SUFFIXES, INFER_SUFFIXES, Layout
 from assurexray.provenance import trained_on, training_data_fingerprint, training_data_sentence
-from assurexray.transforms import eval_transform, prepare_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -57,8 +53,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MIN_SIDE_PX",
     "MAX_ASPECT",
-    "MALIGNANT",
-    "OperatingPoint",
+    "AUTO_LAYER",
     "Prediction",
     "InferenceResult",
     "collect_inputs",
@@ -67,8 +62,8 @@ __all__ = [
     "render_overlay",
     "render_original",
     "read_gray",
-    "default_operating_point_path",
-    "load_operating_point",
+    "default_gradcam_layer",
+    "resolve_gradcam_layer",
     "run_inference",
     "write_predictions",
     "format_table",
@@ -79,7 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Suffixes picked up when walking a folder (DICOM files without a suffix are found by content).
-IMAGE_SUFFIXES: tuple[str, ...] = RASTER_SUFFIXES + DICOM_SUFFIXES
+IMAGE_SUFFIXES: tuple[str, ...] = INFER_SUFFIXES
 #: Refuse images above this many pixels (100 MP): a decompression bomb or a scan no radiograph needs.
 #: It replaces PIL's own limit (89 MP), so ``--max-pixels`` can raise it.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -90,23 +85,13 @@ MIN_SIDE_PX = 16
 MAX_ASPECT = 10.0
 #: Threads decoding the next batch while the model scores the current one (JPEG/PNG decoders release the GIL).
 _DECODE_WORKERS = 2
-MALIGNANT = "Malignant"
+#: ``--gradcam-layer auto``: the automatic layer (the last conv/norm layer, assurexray.explain.find_target_layer).
+AUTO_LAYER = "auto"
 _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
 _BANNER = "NOT FOR CLINICAL USE"  # printed on every overlay
 _CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
 _GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """Temperature and Malignant threshold; ``malignant_threshold`` None = no decision available."""
-
-    temperature: float = 1.0
-    malignant_threshold: float | None = None
-    source: Path | None = None
-    tta_flip: bool = False  # average with the mirror image, as evaluate did when it fitted the threshold
-    target_sensitivity: float | None = None  # what the threshold was chosen for, on validation (for display)
 
 
 @dataclass(frozen=True)
@@ -256,41 +241,40 @@ def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_
 def predict_images(
     images: dict[str, np.ndarray],
     *,
-    model_path: str | os.PathLike = DEFAULT_MODEL,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
     operating_point_path: str | os.PathLike | None = None,
     device: str = "cpu",
     gradcam: bool = False,
+    gradcam_layer: str | None = None,
 ) -> tuple[InferenceResult, dict[str, np.ndarray]]:
     """Score decoded uint8 (H, W) images held in memory (the web demo); optionally their overlays (RGB arrays).
 
-    Same model, preprocessing, temperature, operating point and Grad-CAM layer as :func:`run_inference`.
+    Same predictor, operating point and Grad-CAM layer (:func:`resolve_gradcam_layer`) as :func:`run_inference`.
     """
     if not images:
         raise ValueError("predict_images: no image given.")
-    model_path = Path(model_path)
-    model, meta = load_checkpoint(model_path, device=_resolve_device(device))
-    sha = file_sha256(model_path)
-    class_names = [str(c) for c in meta["class_names"]]
-    op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
-    layer = _gradcam_layer_for(model, model_path) if gradcam else None
-    scored, heatmaps = _score(dict(images), model=model, meta=meta, op=op, class_names=class_names,
-                              gradcam=gradcam, gradcam_layer=layer)
+    predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
+                               device=resolve_device(device, setting="--device"))
+    layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
+    scored, heatmaps = _score(dict(images), predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
     overlays = {key: render_overlay(images[key], heat,
                                     caption=f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})")
                 for key, heat in heatmaps.items()}
-    result = InferenceResult(predictions=[scored[k] for k in images], class_names=class_names, operating_point=op,
-                             model_sha256=sha, gradcam_paths={}, training_data=meta.get("data"))
+    result = InferenceResult(predictions=[scored[k] for k in images], class_names=predictor.class_names,
+                             operating_point=predictor.operating_point, model_sha256=predictor.model_sha256,
+                             gradcam_paths={}, training_data=predictor.meta.get("data"))
     return result, overlays
 
 
 def default_gradcam_layer(model_path: str | os.PathLike) -> str | None:
-    """The Grad-CAM layer the explain stage used for this model (chosen on validation), if it has run.
+    """The Grad-CAM layer the explain stage chose (on validation) for the model at ``model_path``, if it has run.
 
-    Read from ``<root>/metrics/<variant>/explain/metrics.json``; None (the automatic last conv/norm layer)
-    when that file is absent or belongs to a model with other layers.
+    Read from the explain metrics of the model's variant in the project layout
+    (``<root>/metrics/<variant>/explain/metrics.json`` for ``<root>/models/<variant>/model.pt``, as dvc.yaml
+    writes them); None when that file is absent.
     """
-    model_path = Path(model_path)
-    path = model_path.parent.parent.parent / "metrics" / model_path.parent.name / "explain" / "metrics.json"
+    layout, variant = Layout.of_model(model_path)
+    path = layout.explain_metrics(variant)
     if not path.is_file():
         return None
     try:
@@ -300,66 +284,61 @@ def default_gradcam_layer(model_path: str | os.PathLike) -> str | None:
     return layer if isinstance(layer, str) else None
 
 
-def default_operating_point_path(model_path: str | os.PathLike) -> Path:
-    """``<root>/metrics/<variant>/eval/operating_point.json`` for ``<root>/models/<variant>/model.pt``."""
-    model_path = Path(model_path)
-    variant = model_path.parent.name
-    return model_path.parent.parent.parent / "metrics" / variant / "eval" / "operating_point.json"
+def resolve_gradcam_layer(predictor: Predictor, layer: str | None = None) -> str | None:
+    """The Grad-CAM layer to use, said in the log; None = the automatic layer.
 
-
-def load_operating_point(
-    path: str | os.PathLike, *, model_sha256: str, class_names: Sequence[str]
-) -> OperatingPoint:
-    """Read an evaluate-stage ``operating_point.json`` and check it belongs to the model with ``model_sha256``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: operating point file not found; run `dvc repro evaluate` or fix the path.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the evaluate stage.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}.")
-    missing = [key for key in ("temperature", "malignant_threshold", "model_sha256") if key not in data]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}; re-run the evaluate stage to rewrite it.")
-    if str(data["model_sha256"]).lower() != model_sha256.lower():
+    ``layer`` (``--gradcam-layer``): a module name of the model, or ``auto``. None: the layer the explain stage
+    recorded for this model (:func:`default_gradcam_layer`), else the automatic layer with a warning. A named or
+    recorded layer the model lacks is an error, never a silent switch to another layer. An ensemble has no
+    single layer to explain: ``ValueError``.
+    """
+    if predictor.is_ensemble:
         raise ValueError(
-            f"{path}: model_sha256 {data['model_sha256']!r} does not match the model file (sha256 "
-            f"{model_sha256!r}); this operating point was chosen for another model. Re-run the evaluate stage "
-            "for this model or pass the matching --operating-point."
+            f"--gradcam: an ensemble of {len(predictor.models)} models has no single Grad-CAM layer; explain one "
+            "model at a time (a single --model)."
         )
-    temperature = _number(data["temperature"], key="temperature", path=path)
-    threshold = _number(data["malignant_threshold"], key="malignant_threshold", path=path)
-    if not temperature > 0:
-        raise ValueError(f"{path}: temperature must be > 0, got {temperature!r}; re-run the evaluate stage.")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"{path}: malignant_threshold must lie in [0, 1], got {threshold!r}.")
-    if MALIGNANT not in class_names:
+    model_path = predictor.model_paths[0]
+    if layer == AUTO_LAYER:
+        logger.info("Grad-CAM layer: automatic (--gradcam-layer %s)", AUTO_LAYER)
+        return None
+    source = "--gradcam-layer"
+    if layer is None:
+        layer = default_gradcam_layer(model_path)
+        layout, variant = Layout.of_model(model_path)
+        source = str(layout.explain_metrics(variant))
+        if layer is None:
+            logger.warning("Grad-CAM layer: automatic (the last conv/norm layer); no explain-stage choice at %s. "
+                           "Pass --gradcam-layer NAME to choose one.", source)
+            return None
+    names = {name for name, _ in predictor.models[0].named_modules() if name}
+    if layer not in names:
         raise ValueError(
-            f"{path}: a Malignant threshold needs a {MALIGNANT!r} class, but the checkpoint's classes are "
-            f"{list(class_names)!r}."
+            f"Grad-CAM layer {layer!r} (from {source}) is not a module of {model_path} "
+            f"({predictor.meta.get('backbone')!r}); pass --gradcam-layer NAME (a module of this model) or "
+            f"--gradcam-layer {AUTO_LAYER}."
         )
-    target = data.get("target_sensitivity")
-    return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path,
-                          tta_flip=bool(data.get("tta_flip", False)),
-                          target_sensitivity=float(target) if isinstance(target, (int, float)) else None)
+    logger.info("Grad-CAM layer %r (from %s)", layer, source)
+    return layer
 
 
 def run_inference(
     inputs: Sequence[str | os.PathLike],
     *,
-    model_path: str | os.PathLike = DEFAULT_MODEL,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
     operating_point_path: str | os.PathLike | None = None,
     batch_size: int = 16,
     device: str = "cpu",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     gradcam_dir: str | os.PathLike | None = None,
+    gradcam_layer: str | None = None,
 ) -> InferenceResult:
     """Score every image of ``inputs`` (files, folders, globs); failures are kept as rows with ``error``.
 
-    ``operating_point_path`` None looks beside the model (:func:`default_operating_point_path`) and, if
-    absent there, warns and leaves the Malignant decision null. Raises ``ValueError`` when no input matched.
+    ``model_path``: one checkpoint or several (a seed ensemble, :func:`assurexray.prediction.load_predictor`).
+    ``operating_point_path`` None looks in the model's project layout
+    (:func:`assurexray.prediction.default_operating_point_path`) and, if absent there, warns and leaves the
+    Malignant decision null. ``gradcam_layer``: see :func:`resolve_gradcam_layer`. Raises ``ValueError`` when
+    no input matched.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
@@ -369,13 +348,10 @@ def run_inference(
     if not files:
         listed = "; ".join(p.error or p.path for p in problems) or "no inputs given"
         raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
-    model_path = Path(model_path)
-    model, meta = load_checkpoint(model_path, device=_resolve_device(device))
-    sha = file_sha256(model_path)
-    class_names = [str(c) for c in meta["class_names"]]
-    op = _resolve_operating_point(operating_point_path, model_path=model_path, sha=sha, class_names=class_names)
+    predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
+                               device=resolve_device(device, setting="--device"))
     gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
-    gradcam_layer = _gradcam_layer_for(model, model_path) if gradcam_dir is not None else None
+    layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam_dir is not None else None
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
     pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
@@ -384,9 +360,9 @@ def run_inference(
             for chunk, decoded in _decoded_chunks(files, batch_size=batch_size, max_pixels=max_pixels, pool=pool):
                 predictions.extend(
                     _predict_chunk(
-                        chunk, decoded, model=model, meta=meta, op=op, class_names=class_names,
+                        chunk, decoded, predictor=predictor,
                         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
-                        gradcam_layer=gradcam_layer,
+                        gradcam_layer=layer,
                     )
                 )
                 progress.update(len(chunk))
@@ -396,12 +372,12 @@ def run_inference(
     ok_paths = {p.path for p in predictions if p.ok}
     return InferenceResult(
         predictions=problems + predictions,
-        class_names=class_names,
-        operating_point=op,
-        model_sha256=sha,
+        class_names=predictor.class_names,
+        operating_point=predictor.operating_point,
+        model_sha256=predictor.model_sha256,
         gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir),
-        training_data=meta.get("data"),
+        training_data=predictor.meta.get("data"),
     )
 
 
@@ -465,10 +441,11 @@ def describe_result(result: InferenceResult) -> str:
 def infer_command(
     inputs: Sequence[str],
     *,
-    model_path: str | os.PathLike = DEFAULT_MODEL,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
     operating_point_path: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     gradcam_dir: str | os.PathLike | None = None,
+    gradcam_layer: str | None = None,
     batch_size: int = 16,
     device: str = "cpu",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -486,7 +463,7 @@ def infer_command(
         raise ValueError(f"--output {os.fspath(output)!r}: unsupported suffix; use a .jsonl or .csv file name.")
     result = run_inference(
         inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
-        device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir,
+        device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir, gradcam_layer=gradcam_layer,
     )
     print(DISCLAIMER, file=stdout)
     print(describe_result(result), file=stdout)
@@ -542,10 +519,7 @@ def _predict_chunk(
     files: list[Path],
     decoded: list[np.ndarray | Prediction],
     *,
-    model: torch.nn.Module,
-    meta: dict,
-    op: OperatingPoint,
-    class_names: list[str],
+    predictor: Predictor,
     gradcam_dir: Path | None,
     gradcam_names: dict[Path, str],
     gradcam_layer: str | None = None,
@@ -559,8 +533,8 @@ def _predict_chunk(
         else:
             grays[path] = item
     if grays:
-        scored, heatmaps = _score(grays, model=model, meta=meta, op=op, class_names=class_names,
-                                  gradcam=gradcam_dir is not None, gradcam_layer=gradcam_layer)
+        scored, heatmaps = _score(grays, predictor=predictor, gradcam=gradcam_dir is not None,
+                                  gradcam_layer=gradcam_layer)
         outcome.update(scored)
         for path, heat in heatmaps.items():
             p = outcome[path]
@@ -570,35 +544,27 @@ def _predict_chunk(
 
 
 def _score(
-    grays: dict[Any, np.ndarray], *, model: torch.nn.Module, meta: dict, op: OperatingPoint, class_names: list[str],
-    gradcam: bool, gradcam_layer: str | None,
+    grays: dict[Any, np.ndarray], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
 ) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray]]:
     """Predictions (and, with ``gradcam``, (S, S) heatmaps of the predicted class) for decoded images."""
     keys = list(grays)
-    device = next(model.parameters()).device
-    batch = torch.stack([prepare_image(grays[k], meta) for k in keys]).to(device)  # (B, 3, S, S)
-    with torch.inference_mode():
-        logits = flip_averaged_logits(model, batch, tta_flip=op.tta_flip)  # (B, K), as evaluate scored
-    probs = apply_temperature(logits, op.temperature)
-    malignant = class_names.index(MALIGNANT) if MALIGNANT in class_names else None
+    boxed, scores = predictor.predict_grays([grays[k] for k in keys])  # (B, S, S) letterboxed once
+    names = predictor.class_names
+    flags = scores.malignant_flag
     outcome: dict[Any, Prediction] = {}
-    for key, row in zip(keys, probs):
-        flag = None
-        if op.malignant_threshold is not None and malignant is not None:
-            flag = int(row[malignant] >= op.malignant_threshold)
-        outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(class_names, row)},
-                                  pred=class_names[int(np.argmax(row))], malignant_flag=flag)
+    for i, (key, row) in enumerate(zip(keys, scores.probs)):
+        outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(names, row)},
+                                  pred=names[int(scores.pred_idx[i])],
+                                  malignant_flag=None if flags is None else int(flags[i]))
     if not gradcam:
         return outcome, {}
-    size = int(meta["input_size"])
-    boxed = np.stack([letterbox(grays[k], size)[0] for k in keys])  # (B, S, S) uint8
-    targets = [int(np.argmax(row)) for row in probs]  # explain the predicted class
+    model = predictor.models[0]  # resolve_gradcam_layer refused ensembles
     # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
-    cam_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+    cam_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     heatmaps = compute_heatmaps(
-        cam_model, boxed, targets, transform=eval_transform(meta), method="gradcam", batch_size=len(keys),
-        target_layer=gradcam_layer, progress=False,
-    )  # (B, S, S) in [0, 1]
+        cam_model, boxed, [int(t) for t in scores.pred_idx], transform=predictor.transform, method="gradcam",
+        batch_size=len(keys), target_layer=gradcam_layer, progress=False,
+    )  # (B, S, S) in [0, 1]; explain the predicted class
     return outcome, dict(zip(keys, heatmaps))
 
 
@@ -689,35 +655,11 @@ def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
     return names
 
 
-def _gradcam_layer_for(model: torch.nn.Module, model_path: Path) -> str | None:
-    """The explain stage's layer for this model when the model has it, else None (automatic)."""
-    layer = default_gradcam_layer(model_path)
-    return layer if layer in {name for name, _ in model.named_modules()} else None
-
-
-def _resolve_operating_point(
-    path: str | os.PathLike | None, *, model_path: Path, sha: str, class_names: list[str]
-) -> OperatingPoint:
-    if path is not None:
-        return load_operating_point(path, model_sha256=sha, class_names=class_names)
-    default = default_operating_point_path(model_path)
-    if default.is_file():
-        return load_operating_point(default, model_sha256=sha, class_names=class_names)
-    logger.warning(
-        "no operating point at %s: probabilities are uncalibrated (temperature 1) and the Malignant decision "
-        "is null. Run the evaluate stage or pass --operating-point.", default,
-    )
-    return OperatingPoint()
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto.")
-    return device
+def _model_paths(model_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One ``--model`` or several (an ensemble) as a list of paths."""
+    if isinstance(model_path, (str, os.PathLike)):
+        return [Path(model_path)]
+    return [Path(p) for p in model_path]
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], list[Prediction]]:
@@ -769,12 +711,6 @@ def _check_shape(width: int, height: int, *, label: str) -> None:
             f"{label}: degenerate image {width}x{height} px: aspect ratio {long / short:.1f} exceeds "
             f"{MAX_ASPECT:g}, letterboxing would leave a sliver of pixels. Crop it to the radiograph."
         )
-
-
-def _number(value: Any, *, key: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{path}: {key} must be a finite number, got {value!r}; re-run the evaluate stage.")
-    return float(value)
 
 
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:

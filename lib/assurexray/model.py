@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -112,6 +113,26 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
     return path
+
+
+def resolve_device(device: str, *, setting: str = "train.device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA where available, else CPU) -> a torch device.
+
+    One resolver for training, evaluation, explain and inference, so ``auto`` means the same everywhere.
+    Under torchrun a bare ``cuda`` is this process's GPU (``LOCAL_RANK``). ``setting`` names the option
+    in error messages (``train.device`` or ``--device``).
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or re.fullmatch(r"cuda:\d+", name):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{setting}={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'.")
+        index = int(name.split(":")[1]) if ":" in name else int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", index)
+    raise ValueError(f"{setting}={device!r}: expected cpu, cuda, cuda:N or auto.")
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

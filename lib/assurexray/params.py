@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ParamsSectionError", "load_params", "check_keys"]
+__all__ = ["ParamsSectionError", "load_params", "check_keys", "train_device"]
 
 
 class ParamsSectionError(KeyError, ValueError):
@@ -49,3 +49,11 @@ def check_keys(values: dict[str, Any], allowed: set[str] | list[str], *, where: 
             "Fix the spelling in params.yaml."
         )
     return values
+
+
+def train_device(path: str | os.PathLike = "params.yaml") -> str:
+    """``train.device`` (cpu | cuda | cuda:N | auto): evaluate and explain run where training did."""
+    train = load_params(path, "train")
+    if "device" not in train:
+        raise ValueError(f"{path}: train.device is missing; add `device: auto` (or cpu / cuda) under train.")
+    return str(train["device"])

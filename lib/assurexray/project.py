@@ -1,4 +1,7 @@
-"""Where a project's files are found from outside it: the model ``assurexray infer`` uses by default.
+"""Facts about a project that every module shares, each stated once: the split variants, where each stage's
+artefacts live (:class:`Layout`, the paths of dvc.yaml), the class the operating point is about, the image
+suffixes each reader accepts (from assurexray.filetypes), the one reader of the pipeline's JSON files, and which model ``assurexray infer``
+uses by default. A module that needs one of these imports it from here; none rebuilds a path or a list.
 
 Precedence of the model file (the first that applies wins; a named file that is missing is an error, never a
 silent fall-back to another model):
@@ -16,11 +19,28 @@ Nothing walks up folders looking for a project: every place is fixed and listed 
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-__all__ = ["ROOT_ENV", "MODEL_ENV", "DEFAULT_MODEL", "resolve_model_path"]
+from assurexray.filetypes import DATASET_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, RASTER_SUFFIXES
+
+__all__ = [
+    "VARIANTS", "VARIANT_TITLES", "MALIGNANT", "RASTER_SUFFIXES", "DICOM_SUFFIXES", "INFER_SUFFIXES",
+    "DATASET_SUFFIXES", "Layout", "read_json", "ROOT_ENV", "MODEL_ENV", "DEFAULT_MODEL", "resolve_model_path",
+]
+
+#: The split variants, in the order every table and page shows them (``foreach`` lists of dvc.yaml).
+VARIANTS: tuple[str, ...] = ("stratified", "center")
+#: Their human titles.
+VARIANT_TITLES: dict[str, str] = {"stratified": "Stratified split", "center": "Centre hold-out"}
+#: The class of the operating point (the sensitivity-targeted threshold) and of every "flag".
+MALIGNANT = "Malignant"
+
+# The suffix lists (RASTER_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, DATASET_SUFFIXES) live in
+# assurexray.filetypes, re-exported here, so the data and training stages do not depend on this file.
 
 #: Environment variable naming the project root (models/, metrics/, plots/, data/).
 ROOT_ENV = "ASSUREXRAY_ROOT"
@@ -72,3 +92,95 @@ def resolve_model_path(
         f"no model given and none found (looked in {looked}). Pass --model FILE, set {MODEL_ENV}=FILE or "
         f"{ROOT_ENV}=<project folder>, or run `dvc repro` (or `dvc pull`) in the project."
     )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the pipeline's files live under one project ``root`` (the paths of dvc.yaml, stated once).
+
+    ``metrics_root`` reads a metrics folder kept elsewhere (a copied run's ``metrics/``); default ``root/metrics``.
+    """
+
+    root: Path
+    metrics_root: Path | None = None
+
+    @classmethod
+    def of_metrics(cls, metrics_dir: str | os.PathLike) -> "Layout":
+        """The layout of a run whose metrics folder is ``metrics_dir`` (its parent is taken as the root)."""
+        metrics_dir = Path(metrics_dir)
+        return cls(metrics_dir.parent, metrics_root=metrics_dir)
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics" if self.metrics_root is None else self.metrics_root
+
+    def model(self, variant: str) -> Path:
+        return self.root / "models" / variant / "model.pt"
+
+    def metrics(self, variant: str) -> Path:
+        """``metrics/<variant>``: split.json and one folder per stage (train, eval, explain)."""
+        return self.metrics_dir / variant
+
+    def eval_dir(self, variant: str) -> Path:
+        return self.metrics(variant) / "eval"
+
+    def operating_point(self, variant: str) -> Path:
+        return self.eval_dir(variant) / "operating_point.json"
+
+    def eval_metrics(self, variant: str) -> Path:
+        return self.eval_dir(variant) / "metrics.json"
+
+    def predictions(self, variant: str) -> Path:
+        return self.eval_dir(variant) / "predictions.csv"
+
+    def explain_metrics(self, variant: str) -> Path:
+        return self.metrics(variant) / "explain" / "metrics.json"
+
+    def train_metrics(self, variant: str) -> Path:
+        return self.metrics(variant) / "train" / "metrics.json"
+
+    def split_summary(self, variant: str) -> Path:
+        return self.metrics(variant) / "split.json"
+
+    def split_test(self, variant: str) -> Path:
+        return self.root / "data" / "splits" / variant / "test.csv"
+
+    def plots(self, variant: str) -> Path:
+        return self.root / "plots" / variant
+
+    @property
+    def compare(self) -> Path:
+        return self.metrics_dir / "compare.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "data" / "raw" / "images"
+
+    @property
+    def index_csv(self) -> Path:
+        return self.root / "data" / "prepared" / "index.csv"
+
+    @classmethod
+    def of_model(cls, model_path: str | os.PathLike) -> tuple["Layout", str]:
+        """The layout and variant of a checkpoint at ``<root>/models/<variant>/model.pt`` (as dvc.yaml puts it).
+
+        Only the fixed layout is read off the path; whether the files it names exist (and belong to this
+        model) is for the caller to check.
+        """
+        path = Path(model_path)
+        return cls(path.parent.parent.parent), path.parent.name
+
+
+def read_json(path: str | os.PathLike, *, fix: str = "re-run the stage that writes it (dvc repro)") -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` naming the file and ``fix`` when it is not one.
+
+    A missing file raises ``FileNotFoundError`` (callers that treat absence as "not run yet" check first).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); {fix}.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}.")
+    return data

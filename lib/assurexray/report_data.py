@@ -8,7 +8,6 @@ it would be used. NOT FOR CLINICAL USE.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Mapping
 
 from assurexray.learning_curves import LossHistory, read_loss_history
 from assurexray.params import check_keys
+from assurexray.project import VARIANT_TITLES, VARIANTS, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ __all__ = [
     "collect_report_data", "lookup", "ci_level", "explain_name",
 ]
 
-VARIANTS: tuple[str, ...] = ("stratified", "center")
-VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
 #: The params the report stage reads: exactly its ``params:`` list in dvc.yaml (None = whole section), so
 #: a change DVC does not track can never alter the documents.
 TRACKED_PARAMS: dict[str, tuple[str, ...] | None] = {
@@ -150,7 +148,7 @@ def _read_eval(path: Path, variant: str) -> dict[str, Any]:
             f"{path}: evaluation metrics of variant {variant!r} not found; the report needs both variants' "
             f"eval metrics. Run `dvc repro evaluate@{variant}` first."
         )
-    metrics = _read_json(path)
+    metrics = read_json(path, fix="re-run the stage that writes it")
     absent = [k for k in _EVAL_KEYS if k not in metrics]
     if absent:
         raise ValueError(f"{path}: keys {absent} missing (schema in docs/ARCHITECTURE.md); re-run `dvc repro "
@@ -162,17 +160,7 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         logger.info("%s absent: the report says 'not available' where it would be used", path)
         return None
-    return _read_json(path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the stage that writes it.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; re-run the stage that writes it.")
-    return data
+    return read_json(path, fix="re-run the stage that writes it")
 
 
 def _existing(path: Path) -> Path | None:

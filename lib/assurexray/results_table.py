@@ -10,34 +10,35 @@ NOT FOR CLINICAL USE.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from assurexray.atomic import write_text
+from assurexray.project import MALIGNANT, VARIANTS, Layout, read_json
 from assurexray.rendering import fmt_ci, fmt_level, markdown_table
 from assurexray.splits import grouping_statement
 
 __all__ = ["results_table", "update_readme", "BEGIN", "END"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-VARIANTS = (("stratified", "Stratified (grouped)"), ("center", "Centre holdout (train centre 1)"))
+#: The table's row titles (longer than project.VARIANT_TITLES: the README says what each split guarantees).
+_TITLES = {"stratified": "Stratified (grouped)", "center": "Centre holdout (train centre 1)"}
 
 
 def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: str = "") -> str:
     """Markdown: one row per (variant, test set), pooled then each centre, from ``metrics_dir`` only."""
-    root = Path(metrics_dir)
-    evals = {variant: _read(root / variant / "eval" / "metrics.json") for variant, _ in VARIANTS}
-    names, level = _class_names_and_level(evals, root)
+    layout = Layout.of_metrics(metrics_dir)
+    evals = {variant: _read(layout.eval_metrics(variant)) for variant in VARIANTS}
+    names, level = _class_names_and_level(evals, layout)
     header = (
         "Variant", "Test set", f"Images ({'/'.join(n[0] for n in names)})", f"Macro AUC ({fmt_level(level)} CI)",
-        "Tumour vs normal AUC", "Malignant sens. / spec. at the val threshold",
+        "Tumour vs normal AUC", f"{MALIGNANT} sens. / spec. at the val threshold",
     )
     rows, notes = [], []
-    for variant, title in VARIANTS:
-        e = evals[variant]
-        split = _read(root / variant / "split.json")
+    for variant in VARIANTS:
+        title, e = _TITLES[variant], evals[variant]
+        split = _read(layout.split_summary(variant))
         blocks = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
         if variant == "stratified":
             blocks = blocks[:1]  # per-centre rows of the stratified test are small; the holdout is the question
@@ -49,7 +50,7 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
                 fmt_ci(_get(block, "headline", "macro_auc")), fmt_ci(_get(block, "diagnostics", "tumour_vs_normal_auc")),
                 f"{fmt_ci(op.get('test_sensitivity'))} / {fmt_ci(op.get('test_specificity'))}",
             ))
-        explain_path = root / variant / "explain" / "metrics.json"
+        explain_path = layout.explain_metrics(variant)
         if explain_path.is_file():
             x = _read(explain_path)
             notes.append(f"- {title}: Grad-CAM pointing game on {_get(x, 'model', 'overall', 'n')} annotated test "
@@ -59,8 +60,8 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
         notes.append(f"- {title}: {grouping_statement(split)}")
         op = e.get("operating_point") or {}
         if op.get("reliable") is False:
-            notes.append(f"- {title}: the Malignant threshold rests on {op.get('val_positives')} validation "
-                         "Malignant images and is flagged unreliable.")
+            notes.append(f"- {title}: the {MALIGNANT} threshold rests on {op.get('val_positives')} validation "
+                         f"{MALIGNANT} images and is flagged unreliable.")
     made = f"Made by `{command}` on {date}" + (f" at commit {commit}" if commit else "") + "."
     return "\n".join([markdown_table(header, rows), "", *notes, "", made])
 
@@ -78,7 +79,7 @@ def update_readme(readme: str | Path, table: str) -> None:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run the pipeline (dvc repro) before making the table.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, fix="re-run the pipeline (dvc repro) before making the table")
 
 
 def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
@@ -89,15 +90,15 @@ def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
     return node
 
 
-def _class_names_and_level(evals: Mapping[str, Mapping[str, Any]], root: Path) -> tuple[list[str], float]:
+def _class_names_and_level(evals: Mapping[str, Mapping[str, Any]], layout: Layout) -> tuple[list[str], float]:
     """Class order and bootstrap level the table states, read from the eval metrics (both variants must agree)."""
     found = {v: (e.get("class_names"), _get(e, "bootstrap", "ci_level")) for v, e in evals.items()}
     for variant, (names, level) in found.items():
         if not names or level is None:
-            raise ValueError(f"{root / variant / 'eval' / 'metrics.json'}: 'class_names' or 'bootstrap.ci_level' "
+            raise ValueError(f"{layout.eval_metrics(variant)}: 'class_names' or 'bootstrap.ci_level' "
                              f"missing (schema in docs/ARCHITECTURE.md); re-run `dvc repro evaluate@{variant}`.")
     if len(set(map(repr, found.values()))) > 1:
-        raise ValueError(f"{root}: the variants' class_names / bootstrap.ci_level differ ({found!r}); re-run "
+        raise ValueError(f"{layout.metrics_dir}: the variants' class_names / bootstrap.ci_level differ ({found!r}); re-run "
                          "evaluate for both with the same params.")
     names, level = next(iter(found.values()))
     return list(names), level

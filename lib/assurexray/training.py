@@ -40,7 +40,7 @@ from tqdm import tqdm
 from assurexray import distributed, resume
 from assurexray.atomic import atomic_dir
 from assurexray.lesion_head import WithLesionHead, lesion_loss
-from assurexray.model import FORMAT_VERSION, backbone_norm, create_model
+from assurexray.model import FORMAT_VERSION, backbone_norm, create_model, resolve_device
 from assurexray.transforms import eval_transform, train_transform
 
 __all__ = ["MONITORS", "CLASS_WEIGHTS", "TrainResult", "TrainingData", "is_main_process", "load_training_data",
@@ -154,7 +154,7 @@ def train_model(
     y_train = _labels(train_index, "train", images.shape[0], class_names)
     y_val = _labels(val_index, "val", images.shape[0], class_names)
     _seed_everything(seed)
-    run_device = _resolve_device(device)
+    run_device = resolve_device(device)
     amp_dtype = _amp_dtype(amp, run_device)
 
     model = create_model(backbone, num_classes=num_classes, dropout=dropout, pretrained=pretrained)
@@ -619,14 +619,6 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)  # process-wide: same data + seed => same weights
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'.")
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process
-    return torch.device("cpu")
 
 
 def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:

@@ -1,9 +1,10 @@
 """Page logic of the Streamlit demo (``app/app.py``), kept free of Streamlit so it is tested directly.
 
-Prediction goes through the engine of ``assurexray infer`` (:func:`assurexray.infer.predict_images`): the same
-decoding (``read_gray_bytes``, DICOM via ``assurexray.dicom``), preprocessing (``transforms.prepare_image``),
-temperature, Malignant threshold and Grad-CAM overlay, so the page shows what the CLI would print. The
-results view only reads files the pipeline wrote (schemas in docs/ARCHITECTURE.md).
+Prediction goes through the engine of ``assurexray infer`` and evaluate (:func:`assurexray.infer.predict_images`
+over :class:`assurexray.prediction.Predictor`): the same decoding (``read_gray_bytes``, DICOM via
+``assurexray.dicom``), preprocessing, temperature, Malignant threshold and Grad-CAM overlay, so the page shows
+what the CLI would print. The results view only reads files the pipeline wrote, where
+:class:`assurexray.project.Layout` says they are (schemas in docs/ARCHITECTURE.md).
 
 Privacy: nothing about users is stored or written. An upload is decoded, classified and drawn in memory;
 no file is created. NOT FOR CLINICAL USE.
@@ -12,24 +13,34 @@ no file is created. NOT FOR CLINICAL USE.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from assurexray.decision import decision_sentence, threshold_sentence, top_class_sentence, validation_rates
-from assurexray.dicom import DICOM_SUFFIXES
-from assurexray.project import ROOT_ENV  # one owner: the CLI reads the same setting
-from assurexray.imaging import RASTER_SUFFIXES
+from assurexray.project import (  # one owner each: the CLI, report and pipeline read the same facts
+    DATASET_SUFFIXES,
+    INFER_SUFFIXES,
+    MALIGNANT,
+    ROOT_ENV,
+    VARIANT_TITLES,
+    VARIANTS,
+    Layout,
+    read_json,
+)
 from assurexray.provenance import trained_on, training_data_sentence
 from assurexray.report import HEADLINE_TITLES, fmt, fmt_ci
+
+if TYPE_CHECKING:  # torch-heavy; imported on first use at run time (see decode_upload)
+    from assurexray.infer import Prediction
+    from assurexray.prediction import OperatingPoint
 
 __all__ = [
     "ROOT_ENV",
@@ -74,10 +85,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("stratified", "center")
-VARIANT_TITLES = {"stratified": "Stratified split", "center": "Centre hold-out"}
 #: File types the uploader accepts (suffixes without the dot): exactly what ``assurexray infer`` reads.
-UPLOAD_TYPES: tuple[str, ...] = tuple(s.lstrip(".") for s in RASTER_SUFFIXES + DICOM_SUFFIXES)
+UPLOAD_TYPES: tuple[str, ...] = tuple(s.lstrip(".") for s in INFER_SUFFIXES)
 #: Largest upload, MB (passed to st.file_uploader and checked again here; AppTest bypasses the widget).
 MAX_UPLOAD_MB = 50
 #: The uploader's label: the accepted types and the size limit, said before the user picks a file.
@@ -100,66 +109,50 @@ EVAL_FIGURES: tuple[tuple[str, str], ...] = (
 )
 #: Figures of several panels each, shown one variant at a time at full width (side by side they are unreadable).
 WIDE_FIGURES: frozenset[str] = frozenset({"Confusion matrix (test)", "Grad-CAM gallery overview"})
-_SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SAMPLE_SUFFIXES = DATASET_SUFFIXES  # test images offered by the picker: any radiograph the dataset holds
 _MB = 1024 * 1024  # Streamlit's maxUploadSize megabyte
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Where the pipeline's files live under one project ``root`` (paths as in dvc.yaml)."""
-
-    root: Path
-
-    def model(self, variant: str) -> Path:
-        return self.root / "models" / variant / "model.pt"
-
-    def operating_point(self, variant: str) -> Path:
-        return self.root / "metrics" / variant / "eval" / "operating_point.json"
-
-    def eval_metrics(self, variant: str) -> Path:
-        return self.root / "metrics" / variant / "eval" / "metrics.json"
-
-    def predictions(self, variant: str) -> Path:
-        return self.root / "metrics" / variant / "eval" / "predictions.csv"
-
-    def split_test(self, variant: str) -> Path:
-        return self.root / "data" / "splits" / variant / "test.csv"
-
-    def explain_metrics(self, variant: str) -> Path:
-        return self.root / "metrics" / variant / "explain" / "metrics.json"
-
-    def plots(self, variant: str) -> Path:
-        return self.root / "plots" / variant
-
-    @property
-    def compare(self) -> Path:
-        return self.root / "metrics" / "compare.json"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "data" / "raw" / "images"
-
-    @property
-    def index_csv(self) -> Path:
-        return self.root / "data" / "prepared" / "index.csv"
-
-
-@dataclass(frozen=True)
 class AppPrediction:
-    """One classified image: what ``assurexray infer`` reports, plus the pictures the page shows."""
+    """One classified image: ``assurexray infer``'s :class:`~assurexray.infer.Prediction` and the operating point
+    that produced it (held, not copied), plus the pictures the page shows."""
 
     name: str
-    probs: dict[str, float]
-    pred: str
-    malignant_flag: int | None
-    malignant_threshold: float | None
-    temperature: float
-    operating_point: Path | None
+    outcome: Prediction  # probabilities, top class and Malignant flag, exactly as the CLI reports them
+    op: OperatingPoint  # temperature, threshold and its target sensitivity (operating_point.json)
     model_sha256: str
     gray: np.ndarray  # (H, W) uint8, the decoded radiograph
     overlay: np.ndarray  # (h, w, 3) uint8, Grad-CAM of the predicted class under the disclaimer banner
     training_data: dict[str, Any] | None = None  # the checkpoint's meta["data"] (assurexray.provenance)
-    target_sensitivity: float | None = None  # what the threshold was chosen for (operating_point.json)
+
+    @property
+    def probs(self) -> dict[str, float]:
+        return dict(self.outcome.probs or {})
+
+    @property
+    def pred(self) -> str:
+        return str(self.outcome.pred)
+
+    @property
+    def malignant_flag(self) -> int | None:
+        return self.outcome.malignant_flag
+
+    @property
+    def malignant_threshold(self) -> float | None:
+        return self.op.malignant_threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.op.temperature
+
+    @property
+    def operating_point(self) -> Path | None:
+        return self.op.source
+
+    @property
+    def target_sensitivity(self) -> float | None:
+        return self.op.target_sensitivity
 
     @property
     def trained_on(self) -> str:
@@ -300,7 +293,7 @@ def predict_file(
 
 def decision_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
     """The Malignant operating-point decision in one sentence, or why there is none."""
-    if prediction.malignant_threshold is None or "Malignant" not in prediction.probs:
+    if prediction.malignant_threshold is None or MALIGNANT not in prediction.probs:
         where = layout.operating_point(variant).relative_to(layout.root)
         return (
             f"No Malignant decision: operating point {where} not found, so probabilities are uncalibrated "
@@ -484,23 +477,13 @@ def _predict(gray: np.ndarray, *, name: str, layout: Layout, variant: str) -> Ap
         {name: gray}, model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
         gradcam=True,
     )
-    outcome, op = result.predictions[0], result.operating_point
-    return AppPrediction(
-        name=name, probs=dict(outcome.probs or {}), pred=str(outcome.pred), malignant_flag=outcome.malignant_flag,
-        malignant_threshold=op.malignant_threshold, temperature=op.temperature, operating_point=op.source,
-        model_sha256=result.model_sha256, gray=gray, overlay=overlays[name], training_data=result.training_data,
-        target_sensitivity=op.target_sensitivity,
-    )
+    return AppPrediction(name=name, outcome=result.predictions[0], op=result.operating_point,
+                         model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
+                         training_data=result.training_data)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); run `{RESULTS_COMMAND}` to rewrite it.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; run `{RESULTS_COMMAND}`.")
-    return data
+    return read_json(path, fix=f"run `{RESULTS_COMMAND}` to rewrite it")
 
 
 def _ordered_keys(blocks: list[Mapping[str, Any]]) -> list[str]:
