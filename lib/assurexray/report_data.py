@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from assurexray.learning_curves import LossHistory, read_loss_history
 from assurexray.params import check_keys
-from assurexray.project import VARIANT_TITLES, VARIANTS, read_json
+from assurexray.project import VARIANT_TITLES, VARIANTS, Layout, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def collect_report_data(
         if keys is not None:
             check_keys(params[section], set(keys), where=f"report params section {section!r}")
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
-    evals = {v: _read_eval(metrics_dir / v / "eval" / "metrics.json", v) for v in VARIANTS}
+    layout = Layout.of_metrics(metrics_dir)
+    evals = {v: _read_eval(layout.eval_metrics(v), v) for v in VARIANTS}
     names = [tuple(evals[v]["class_names"]) for v in VARIANTS]
     if names[0] != names[1]:
         raise ValueError(
@@ -102,12 +103,12 @@ def collect_report_data(
         params=dict(params),
         class_names=names[0],
         evals=evals,
-        explains={v: _read_optional(metrics_dir / v / "explain" / "metrics.json") for v in VARIANTS},
-        splits={v: _read_optional(metrics_dir / v / "split.json") for v in VARIANTS},
-        trains={v: _read_optional(metrics_dir / v / "train" / "metrics.json") for v in VARIANTS},
-        operating_points={v: _read_optional(metrics_dir / v / "eval" / "operating_point.json") for v in VARIANTS},
+        explains={v: _read_optional(layout.explain_metrics(v)) for v in VARIANTS},
+        splits={v: _read_optional(layout.split_summary(v)) for v in VARIANTS},
+        trains={v: _read_optional(layout.train_metrics(v)) for v in VARIANTS},
+        operating_points={v: _read_optional(layout.operating_point(v)) for v in VARIANTS},
         audit=_read_optional(metrics_dir / "audit.json"),
-        compare=_read_optional(metrics_dir / "compare.json"),
+        compare=_read_optional(layout.compare),
         figures={v: {f"{sub}/{name}": _existing(plots_dir / v / sub / name) for sub, name, _ in FIGURES}
                  for v in VARIANTS},
         losses={v: read_loss_history(metrics_dir / v / "train") for v in VARIANTS},
