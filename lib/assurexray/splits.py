@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from assurexray.atomic import atomic_dir
+from assurexray.manifests import read_index  # re-exported for stages/split.py: the one index reader
 from assurexray.params import check_keys
 from assurexray.sheets import image_ids, read_sheet
 
@@ -45,7 +46,6 @@ PARTITIONS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "label", "center", "group")
 #: Columns added by ``split_index`` (dropped again when the partitions are written).
 SPLIT_COLUMNS: tuple[str, ...] = ("partition", "moved")
-_TEXT_COLUMNS: tuple[str, ...] = ("image_id", "label", "case_id", "group", "view", "orig_mode", "phash", "dup_of")
 _PARTITION_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -55,18 +55,6 @@ class _Strategy:
 
     func: Callable[..., pd.DataFrame]
     defaults: dict[str, Any]
-
-
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``index.csv`` with text columns kept as text (empty ``case_id``/``dup_of`` stay ``''``, not NaN)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: index not found; run the prepare stage first.")
-    frame = pd.read_csv(path, dtype={name: str for name in _TEXT_COLUMNS})
-    for name in _TEXT_COLUMNS:
-        if name in frame:
-            frame[name] = frame[name].fillna("")
-    return frame
 
 
 def split_index(
