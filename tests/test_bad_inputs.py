@@ -34,7 +34,8 @@ from assurexray.btxrd import load_release, read_labelme, read_metadata
 from assurexray.cache import build_cache, load_cache
 from assurexray.fetch import extract_release, import_release
 from assurexray.imaging import letterbox, polygons_to_letterbox, rasterize_polygons
-from assurexray.infer import read_gray, read_gray_bytes, run_inference
+from assurexray.decoding import read_gray, read_gray_bytes
+from assurexray.infer import run_inference
 from assurexray.schema import RELEASE_COLUMNS
 
 RAMP = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))  # (48, 64) gray ramp 0..252
@@ -264,7 +265,7 @@ def test_a_folder_names_unsupported_image_types_and_logs_other_files(model_path,
     (folder / "c.jp2").write_bytes(encode(RAMP, "JPEG2000"))
     (folder / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (folder / "notes.txt").write_text("ward round")
-    with caplog.at_level(logging.WARNING, logger="assurexray.infer"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.decoding"):
         code = cli.main(["infer", str(folder), "--model", str(model_path)])
     assert code == 1  # documented: 1 when any input failed, the rest still scored
     err = capsys.readouterr().err

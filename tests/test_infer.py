@@ -18,12 +18,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from assurexray import cli, infer
 from assurexray import model as model_lib
-from assurexray.infer import (
-    collect_inputs,
-    read_gray,
-    run_inference,
-    write_predictions,
-)
+from assurexray.decoding import read_gray, read_gray_bytes
+from assurexray.infer import collect_inputs, run_inference
+from assurexray.infer_output import write_predictions
 from assurexray.prediction import default_operating_point_path, load_operating_point
 from assurexray.transforms import prepare_image
 
@@ -445,13 +442,13 @@ def test_in_memory_files_decode_exactly_like_the_same_files_on_disk(tmp_path):
     png = save_image(tmp_path / "ramp.png")
     dcm = save_dicom(tmp_path / "scan.dcm", (np.arange(32 * 24).reshape(24, 32) * 5) % 4096)
     for path in (png, dcm):
-        from_bytes = infer.read_gray_bytes(path.read_bytes(), name=path.name)
+        from_bytes = read_gray_bytes(path.read_bytes(), name=path.name)
         assert np.array_equal(from_bytes, read_gray(path)), path.name
     bomb = huge_png_header(tmp_path / "bomb.png", 20000, 20000)
     with pytest.raises(ValueError, match=r"upload\.png: image too large"):
-        infer.read_gray_bytes(bomb.read_bytes(), name="upload.png")
+        read_gray_bytes(bomb.read_bytes(), name="upload.png")
     with pytest.raises(ValueError, match=r"notes\.txt: not a readable image"):
-        infer.read_gray_bytes(b"plain text", name="notes.txt")
+        read_gray_bytes(b"plain text", name="notes.txt")
 
 
 def test_predict_images_scores_arrays_like_run_inference_scores_files(model_path, tmp_path):

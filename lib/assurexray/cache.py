@@ -23,18 +23,13 @@ from assurexray.atomic import atomic_dir
 from assurexray.btxrd import Release, read_labelme, sheet_modified
 from assurexray.groups import PAIR_COLUMNS, group_images, perceptual_hash
 from assurexray.imaging import decode_for_letterbox, letterbox, polygons_to_letterbox, rasterize_polygons
+from assurexray.manifests import INDEX_COLUMNS, read_index  # re-exported: the one reader
 from assurexray.schema import CLASS_NAMES
 
 __all__ = ["INDEX_COLUMNS", "PreparedCache", "build_cache", "load_cache", "read_index"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_COLUMNS: tuple[str, ...] = (
-    "row", "image_id", "label", "label_idx", "center", "case_id", "group", "view", "has_mask",
-    "orig_width", "orig_height", "orig_mode", "scale", "pad_x", "pad_y", "phash", "dup_of",
-)
-#: Columns read back as text (an empty case_id/dup_of must stay "", a phash must keep leading zeros).
-_TEXT_COLUMNS = ("image_id", "label", "case_id", "group", "view", "orig_mode", "phash", "dup_of")
 FORMAT_VERSION = 1
 
 
@@ -155,16 +150,6 @@ def build_cache(
     logger.info("prepared %d images at %d px into %s (%d groups, %d duplicate pairs)",
                 n, size, out_dir, meta["n_groups"], meta["n_duplicate_pairs"])
     return out_dir
-
-
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an index.csv (or a split CSV with its columns), keeping text columns as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: index not found; run `dvc repro prepare` first.")
-    header = pd.read_csv(path, nrows=0).columns
-    dtypes = {c: str for c in _TEXT_COLUMNS if c in header}
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={})
 
 
 def load_cache(path: str | os.PathLike, *, mmap: bool = True) -> PreparedCache:

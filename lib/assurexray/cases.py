@@ -23,11 +23,12 @@ import logging
 import os
 import re
 import unicodedata
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+
+from assurexray.sheets import image_ids, read_sheet, sheet_columns
 
 __all__ = ["CASE_TABLE_COLUMNS", "case_key", "read_case_sheets"]
 
@@ -95,21 +96,9 @@ def _read_one(path: Path) -> pd.DataFrame:
             f"data.btxrd.case_sheets: {str(path)!r} not found. Give the dataset authors' detection sheets "
             "(SHUNHANYAO/BTXRD, 'detection task/Distribution/train.xlsx' and 'val.xlsx') or an image_id,case_id CSV."
         )
-    suffix = path.suffix.lower()
-    try:
-        if suffix in {".xlsx", ".xlsm"}:
-            raw = pd.read_excel(path, engine="openpyxl", dtype=str)
-        elif suffix == ".csv":
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-        else:
-            raise ValueError(f"{path}: unsupported case sheet format {suffix!r}; expected .xlsx or .csv.")
-    except (zipfile.BadZipFile, OSError, KeyError) as err:
-        raise ValueError(f"{path}: cannot read the case sheet ({err}); re-save it as .xlsx or .csv.") from err
-    columns = {re.sub(r"[\s_]+", " ", str(c)).strip().lower(): c for c in raw.columns}
-    if "image id" not in columns:
-        raise ValueError(f"{path}: no image_id column; columns found: {[str(c) for c in raw.columns]}. A case sheet "
-                         "needs image_id and either 'Original Name' or case_id.")
-    ids = raw[columns["image id"]].fillna("").astype(str).str.strip()
+    raw = read_sheet(path, kind="case sheet")
+    columns = sheet_columns(raw)
+    ids = image_ids(raw, path, hint="A case sheet needs image_id and either 'Original Name' or case_id.")
     if "case id" in columns:
         original = pd.Series([""] * len(raw))
         cases = raw[columns["case id"]].fillna("").astype(str).str.strip()

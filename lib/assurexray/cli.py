@@ -12,13 +12,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 from assurexray import DISCLAIMER, __version__
 from assurexray.cli_errors import USER_ERRORS, error_line, warnings_as_log_lines
 from assurexray.project import DEFAULT_MODEL, MODEL_ENV, ROOT_ENV, Layout, resolve_model_path
 
-__all__ = ["main", "build_parser", "app_path", "app_command", "launch_app"]
+__all__ = ["main", "build_parser", "infer_command", "app_path", "app_command", "launch_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/assurexray/cli.py -> repository root
 _LAYOUT = Layout(Path())  # the artefact paths, relative to a project root, for the help texts
+#: ``--max-pixels`` default: assurexray.decoding.DEFAULT_MAX_PIXELS, written out so ``--help`` loads no decoder
+#: (tests/test_cli.py checks the two agree).
+_DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--max-pixels",
         type=_positive_int,
-        default=100_000_000,
+        default=_DEFAULT_MAX_PIXELS,
         metavar="N",
-        help="refuse images with more pixels than this (default: 100000000)",
+        help=f"refuse images with more pixels than this (default: {_DEFAULT_MAX_PIXELS})",
     )
     infer.set_defaults(handler=_run_infer)
 
@@ -145,9 +148,55 @@ def launch_app(*, port: int = 8501) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _run_infer(args: argparse.Namespace) -> int:
-    from assurexray.infer import infer_command
+def infer_command(
+    inputs: Sequence[str],
+    *,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    gradcam_dir: str | os.PathLike | None = None,
+    gradcam_layer: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_pixels: int | None = _DEFAULT_MAX_PIXELS,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run inference, print the table and a failure summary, write ``output``; return the exit code.
 
+    0 = every input scored, 1 = some inputs failed (named on stderr; the others are still written).
+    Usage problems (no input matched, bad model or operating point) raise ``ValueError``/``FileNotFoundError``.
+    """
+    from assurexray.infer import run_inference  # torch-heavy: loaded only when the command runs
+    from assurexray.infer_output import OUTPUT_SUFFIXES, describe_result, format_table, write_predictions
+
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output {os.fspath(output)!r}: unsupported suffix; use a .jsonl or .csv file name.")
+    result = run_inference(
+        inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
+        device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir, gradcam_layer=gradcam_layer,
+    )
+    print(DISCLAIMER, file=stdout)
+    print(describe_result(result), file=stdout)
+    print(format_table(result), file=stdout)
+    if output is not None:
+        write_predictions(result, output)
+        print(f"wrote {len(result.predictions)} row(s) to {output}", file=stdout)
+    if gradcam_dir is not None:
+        print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=stdout)
+    failures = result.failures
+    n_ok = len(result.predictions) - len(failures)
+    if failures:
+        print(f"{len(failures)} of {len(result.predictions)} inputs failed (skipped):", file=stderr)
+        for p in failures:
+            print(f"  {p.error}", file=stderr)
+    print(f"{n_ok} image(s) classified, {len(failures)} failed.", file=stderr)
+    return 1 if failures else 0
+
+
+def _run_infer(args: argparse.Namespace) -> int:
     models = [resolve_model_path(None)] if not args.model else [resolve_model_path(m) for m in args.model]
     return infer_command(
         args.inputs,

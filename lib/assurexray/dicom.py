@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from assurexray.filetypes import DICOM_SUFFIXES
+from assurexray.imaging import pixel_cap_error
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom", "read_dicom_gray", "read_dicom_bytes", "dicom_to_gray"]
 
@@ -142,12 +143,8 @@ def _check_image_object(ds: Dataset, *, path: Path | str, max_pixels: int | None
     missing = [key for key in ("Rows", "Columns", "BitsAllocated") if key not in ds]
     if missing:
         raise ValueError(f"{path}: DICOM image lacks required attribute(s) {missing}; the file is incomplete.")
-    n_pixels = int(ds.Rows) * int(ds.Columns)
-    if max_pixels is not None and n_pixels > max_pixels:
-        raise ValueError(
-            f"{path}: image too large: {int(ds.Columns)}x{int(ds.Rows)} = {n_pixels} pixels exceeds "
-            f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
-        )
+    if max_pixels is not None and int(ds.Rows) * int(ds.Columns) > max_pixels:
+        raise pixel_cap_error(path, int(ds.Columns), int(ds.Rows), max_pixels)
 
 
 def _has_voi(ds: Dataset) -> bool:

@@ -28,6 +28,7 @@ from assurexray.calibration import (
     reliability_data,
     sensitivity_threshold,
 )
+from assurexray.manifests import open_images, read_split
 from assurexray.metrics import (
     binary_auc_with_ci,
     binary_rates_with_ci,
@@ -138,26 +139,9 @@ def load_partition(
     prepared: str | os.PathLike, split_dir: str | os.PathLike, partition: str
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of ``split_dir/<partition>.csv`` and their cached images ``(n, S, S)`` uint8."""
-    csv = Path(split_dir) / f"{partition}.csv"
-    npy = Path(prepared) / "images.npy"
-    for path in (csv, npy):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run `dvc repro split prepare` first.")
-    frame = pd.read_csv(csv, dtype={"group": str, "image_id": str}, keep_default_na=False)
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{csv}: missing column(s) {missing}; expected the index.csv columns {list(SPLIT_COLUMNS)}.")
-    if frame.empty:
-        raise ValueError(f"{csv}: no rows; the {partition} partition must hold at least one image.")
-    cache = np.load(npy, mmap_mode="r")
-    rows = frame["row"].to_numpy()
-    bad = (rows < 0) | (rows >= cache.shape[0])
-    if bad.any():
-        raise ValueError(
-            f"{csv} line {int(np.argmax(bad)) + 2}: row {int(rows[bad][0])!r} is outside {npy} "
-            f"(0..{cache.shape[0] - 1}); re-run split after prepare."
-        )
-    return frame, np.ascontiguousarray(cache[rows])
+    cache, _ = open_images(prepared, masks=False)
+    frame = read_split(split_dir, partition, n_images=cache.shape[0], columns=SPLIT_COLUMNS)
+    return frame, np.ascontiguousarray(cache[frame["row"].to_numpy()])
 
 
 def predict_logits(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from assurexray import localization as loc
 from assurexray.gallery import Panel, select_cases
 from assurexray.imaging import letterbox_geometry, to_original
+from assurexray.manifests import open_images, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -336,29 +337,16 @@ def _load_inputs(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, pd.DataFrame]]:
     """The prepared cache (memory-mapped) and the val/test split rows joined with their predictions."""
     prepared_dir, split_dir, predictions_path = Path(prepared_dir), Path(split_dir), Path(predictions_path)
-    for path, stage in ((prepared_dir / "images.npy", "prepare"), (prepared_dir / "masks.npy", "prepare"),
-                        (split_dir / "val.csv", "split"), (split_dir / "test.csv", "split"),
-                        (predictions_path, "evaluate")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run the {stage} stage first (dvc repro).")
-    images = np.load(prepared_dir / "images.npy", mmap_mode="r")
-    masks = np.load(prepared_dir / "masks.npy", mmap_mode="r")
-    if images.ndim != 3 or images.shape != masks.shape or images.shape[1] != images.shape[2]:
-        raise ValueError(
-            f"{prepared_dir}: images.npy {images.shape} and masks.npy {masks.shape} must share one (N, S, S) "
-            "shape; re-run the prepare stage."
-        )
+    images, masks = open_images(prepared_dir, masks=True)
+    if not predictions_path.is_file():
+        raise FileNotFoundError(f"{predictions_path}: not found; run the evaluate stage first (dvc repro).")
     preds = pd.read_csv(predictions_path, dtype={"image_id": str})
     pred_cols = ["row", "pred_idx", "pred", *[f"prob_{c}" for c in class_names]]
     _require(preds, ["partition", *pred_cols], predictions_path)
     parts: dict[str, pd.DataFrame] = {}
     for part in ("val", "test"):
         path = split_dir / f"{part}.csv"
-        split = pd.read_csv(path, dtype={"image_id": str})
-        _require(split, _SPLIT_COLUMNS, path)
-        bad = split.loc[(split["row"] < 0) | (split["row"] >= images.shape[0]), "row"].tolist()
-        if bad:
-            raise ValueError(f"{path}: rows {bad[:5]} outside the cache (0..{images.shape[0] - 1}); re-run split.")
+        split = read_split(split_dir, part, n_images=images.shape[0], columns=_SPLIT_COLUMNS)
         ours = preds.loc[preds["partition"] == part, pred_cols]
         dup = ours.loc[ours["row"].duplicated(), "row"].tolist()
         if dup:

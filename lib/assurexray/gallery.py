@@ -4,6 +4,9 @@ Fixed output set (a DVC ``out`` must not change shape with the data): one ``<Cla
 class and outcome plus ``overview.png``; an empty category gets a figure that says "no cases".
 Confidence is the probability of the *predicted* class, so FP and FN figures show the most confident
 mistakes. Every figure carries the NOT FOR CLINICAL USE disclaimer.
+
+Also the per-image overlay of ``assurexray infer --gradcam`` and the web app (:func:`render_overlay`,
+:func:`render_original`): the heatmap mapped back onto the original radiograph under a disclaimer banner.
 """
 
 from __future__ import annotations
@@ -17,17 +20,23 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 from assurexray import DISCLAIMER
-from assurexray.atomic import atomic_dir
+from assurexray.atomic import atomic_dir, atomic_path
+from assurexray.imaging import letterbox_geometry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OUTCOMES", "Panel", "gallery_keys", "gallery_files", "select_cases", "write_gallery"]
+__all__ = ["OUTCOMES", "Panel", "gallery_keys", "gallery_files", "select_cases", "write_gallery",
+           "render_overlay", "render_original", "write_overlay"]
 
 OUTCOMES: tuple[str, ...] = ("tp", "fp", "fn")
 _OUTCOME_TITLES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
-_STAMP = "NOT FOR CLINICAL USE"
+_STAMP = "NOT FOR CLINICAL USE"  # on every figure and overlay
+_OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
+_OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
+_CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ def _colour_bar(fig: Figure, axes) -> None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap="jet"), ax=axes, shrink=0.8, fraction=0.05)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=_CMAP), ax=axes, shrink=0.8, fraction=0.05)
     bar.set_label("Grad-CAM (min-max scaled per image)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
 
@@ -159,7 +168,7 @@ def _colour_bar(fig: Figure, axes) -> None:
 def _draw(ax, panel: Panel, *, overlay: bool) -> None:
     ax.imshow(panel.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     if overlay:
-        ax.imshow(panel.heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+        ax.imshow(panel.heatmap, cmap=_CMAP, vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
     if panel.mask is not None and np.any(panel.mask):
         ax.contour(np.asarray(panel.mask, dtype=np.float32), levels=[0.5], colors="lime", linewidths=1.0)
     ax.text(0.02, 0.02, _STAMP, transform=ax.transAxes, fontsize=5, color="yellow", va="bottom")
@@ -176,3 +185,82 @@ def _empty(ax, *, title: str | None = None) -> None:
     if title:
         ax.set_title(title, fontsize=7)
     ax.set_axis_off()
+
+
+# --- per-image overlays (assurexray infer --gradcam, the web app) ------------------------------------------
+
+
+def write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str) -> Path:
+    """Write :func:`render_overlay` as a PNG, atomically."""
+    canvas = Image.fromarray(render_overlay(gray, heat, caption=caption))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str) -> np.ndarray:
+    """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a banner: the disclaimer,
+    ``caption``, and a colour bar (the heatmap is min-max scaled per image, so its scale is relative).
+    The long side is scaled into [256, 1024] px so text stays legible. Returns uint8 RGB (H, W, 3)."""
+    from matplotlib import colormaps
+
+    height, width = gray.shape
+    geom = letterbox_geometry(width, height, heat.shape[0])
+    crop = np.ascontiguousarray(heat[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w],
+                                dtype=np.float32)
+    size = _display_size(width, height)
+    base = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    heat_big = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+    colour = colormaps[_CMAP](np.clip(heat_big, 0.0, 1.0))[..., :3]  # (H, W, 3) RGB in [0, 1]
+    blend = 0.6 * base[..., None] + 0.4 * colour
+    image = Image.fromarray(np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8))
+    return _under_banner(image, caption, colour_bar=True)
+
+
+def render_original(gray: np.ndarray, *, caption: str) -> np.ndarray:
+    """The radiograph alone on the canvas :func:`render_overlay` draws (same size, same banner), so the two
+    can be shown side by side at the same scale. Returns uint8 RGB (H, W, 3)."""
+    height, width = gray.shape
+    image = Image.fromarray(gray).resize(_display_size(width, height), Image.Resampling.BILINEAR).convert("RGB")
+    return _under_banner(image, caption, colour_bar=False)
+
+
+def _display_size(width: int, height: int) -> tuple[int, int]:
+    long_side = min(_OVERLAY_MAX_SIDE, max(_OVERLAY_MIN_SIDE, width, height))
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _under_banner(image: Image.Image, caption: str, *, colour_bar: bool) -> np.ndarray:
+    """``image`` under three banner rows: the disclaimer, ``caption``, then the colour bar (or a note saying
+    there is no heatmap), sized so the disclaimer fits the width."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    width = image.size[0]
+    third = "heatmap: low" if colour_bar else "original (no heatmap)"
+    lines = [_STAMP, caption, third]
+    font_px = max(8, width // 24)
+    font = ImageFont.load_default(size=font_px)
+    while font_px > 8 and max(font.getlength(line) for line in lines[:2]) > width - 8:
+        font_px -= 1  # shrink until the disclaimer fits the width
+        font = ImageFont.load_default(size=font_px)
+    line_h = font_px + 4
+    top = 3 * line_h + 4
+    canvas = Image.new("RGB", (width, image.size[1] + top), (0, 0, 0))
+    canvas.paste(image, (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines[:2]):
+        draw.text((4, 2 + i * line_h), line, fill=(255, 255, 0), font=font)
+    y = 2 + 2 * line_h
+    draw.text((4, y), third, fill=(255, 255, 0), font=font)
+    if colour_bar:
+        high = "high (per-image max)"
+        left = 8 + int(font.getlength(third))
+        right = width - 8 - int(font.getlength(high))
+        if right - left > 8:
+            ramp = colormaps[_CMAP](np.linspace(0.0, 1.0, right - left))[:, :3]  # (w, 3)
+            strip = np.repeat((ramp * 255).astype(np.uint8)[None], max(2, font_px - 2), axis=0)
+            canvas.paste(Image.fromarray(strip), (left, y + 2))
+        draw.text((max(left, right) + 4, y), high, fill=(255, 255, 0), font=font)
+    return np.asarray(canvas)

@@ -26,6 +26,7 @@ __all__ = [
     "RASTER_SUFFIXES",
     "Letterbox",
     "image_size",
+    "pixel_cap_error",
     "decode_gray",
     "decode_for_letterbox",
     "decode_gray_with_mode",
@@ -126,6 +127,14 @@ def decode_for_letterbox(
     return _decode_pil(path, label=str(path), max_pixels=max_pixels, fit=int(size))
 
 
+def pixel_cap_error(label: str | os.PathLike, width: int, height: int, max_pixels: int) -> ValueError:
+    """The one message for an image over the ``max_pixels`` cap (raster here, DICOM in assurexray.dicom)."""
+    return ValueError(
+        f"{label}: image too large: {width}x{height} = {width * height} pixels exceeds "
+        f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
+    )
+
+
 @contextlib.contextmanager
 def _open(source: Path | io.BytesIO, *, label: str, max_pixels: int | None) -> Iterator[Image.Image]:
     """``Image.open`` with one pixel limit (ours, from the header) instead of PIL's global warning/error pair."""
@@ -148,10 +157,7 @@ def _open(source: Path | io.BytesIO, *, label: str, max_pixels: int | None) -> I
                     f"{label}: image too large to decode safely ({width}x{height} = {width * height} pixels "
                     f"exceeds PIL.Image.MAX_IMAGE_PIXELS={limit}; a decompression bomb?). Downscale the file."
                 )
-            raise ValueError(
-                f"{label}: image too large: {width}x{height} = {width * height} pixels exceeds "
-                f"max_pixels={max_pixels}. Downsample it or raise --max-pixels."
-            )
+            raise pixel_cap_error(label, width, height, max_pixels)
         yield im
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from assurexray.atomic import atomic_dir
+from assurexray.manifests import read_index  # re-exported for stages/split.py: the one index reader
 from assurexray.params import check_keys
+from assurexray.sheets import image_ids, read_sheet
 
 __all__ = ["PARTITIONS", "STRATEGIES", "grouping_statement", "grouping_summary", "read_index", "split_index", "split_partitions",
            "split_summary", "write_splits"]
@@ -45,7 +46,6 @@ PARTITIONS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "label", "center", "group")
 #: Columns added by ``split_index`` (dropped again when the partitions are written).
 SPLIT_COLUMNS: tuple[str, ...] = ("partition", "moved")
-_TEXT_COLUMNS: tuple[str, ...] = ("image_id", "label", "case_id", "group", "view", "orig_mode", "phash", "dup_of")
 _PARTITION_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -55,18 +55,6 @@ class _Strategy:
 
     func: Callable[..., pd.DataFrame]
     defaults: dict[str, Any]
-
-
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``index.csv`` with text columns kept as text (empty ``case_id``/``dup_of`` stay ``''``, not NaN)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: index not found; run the prepare stage first.")
-    frame = pd.read_csv(path, dtype={name: str for name in _TEXT_COLUMNS})
-    for name in _TEXT_COLUMNS:
-        if name in frame:
-            frame[name] = frame[name].fillna("")
-    return frame
 
 
 def split_index(
@@ -390,23 +378,7 @@ def _read_partition_sheets(sheets: dict[str, str]) -> pd.Series:
         if not path.is_file():
             raise FileNotFoundError(f"split.{partition}_list: {str(path)!r} not found; give the authors' "
                                     f"{partition} sheet (an image_id column).")
-        suffix = path.suffix.lower()
-        try:
-            if suffix in {".xlsx", ".xlsm"}:
-                table = pd.read_excel(path, engine="openpyxl", dtype=str)
-            elif suffix == ".csv":
-                table = pd.read_csv(path, dtype=str, keep_default_na=False)
-            elif suffix == ".txt":
-                ids = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
-                table = pd.DataFrame({"image_id": [i for i in ids if i]})
-            else:
-                raise ValueError(f"{path}: unsupported list format {suffix!r}; expected .xlsx, .csv or .txt.")
-        except (zipfile.BadZipFile, OSError, KeyError) as err:
-            raise ValueError(f"{path}: cannot read the split sheet ({err}); re-save it as .xlsx or .csv.") from err
-        columns = {str(c).strip().lower().replace(" ", "_"): c for c in table.columns}
-        if "image_id" not in columns:
-            raise ValueError(f"{path}: no image_id column; columns found: {[str(c) for c in table.columns]}.")
-        ids = table[columns["image_id"]].fillna("").astype(str).str.strip()
+        ids = image_ids(read_sheet(path, kind="split sheet", txt=True), path)
         rows += [(i, partition) for i in ids if i]
     table = pd.DataFrame(rows, columns=["image_id", "partition"])
     table["stem"] = table["image_id"].map(lambda s: Path(s).stem)

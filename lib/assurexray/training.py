@@ -22,7 +22,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from assurexray import distributed, resume
 from assurexray.atomic import atomic_dir
 from assurexray.lesion_head import WithLesionHead, lesion_loss
+from assurexray.manifests import open_images, read_meta, read_split
 from assurexray.model import FORMAT_VERSION, backbone_norm, create_model, resolve_device
 from assurexray.transforms import eval_transform, train_transform
 
@@ -82,19 +82,10 @@ def is_main_process() -> bool:
 
 def load_training_data(prepared_dir: str | os.PathLike, split_dir: str | os.PathLike) -> TrainingData:
     """Read data/prepared (images.npy, masks.npy, meta.json) and data/splits/V/{train,val}.csv."""
-    prepared_dir, split_dir = Path(prepared_dir), Path(split_dir)
-    for path in (prepared_dir / "images.npy", prepared_dir / "meta.json", split_dir / "train.csv",
-                 split_dir / "val.csv"):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run the prepare and split stages (dvc repro split).")
-    images = np.load(prepared_dir / "images.npy", mmap_mode="r")
-    masks_path = prepared_dir / "masks.npy"
-    masks = np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None
-    meta = json.loads((prepared_dir / "meta.json").read_text(encoding="utf-8"))
-    if "class_names" not in meta:
-        raise ValueError(f"{prepared_dir / 'meta.json'}: no 'class_names'; rerun the prepare stage.")
-    train_index = pd.read_csv(split_dir / "train.csv", keep_default_na=False)
-    val_index = pd.read_csv(split_dir / "val.csv", keep_default_na=False)
+    images, masks = open_images(prepared_dir, masks=None)  # masks only where the cache has them
+    meta = read_meta(prepared_dir)
+    train_index, val_index = (read_split(split_dir, part, n_images=len(images), columns=("row", "label_idx"))
+                              for part in ("train", "val"))
     return TrainingData(images, masks, train_index, val_index, list(meta["class_names"]))
 
 

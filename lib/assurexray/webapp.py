@@ -256,12 +256,12 @@ def check_upload(name: str, data: bytes, *, max_mb: int = MAX_UPLOAD_MB) -> str:
 def decode_upload(
     name: str, data: bytes, *, max_pixels: int = MAX_PIXELS, max_mb: int = MAX_UPLOAD_MB
 ) -> np.ndarray:
-    """Decode uploaded bytes to uint8 (H, W) in memory with ``assurexray.infer.read_gray_bytes`` (DICOM included).
+    """Decode uploaded bytes to uint8 (H, W) in memory with ``assurexray.decoding.read_gray_bytes`` (DICOM included).
 
     Nothing is written to disk. Raises ``ValueError`` naming the upload: not an image, corrupt, over ``max_mb``
     or ``max_pixels``, a decompression bomb, multi-frame DICOM.
     """
-    from assurexray.infer import read_gray_bytes  # torch-heavy; imported on first use so the results view is quick
+    from assurexray.decoding import read_gray_bytes  # PIL/pydicom; imported on first use so the results view is quick
 
     check_upload(name, data, max_mb=max_mb)
     return read_gray_bytes(data, name=repr(name), max_pixels=max_pixels)
@@ -285,7 +285,7 @@ def predict_file(
     path: str | os.PathLike, *, layout: Layout, variant: str, max_pixels: int = MAX_PIXELS
 ) -> AppPrediction:
     """Classify an image file already on disk (a sample image) with ``variant``'s model."""
-    from assurexray.infer import read_gray  # torch-heavy; see decode_upload
+    from assurexray.decoding import read_gray  # see decode_upload
 
     path = Path(path)
     return _predict(read_gray(path, max_pixels=max_pixels), name=path.name, layout=layout, variant=variant)
@@ -333,7 +333,7 @@ def training_text(prediction: AppPrediction) -> str:
 
 def original_panel(prediction: AppPrediction) -> np.ndarray:
     """The decoded radiograph on the overlay's canvas (same size and banner), for side-by-side display."""
-    from assurexray.infer import render_original  # torch-heavy; see decode_upload
+    from assurexray.gallery import render_original  # matplotlib; see decode_upload
 
     return render_original(prediction.gray, caption=f"{prediction.name} (decoded, grayscale)")
 
