@@ -86,8 +86,8 @@ def _worker(out: Path, steps: int) -> int:
     return 0
 
 
-def figures(quick: bool = False) -> list[Figure]:
-    steps = 4 if quick else 16
+def figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]:
+    steps = 1 if tiny else 4 if quick else 16  # tiny: plumbing only (tests/test_benchmarks.py)
     one = _images_per_second(1, steps)
     two = _images_per_second(2, steps)
     return [Figure("DDP: 2 gloo processes / 1, same global batch", two / one, "x", "about 2 on 2 free cores", None,

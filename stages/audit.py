@@ -7,9 +7,7 @@ import argparse
 from assurexray.audit import audit_dataset
 from assurexray.audit_report import write_audit
 from assurexray.cli_errors import run_stage
-from assurexray.params import check_keys, load_params
-
-AUDIT_KEYS = {"montage_groups"}
+from assurexray.params import AuditConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
 
-    params = check_keys(load_params(args.params, "audit"), AUDIT_KEYS, where=f"{args.params} audit")
-    result = audit_dataset(args.raw, args.prepared, montage_groups=params["montage_groups"])
+    config = load_config(args.params, "audit", AuditConfig)
+    result = audit_dataset(args.raw, args.prepared, montage_groups=config.montage_groups)
     write_audit(result, report_path=args.report, figures_dir=args.figures, metrics_path=args.metrics,
                 datasheet_path=args.datasheet)
     duplicates = result.metrics["duplicates"]

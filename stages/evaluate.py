@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 
 from assurexray.cli_errors import run_stage
-from assurexray.evaluation import evaluate_checkpoint, write_evaluation
-from assurexray.params import check_keys, load_params, train_device
-
-EVALUATE_KEYS = {
-    "bootstrap_resamples", "bootstrap_cluster", "ci_level", "calibration_bins",
-    "malignant_target_sensitivity", "bootstrap_seed", "batch_size", "tta_flip",
-}
+from assurexray.evaluation import EvaluateConfig, evaluate_checkpoint, write_evaluation
+from assurexray.params import load_config, train_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,22 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
 
-    params = check_keys(load_params(args.params, "evaluate"), EVALUATE_KEYS, where="params evaluate")
-    missing = sorted(EVALUATE_KEYS - set(params))
-    if missing:
-        raise ValueError(f"params evaluate: missing key(s) {missing}; add them to {args.params} (see the comments).")
+    config = load_config(args.params, "evaluate", EvaluateConfig)
     evaluation = evaluate_checkpoint(
         prepared=args.prepared,
         split_dir=args.split,
         model_path=args.model,
-        resamples=params["bootstrap_resamples"],
-        cluster=params["bootstrap_cluster"],
-        ci_level=params["ci_level"],
-        bins=params["calibration_bins"],
-        target_sensitivity=params["malignant_target_sensitivity"],
-        seed=params["bootstrap_seed"],
-        batch_size=params["batch_size"],
-        tta_flip=params["tta_flip"],
+        resamples=config.bootstrap_resamples,
+        cluster=config.bootstrap_cluster,
+        ci_level=config.ci_level,
+        bins=config.calibration_bins,
+        target_sensitivity=config.malignant_target_sensitivity,
+        seed=config.bootstrap_seed,
+        batch_size=config.batch_size,
+        tta_flip=config.tta_flip,
         device=train_device(args.params),
     )
     write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures, variant=args.variant)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from assurexray import DISCLAIMER
@@ -12,10 +11,8 @@ from assurexray.cli_errors import run_stage
 from assurexray.explain import ExplainConfig, explain_variant
 from assurexray.gallery import write_gallery
 from assurexray.model import load_checkpoint, resolve_device
-from assurexray.params import check_keys, load_params, train_device
+from assurexray.params import BaseConfig, load_config, train_device
 from assurexray.transforms import eval_transform
-
-EXPLAIN_KEYS = {f.name for f in dataclasses.fields(ExplainConfig)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger(__name__).info(DISCLAIMER)
 
-    params = check_keys(load_params(args.params, "explain"), EXPLAIN_KEYS, where=f"{args.params} explain")
-    config = ExplainConfig(**params)
-    base = load_params(args.params, "base")
+    config = load_config(args.params, "explain", ExplainConfig)
+    base = load_config(args.params, "base", BaseConfig)
     model, meta = load_checkpoint(args.model, device=resolve_device(train_device(args.params)))
     result = explain_variant(
         model=model,
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         split_dir=args.split,
         predictions_path=args.predictions,
         config=config,
-        seed=int(base["seed"]),
+        seed=base.seed,
         class_names=list(meta["class_names"]),
     )
     write_json(f"{args.out}/metrics.json", result.metrics)

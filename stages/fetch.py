@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from assurexray.cli_errors import run_stage
-from assurexray.fetch import fetch_data
-from assurexray.params import check_keys, load_params
+from assurexray.fetch import DataConfig, fetch_data
+from assurexray.params import BaseConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,14 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
 
-    base = load_params(args.params, "base")
-    data = check_keys(load_params(args.params, "data"), {"source", "sample", "btxrd"}, where="params data")
+    base = load_config(args.params, "base", BaseConfig)
+    data = load_config(args.params, "data", DataConfig)
     fetch_data(
         args.out,
-        source=data.get("source"),
-        sample=data.get("sample") or {},
-        btxrd=data.get("btxrd") or {},
-        seed=base["seed"],
+        source=data.source,
+        sample=dict(data.sample or {}),
+        btxrd=dict(data.btxrd or {}),
+        seed=base.seed,
     )
     return 0
 

@@ -7,10 +7,8 @@ import logging
 
 from assurexray.atomic import write_json
 from assurexray.cli_errors import run_stage
-from assurexray.headline import headlines, load_variant_metrics
-from assurexray.params import check_keys, load_params
-
-PARAM_KEYS = {"variant"}  # params.yaml headline section
+from assurexray.headline import HeadlineConfig, headlines, load_variant_metrics
+from assurexray.params import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,16 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = check_keys(load_params(args.params, "headline"), PARAM_KEYS, where=f"{args.params} headline")
+    config = load_config(args.params, "headline", HeadlineConfig)
     outs = {"stratified": args.stratified_out, "center": args.center_out}
-    if params.get("variant") not in outs:
-        raise ValueError(f"{args.params} headline.variant: {params.get('variant')!r} is not a variant; "
-                         f"use one of {sorted(outs)}.")
     results = headlines({"stratified": load_variant_metrics(args.stratified),
                          "center": load_variant_metrics(args.center)})
     for variant, path in outs.items():
         write_json(path, results[variant])
-    write_json(args.selected_out, results[params["variant"]])
+    write_json(args.selected_out, results[config.variant])
     return 0
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 
 from assurexray.btxrd import load_release
-from assurexray.cache import build_cache
+from assurexray.cache import PrepareConfig, build_cache
 from assurexray.cli_errors import run_stage
-from assurexray.params import check_keys, load_params
-
-PREPARE_KEYS = {"size", "near_duplicate_distance", "workers"}
+from assurexray.params import BaseConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,17 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
 
-    params = check_keys(load_params(args.params, "prepare"), PREPARE_KEYS, where=f"{args.params} prepare")
-    class_names = load_params(args.params, "base")["class_names"]
+    config = load_config(args.params, "prepare", PrepareConfig)
+    class_names = list(load_config(args.params, "base", BaseConfig).class_names)
 
     release = load_release(args.raw, class_names=class_names)
     out = build_cache(
         release,
         args.out,
-        size=params["size"],
+        size=config.size,
         class_names=class_names,
-        near_duplicate_distance=params["near_duplicate_distance"],
-        workers=params["workers"],
+        near_duplicate_distance=config.near_duplicate_distance,
+        workers=config.workers,
     )
     print(f"prepare: {len(release.table)} images -> {out}")
     return 0

@@ -7,8 +7,8 @@ import logging
 
 from assurexray.atomic import write_json
 from assurexray.cli_errors import run_stage
-from assurexray.params import load_params
-from assurexray.splits import read_index, split_partitions, split_summary, write_splits
+from assurexray.params import BaseConfig, load_config
+from assurexray.splits import SplitConfig, read_index, split_partitions, split_summary, write_splits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,19 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
 
-    base = load_params(args.params, "base")
-    variants = load_params(args.params, "split")
-    if args.variant not in variants:
-        raise ValueError(f"--variant {args.variant!r}: no block split.{args.variant} in {args.params}; "
-                         f"variants defined: {sorted(variants)}.")
-    options = dict(variants[args.variant])
-    strategy = options.pop("strategy", None)
+    base = load_config(args.params, "base", BaseConfig)
+    config = load_config(args.params, f"split.{args.variant}", SplitConfig)
+    class_names = list(base.class_names)
     parts, notes = split_partitions(
-        read_index(args.index), strategy=strategy, seed=base["seed"], class_names=base["class_names"], **options
+        read_index(args.index), strategy=config.strategy, seed=base.seed, class_names=class_names,
+        **config.options(),
     )
     write_splits(parts, args.out)
-    summary = split_summary(parts, base["class_names"])
-    record = {"variant": args.variant, "strategy": strategy, "seed": base["seed"], **summary}
+    summary = split_summary(parts, class_names)
+    record = {"variant": args.variant, "strategy": config.strategy, "seed": base.seed, **summary}
     if notes:
         record["published"] = notes
     write_json(args.metrics, record)

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 from assurexray import resume
 from assurexray.cli_errors import run_stage
-from assurexray.model import file_sha256, save_checkpoint
-from assurexray.params import check_keys, load_params
+from assurexray.model import ModelConfig, file_sha256, save_checkpoint
+from assurexray.params import BaseConfig, load_config, load_params
 from assurexray.provenance import training_data_info
-from assurexray.training import is_main_process, load_training_data, train_model
+from assurexray.training import TrainConfig, is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
-
-MODEL_KEYS = {"backbone", "pretrained", "dropout"}
-TRAIN_KEYS = {
-    "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "grad_clip", "class_weights", "monitor",
-    "patience", "device", "amp", "channels_last", "num_workers", "augment", "launcher", "seg_weight", "ema_decay",
-}
-LAUNCHER_KEYS = {"launcher"}  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,31 +28,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    base = load_params(args.params, "base")
-    model_params = check_keys(load_params(args.params, "model"), MODEL_KEYS, where=f"{args.params} model")
-    train_params = check_keys(load_params(args.params, "train"), TRAIN_KEYS, where=f"{args.params} train")
-    missing = sorted(MODEL_KEYS - set(model_params)) + sorted(TRAIN_KEYS - LAUNCHER_KEYS - set(train_params))
-    if missing:
-        raise ValueError(f"{args.params}: missing key(s) {missing} in sections model/train; add them.")
+    base = load_config(args.params, "base", BaseConfig)
+    model_config = load_config(args.params, "model", ModelConfig)
+    train_config = load_config(args.params, "train", TrainConfig)
+    source = load_params(args.params, "data")["source"]  # provenance only; the fetch stage checks the section
+    loop = dataclasses.asdict(train_config)  # plain keyword arguments; augment becomes a plain dict
+    del loop["launcher"]  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
 
     data = load_training_data(args.prepared, args.split)
-    if list(data.class_names) != list(base["class_names"]):
+    if list(data.class_names) != list(base.class_names):
         raise ValueError(
             f"{args.prepared}/meta.json class_names {data.class_names!r} differ from params base.class_names "
-            f"{base['class_names']!r}; rerun the prepare stage (dvc repro prepare)."
+            f"{list(base.class_names)!r}; rerun the prepare stage (dvc repro prepare)."
         )
     result = train_model(
         images=data.images,
         masks=data.masks,
         train_index=data.train_index,
         val_index=data.val_index,
-        class_names=list(base["class_names"]),
-        seed=int(base["seed"]),
+        class_names=list(base.class_names),
+        seed=base.seed,
         live_dir=args.live,
         resume_dir=args.resume,
-        data_info=training_data_info(args.prepared, args.split, source=load_params(args.params, "data")["source"]),
-        **model_params,
-        **{k: v for k, v in train_params.items() if k not in LAUNCHER_KEYS},
+        data_info=training_data_info(args.prepared, args.split, source=source),
+        **dataclasses.asdict(model_config),
+        **loop,
     )
     if not is_main_process():
         return 0  # under torchrun only rank 0 writes

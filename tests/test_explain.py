@@ -374,7 +374,7 @@ def test_the_explain_stage_writes_metrics_per_image_table_and_gallery(tmp_path, 
             "seed": 0, "format_version": 1}
     model_lib.save_checkpoint(tmp_path / "model.pt", _model(), meta)
     params = tmp_path / "params.yaml"
-    params.write_text("base:\n  seed: 1\ntrain:\n  device: auto\nexplain:\n  bootstrap_resamples: 20\n  gallery_top_k: 1\n")
+    params.write_text("base:\n  seed: 1\n  class_names: [Normal, Benign, Malignant]\ntrain:\n  device: auto\nexplain:\n  bootstrap_resamples: 20\n  gallery_top_k: 1\n")
     out, figures = tmp_path / "metrics" / "explain", tmp_path / "plots" / "gradcam"
     argv = ["--prepared", str(paths["prepared_dir"]), "--split", str(paths["split_dir"]),
             "--model", str(tmp_path / "model.pt"), "--predictions", str(paths["predictions_path"]),

@@ -26,7 +26,7 @@ from assurexray.imaging import decode_for_letterbox, letterbox, polygons_to_lett
 from assurexray.manifests import INDEX_COLUMNS, read_index  # re-exported: the one reader
 from assurexray.schema import CLASS_NAMES
 
-__all__ = ["INDEX_COLUMNS", "PreparedCache", "build_cache", "load_cache", "read_index"]
+__all__ = ["INDEX_COLUMNS", "PrepareConfig", "PreparedCache", "build_cache", "load_cache", "read_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ class PreparedCache:
     masks: np.ndarray
     index: pd.DataFrame
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The ``prepare`` section of params.yaml, passed to :func:`build_cache` key by key."""
+
+    size: int  # side of the square cached images, px
+    near_duplicate_distance: int  # max perceptual-hash Hamming distance grouped as near duplicates
+    workers: int | None  # decoding processes; None = all cores
+
+    def __post_init__(self) -> None:
+        _check_int(self.size, "size", low=8)
+        _check_int(self.near_duplicate_distance, "near_duplicate_distance", low=0)
+        if self.workers is not None:
+            _check_int(self.workers, "workers", low=1)
 
 
 def build_cache(

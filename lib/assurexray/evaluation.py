@@ -50,6 +50,7 @@ from assurexray.project import MALIGNANT
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EvaluateConfig",
     "Evaluation",
     "evaluate_checkpoint",
     "evaluate_logits",
@@ -64,6 +65,47 @@ POSITIVE_CLASS = MALIGNANT  # the class of the operating point (assurexray.proje
 #: 5 positives, "90% sensitivity" is the 5th-lowest score, and one image more or less moves it anywhere.
 MIN_THRESHOLD_POSITIVES = 20
 SPLIT_COLUMNS: tuple[str, ...] = ("row", "image_id", "label", "label_idx", "group", "center")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate`` section of params.yaml (meanings and units are commented there); every key required.
+
+    The stage passes these to :func:`evaluate_checkpoint` as ``resamples``, ``cluster``, ``ci_level``, ``bins``,
+    ``target_sensitivity``, ``seed``, ``batch_size`` and ``tta_flip``.
+    """
+
+    bootstrap_resamples: int
+    bootstrap_cluster: bool
+    ci_level: float
+    calibration_bins: int
+    malignant_target_sensitivity: float
+    bootstrap_seed: int
+    batch_size: int
+    tta_flip: bool
+
+    def __post_init__(self) -> None:
+        def integer(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def fraction(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+        checks = [
+            ("bootstrap_resamples", integer(self.bootstrap_resamples) and self.bootstrap_resamples >= 1,
+             "an integer >= 1"),
+            ("bootstrap_cluster", isinstance(self.bootstrap_cluster, bool), "true or false"),
+            ("ci_level", fraction(self.ci_level), "a number in (0, 1)"),
+            ("calibration_bins", integer(self.calibration_bins) and self.calibration_bins >= 1, "an integer >= 1"),
+            ("malignant_target_sensitivity", fraction(self.malignant_target_sensitivity)
+             or self.malignant_target_sensitivity == 1, "a number in (0, 1]"),
+            ("bootstrap_seed", integer(self.bootstrap_seed), "an integer"),
+            ("batch_size", integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            ("tta_flip", isinstance(self.tta_flip, bool), "true or false"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"evaluate.{name}: expected {expected}, got {getattr(self, name)!r}.")
 
 
 @dataclass(frozen=True)

