@@ -162,7 +162,7 @@ def test_ci_brackets_the_point_estimate_for_every_metric():
     for v in values:
         assert 0.0 <= v["ci_low"] <= v["value"] <= v["ci_high"] <= 1.0
     assert out["per_class"]["Malignant"]["support"] == 50
-    assert out["headline"]["malignant_sensitivity"] == out["per_class"]["Malignant"]["sensitivity"]
+    assert out["headline"]["malignant_sensitivity_argmax"] == out["per_class"]["Malignant"]["sensitivity"]
     np.testing.assert_allclose(np.sum(out["confusion"]["normalized"], axis=1), 1.0)
 
 

@@ -55,7 +55,7 @@ def _eval_metrics(shift: float) -> dict:
     headline = {m: _ci(round(0.9121 - shift - i / 100, 4), round(0.8713 - shift - i / 100, 4),
                        round(0.9482 - shift - i / 100, 4))
                 for i, m in enumerate(["macro_auc", "macro_ap", "accuracy", "balanced_accuracy", "macro_f1",
-                                       "malignant_sensitivity", "malignant_specificity"])}
+                                       "malignant_sensitivity_argmax", "malignant_specificity_argmax"])}
     per_class = {c: {m: _ci(round(0.61 + j / 50 + k / 500 - shift, 4), round(0.52 + j / 50 - shift, 4),
                             round(0.71 + j / 50 - shift, 4))
                      for k, m in enumerate(["auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1"])}

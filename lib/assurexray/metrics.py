@@ -40,7 +40,7 @@ __all__ = [
 PER_CLASS_METRICS: tuple[str, ...] = ("auc", "ap", "sensitivity", "specificity", "ppv", "npv", "f1")
 HEADLINE_METRICS: tuple[str, ...] = (
     "macro_auc", "macro_ap", "accuracy", "balanced_accuracy", "macro_f1",
-    "malignant_sensitivity", "malignant_specificity",
+    "malignant_sensitivity_argmax", "malignant_specificity_argmax",  # of the top-class call; the operating point's are in operating_point.json
 )
 _SCALAR_METRICS: tuple[str, ...] = HEADLINE_METRICS[:5]
 #: Below this many images in its denominator (positives for a sensitivity, negatives for a specificity) a
@@ -175,8 +175,8 @@ def suite_with_ci(
     point = weighted_suite(y, p, np.ones((1, y.size)))
     reps = weighted_suite(y, p, weights)
     scalars = {m: (point[m][0], reps[m]) for m in _SCALAR_METRICS}
-    scalars["malignant_sensitivity"] = (point["sensitivity"][0, pos], reps["sensitivity"][:, pos])
-    scalars["malignant_specificity"] = (point["specificity"][0, pos], reps["specificity"][:, pos])
+    scalars["malignant_sensitivity_argmax"] = (point["sensitivity"][0, pos], reps["sensitivity"][:, pos])
+    scalars["malignant_specificity_argmax"] = (point["specificity"][0, pos], reps["specificity"][:, pos])
     nan_counts: dict[str, int] = {}
     headline, std_err = {}, {}
     counts = np.rint(point["confusion"][0]).astype(np.int64)  # (K, K) actual x predicted
@@ -187,8 +187,8 @@ def suite_with_ci(
     fractions = {"sensitivity": (tp, support), "specificity": (tn, n_total - support)}
     for name in HEADLINE_METRICS:
         value, rep = scalars[name]
-        if name in ("malignant_sensitivity", "malignant_specificity"):
-            k, n = fractions[name.split("_", 1)[1]]
+        if name in ("malignant_sensitivity_argmax", "malignant_specificity_argmax"):
+            k, n = fractions[name.split("_")[1]]
             headline[name] = proportion_ci(value, rep, int(k[pos]), int(n[pos]), ci_level)
         else:
             headline[name] = ci_value(value, rep, ci_level)

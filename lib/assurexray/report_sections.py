@@ -21,8 +21,8 @@ __all__ = [
 HEADLINE_TITLES = {
     "macro_auc": "Macro AUC (one-vs-rest)", "macro_ap": "Macro average precision", "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1",
-    "malignant_sensitivity": "Malignant sensitivity (argmax)",
-    "malignant_specificity": "Malignant specificity (argmax)",
+    "malignant_sensitivity_argmax": "Malignant sensitivity (argmax)",
+    "malignant_specificity_argmax": "Malignant specificity (argmax)",
     "test_sensitivity": "Malignant sensitivity at the operating point",
     "test_specificity": "Malignant specificity at the operating point",
 }
