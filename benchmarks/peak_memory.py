@@ -64,8 +64,17 @@ train_model(images=cache.images, masks=cache.masks, train_index=train, val_index
 
 
 def _max_rss_mb(code: str, *args: str) -> float:
-    """Max RSS (MB) of a fresh ``python -c code args``, as the child itself reports it at exit."""
-    report = "\nimport resource\nprint('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    """Peak RSS (MB) of a fresh ``python -c code args``, as the child itself reports it at exit.
+
+    Linux's ``VmHWM`` (``/proc/self/status``) restarts at exec; ``getrusage().ru_maxrss`` does not: it keeps the
+    high-water mark of the forked parent (the benchmark process, gigabytes after the torch figures), so every
+    child would report the parent's peak. ``ru_maxrss`` is the fallback where /proc is absent.
+    """
+    report = ("\nimport resource, pathlib\n"
+              "status = pathlib.Path('/proc/self/status')\n"
+              "hwm = [l.split()[1] for l in status.read_text().splitlines() if l.startswith('VmHWM:')] "
+              "if status.exists() else []\n"
+              "print('MAXRSS', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + report, *args], check=True,
                           capture_output=True, text=True, timeout=1800)
     line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("MAXRSS "))
