@@ -350,7 +350,7 @@ def test_a_thumbnail_needs_a_positive_size():
     ],
 )
 def test_format_ci_writes_value_and_interval_as_the_report_does(value, text):
-    from assurexray.report import fmt_ci
+    from assurexray.rendering import fmt_ci
 
     assert webapp.format_ci(value) == text
     if isinstance(value, dict) and value.get("value") is not None:

@@ -36,7 +36,8 @@ from assurexray.project import (  # one owner each: the CLI, report and pipeline
     read_json,
 )
 from assurexray.provenance import trained_on, training_data_sentence
-from assurexray.report import HEADLINE_TITLES, fmt, fmt_ci
+from assurexray.rendering import fmt, fmt_ci
+from assurexray.report_sections import HEADLINE_TITLES
 
 if TYPE_CHECKING:  # torch-heavy; imported on first use at run time (see decode_upload)
     from assurexray.infer import Prediction
