@@ -262,6 +262,25 @@ def test_layer_candidates_are_the_last_block_level_layers_each_output_once(name,
     assert ex.layer_candidates(model, input_shape=(3, 64, 64), last=0) == []
 
 
+@pytest.mark.parametrize("name", ["test_efficientnet", "tf_efficientnet_lite0", "resnet10t"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_one_pass_over_all_candidate_layers_gives_each_layers_own_heatmaps(name, method):
+    """The layer search hooks every candidate at once; each map must be the one a pass of its own gives."""
+    model = _model(name)
+    images, targets = _images(4, size=64), [0, 1, 2, 1]
+    layers = [*ex.layer_candidates(model, input_shape=(3, 64, 64), last=4),
+              ex.find_target_layer(model, input_shape=(3, 64, 64))]
+    together = ex.compute_heatmaps_per_layer(model, images, targets, transform=_to_tensor, layers=layers,
+                                             method=method, batch_size=3)
+    assert list(together) == list(dict.fromkeys(layers)) and len(together) >= 4
+    for layer, maps in together.items():
+        alone = ex.compute_heatmaps(model, images, targets, transform=_to_tensor, method=method, target_layer=layer,
+                                    batch_size=3, progress=False)
+        np.testing.assert_allclose(maps, alone, atol=1e-5, err_msg=layer)
+    distinct = list(together.values())
+    assert not np.allclose(distinct[0], distinct[-1])  # the layers' maps differ: the comparison has teeth
+
+
 def test_with_layer_search_the_layer_with_the_best_validation_pointing_game_is_used_and_recorded(explained):
     paths = explained[0]
     result = _run(paths, layer_search=3)

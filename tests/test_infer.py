@@ -363,11 +363,11 @@ def test_interrupt_leaves_no_output_file(model_path, tmp_path, monkeypatch, caps
     folder = make_folder(tmp_path)
     calls = []
 
-    def interrupt(path, **_kwargs):
+    def interrupt(path, *_args, **_kwargs):
         calls.append(path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("assurexray.infer.read_gray", interrupt)
+    monkeypatch.setattr("assurexray.infer.read_for_letterbox", interrupt)
     out = tmp_path / "out.csv"
     assert cli.main(["infer", str(folder), "--model", str(model_path), "--output", str(out)]) == 130
     assert calls and not out.exists() and not list(tmp_path.glob(".out*"))

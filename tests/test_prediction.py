@@ -250,3 +250,46 @@ def test_the_operating_point_evaluate_writes_is_what_inference_reads(tmp_path, t
     op = prediction.load_operating_point(path, model_sha256="AB" * 32, class_names=CLASSES)
     assert op == OperatingPoint(temperature=1.7, malignant_threshold=0.25, source=path, tta_flip=bool(tta_flip),
                                 target_sensitivity=0.9)
+
+
+def test_infer_and_the_app_score_a_large_jpeg_on_the_pixels_prepare_cached(members, tmp_path):
+    """An original JPEG is decoded as prepare decodes it (draft mode, full-file geometry), not in full: infer and
+    the app then give exactly the probabilities evaluation computes from its cached copy."""
+    from assurexray import webapp
+    from assurexray.cache import _process_one
+    from assurexray.imaging import decode_gray, letterbox
+    from test_imaging import _smooth_jpeg
+
+    path = _smooth_jpeg(tmp_path / "big.jpg", 400, 300)  # >= 2x the 32 px input: decoded at 1/4 scale
+    cached = _process_one(("big", str(path), None, 32))[0]  # (32, 32) as prepare caches it
+    full_decode, _ = letterbox(decode_gray(path), 32)
+    assert not np.array_equal(cached, full_decode)  # the two decodes differ, so the check below has teeth
+    predictor = load_predictor(members[0], operating_point=OperatingPoint())
+    expected = predictor.predict(cached[None]).probs[0]
+
+    row = infer.run_inference([path], model_path=members[0]).predictions[0]
+    np.testing.assert_allclose([row.probs[c] for c in CLASSES], expected, rtol=0, atol=1e-12)
+
+    root = tmp_path / "project"
+    model = root / "models" / "stratified" / "model.pt"
+    model.parent.mkdir(parents=True)
+    shutil.copy(members[0], model)
+    for app in (webapp.predict_file(path, layout=webapp.Layout(root), variant="stratified"),
+                webapp.predict_upload("big.jpg", path.read_bytes(), layout=webapp.Layout(root),
+                                      variant="stratified")):
+        np.testing.assert_allclose([app.probs[c] for c in CLASSES], expected, rtol=0, atol=1e-12)
+        assert app.gray.shape == (300, 400)  # shown in full; only the scoring decode is reduced
+
+
+def test_overlays_of_a_reduced_decode_keep_the_full_files_canvas(members, tmp_path):
+    from assurexray.gallery import render_overlay
+    from assurexray.imaging import decode_gray
+    from test_imaging import _smooth_jpeg
+
+    path = _smooth_jpeg(tmp_path / "big.jpg", 400, 300)
+    result = infer.run_inference([path], model_path=members[0], gradcam_dir=tmp_path / "cams",
+                                 gradcam_layer="auto")
+    written = np.asarray(Image.open(result.gradcam_paths[str(path)]))
+    heat = np.zeros((32, 32), dtype=np.float32)
+    same_canvas = render_overlay(decode_gray(path), heat, caption="x")
+    assert written.shape == same_canvas.shape  # the canvas of the full file, not of the 1/4-scale decode

@@ -14,15 +14,23 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from assurexray.dicom import is_dicom, read_dicom_bytes, read_dicom_gray
 from assurexray.filetypes import DICOM_SUFFIXES, INFER_SUFFIXES
-from assurexray.imaging import UNSUPPORTED_IMAGE_SUFFIXES, decode_gray, decode_gray_bytes, image_size
+from assurexray.imaging import (
+    UNSUPPORTED_IMAGE_SUFFIXES,
+    decode_bytes_for_letterbox,
+    decode_for_letterbox,
+    decode_gray,
+    decode_gray_bytes,
+    image_size,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "MIN_SIDE_PX", "MAX_ASPECT", "find_images", "read_gray",
-           "read_gray_bytes", "check_shape"]
+           "read_gray_bytes", "Fitted", "read_for_letterbox", "read_bytes_for_letterbox", "check_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,50 @@ def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_
         gray = decode_gray_bytes(data, name=name, max_pixels=max_pixels)
     check_shape(gray.shape[1], gray.shape[0], label=name)
     return gray
+
+
+class Fitted(NamedTuple):
+    """A radiograph decoded for one letterbox size: ``gray`` may be a reduced decode (JPEG draft mode) of the
+    file, whose full oriented size is ``original_size`` (width, height); the letterbox geometry comes from it."""
+
+    gray: np.ndarray
+    original_size: tuple[int, int]
+
+
+def read_for_letterbox(
+    path: str | os.PathLike, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Fitted:
+    """Decode ``path`` for a ``size`` letterbox exactly as ``prepare`` decodes the training images.
+
+    JPEGs are decoded in draft mode (:func:`assurexray.imaging.decode_for_letterbox`), the cache's own decode,
+    so a file scored by ``infer`` gets the pixels evaluation scored, and a 3000 px original decodes several
+    times faster than in full. Other formats and DICOM are decoded in full. Refusals as :func:`read_gray`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found.")
+    if is_dicom(path):
+        gray = read_dicom_gray(path, max_pixels=max_pixels)
+        original = (gray.shape[1], gray.shape[0])
+    else:
+        check_shape(*image_size(path, max_pixels=max_pixels), label=str(path))  # header only
+        gray, _, original = decode_for_letterbox(path, size, max_pixels=max_pixels)
+    check_shape(*original, label=str(path))
+    return Fitted(gray, (int(original[0]), int(original[1])))
+
+
+def read_bytes_for_letterbox(
+    data: bytes, size: int, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Fitted:
+    """:func:`read_for_letterbox` of an in-memory file (an upload); DICOM recognised as :func:`read_gray_bytes`."""
+    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
+        gray = read_dicom_bytes(data, name=name, max_pixels=max_pixels)
+        original = (gray.shape[1], gray.shape[0])
+    else:
+        check_shape(*image_size(io.BytesIO(data), label=name, max_pixels=max_pixels), label=name)
+        gray, _, original = decode_bytes_for_letterbox(data, size, name=name, max_pixels=max_pixels)
+    check_shape(*original, label=name)
+    return Fitted(gray, (int(original[0]), int(original[1])))
 
 
 def check_shape(width: int, height: int, *, label: str) -> None:

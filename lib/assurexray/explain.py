@@ -32,6 +32,7 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm import tqdm
@@ -51,6 +52,7 @@ __all__ = [
     "cam_method",
     "find_target_layer",
     "compute_heatmaps",
+    "compute_heatmaps_per_layer",
     "randomized_copy",
     "to_original_geometry",
     "explain_variant",
@@ -156,6 +158,39 @@ def compute_heatmaps(
     ``transform`` maps one uint8 (S, S) image to a (C, S, S) tensor: a plain callable or an
     albumentations Compose (``assurexray.transforms.eval_transform(meta)``, the one preprocessing).
     """
+    maps = _heatmaps(model, images, target_classes, transform=transform, method=method, layers=[target_layer],
+                     batch_size=batch_size, progress=progress)
+    return maps[:, 0]
+
+
+def compute_heatmaps_per_layer(
+    model: nn.Module,
+    images: np.ndarray,
+    target_classes: Sequence[int],
+    *,
+    transform: Callable[..., Any],
+    layers: Sequence[str],
+    method: str = "gradcam",
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """:func:`compute_heatmaps` for each of ``layers``, from one forward and one backward pass per batch.
+
+    pytorch-grad-cam hooks every layer at once (``compute_cam_per_layer``); its mean over layers is replaced
+    by keeping each layer's map, so each equals that layer's own :func:`compute_heatmaps` (float rounding
+    of the shared backward aside). The explain stage's layer search costs about one CAM pass, not one per
+    candidate.
+    """
+    names = list(dict.fromkeys(layers))
+    maps = _heatmaps(model, images, target_classes, transform=transform, method=method, layers=names,
+                     batch_size=batch_size, progress=False)
+    return {name: maps[:, i] for i, name in enumerate(names)}
+
+
+def _heatmaps(
+    model: nn.Module, images: np.ndarray, target_classes: Sequence[int], *, transform: Callable[..., Any],
+    method: str, layers: Sequence[str | None], batch_size: int, progress: bool,
+) -> np.ndarray:
+    """Heatmaps (N, L, S, S) of ``layers`` (None = the automatic layer), one CAM pass per batch."""
     cam_cls = cam_method(method)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images: expected (N, S, S) prepared images, got shape {images.shape}.")
@@ -164,22 +199,27 @@ def compute_heatmaps(
         raise ValueError(f"target_classes: need one class per image ({images.shape[0]}), got {targets.shape}.")
     if batch_size < 1:
         raise ValueError(f"explain.batch_size must be >= 1, got {batch_size!r}.")
+    if not layers:
+        raise ValueError("layers: name at least one target layer.")
     n, size = images.shape[0], images.shape[1]
-    out = np.zeros((n, size, size), dtype=np.float32)
+    out = np.zeros((n, len(layers), size, size), dtype=np.float32)
     if n == 0:
         return out
     clone = _cam_copy(model)
     sample = _apply(transform, images[0], size)
     candidates, n_outputs = _probe(clone, tuple(sample.shape))
-    name = _resolve_layer(candidates, target_layer, model)
+    names = [_resolve_layer(candidates, name, model) for name in layers]
     if targets.min() < 0 or targets.max() >= n_outputs:
         raise ValueError(f"target_classes: indices must lie in [0, {n_outputs}), got {sorted(set(targets.tolist()))}.")
-    layer = clone.get_submodule(name)
-    # Gradients are needed only from the logits back to the target layer: letting just its parameters
-    # require grad makes the backward stop there instead of running through the whole backbone.
+    modules = [clone.get_submodule(name) for name in names]
+    # Gradients are needed only from the logits back to the target layers: letting just their parameters
+    # require grad makes the backward stop at the earliest one instead of running through the whole backbone.
     clone.requires_grad_(False)
-    (layer if any(True for _ in layer.parameters()) else clone).requires_grad_(True)
-    cam = cam_cls(model=clone, target_layers=[layer])
+    for layer in modules:
+        (layer if any(True for _ in layer.parameters()) else clone).requires_grad_(True)
+    cam = cam_cls(model=clone, target_layers=modules)
+    if len(modules) > 1:
+        cam.aggregate_multi_layers = functools.partial(_each_layer, cam)  # keep every layer's map, not their mean
     device = _device_of(clone)  # inputs follow the model (CPU, or the GPU explain/infer loaded it on)
     cam.batch_size = batch_size  # read by ScoreCAM for its masked forward passes
     with _hooks_released(cam), torch.enable_grad():
@@ -187,8 +227,24 @@ def compute_heatmaps(
             stop = min(start + batch_size, n)
             batch = torch.stack([_apply(transform, img, size) for img in images[start:stop]])  # (B, C, S, S)
             maps = cam(input_tensor=batch.to(device), targets=[ClassifierOutputTarget(int(c)) for c in targets[start:stop]])
-            out[start:stop] = _minmax(maps)
+            maps = maps[:, None] if maps.ndim == 3 else maps  # one layer: (B, S, S); several: (B, L, S, S)
+            out[start:stop] = np.stack([_minmax(maps[:, i]) for i in range(len(modules))], axis=1)
     return out
+
+
+def _each_layer(cam: BaseCAM, cam_per_layer: list[np.ndarray]) -> np.ndarray:
+    """(B, L, S, S): each layer's map scaled as pytorch-grad-cam scales the one map of a single layer."""
+    pairs = cam.activations_and_grads
+    if cam.uses_gradients and (
+        len(pairs.activations) != len(cam_per_layer) or len(pairs.gradients) != len(cam_per_layer)
+        or any(a.shape != g.shape for a, g in zip(pairs.activations, pairs.gradients))
+    ):
+        raise RuntimeError(
+            f"Grad-CAM over {len(cam_per_layer)} layers at once got {len(pairs.activations)} activations and "
+            f"{len(pairs.gradients)} gradients that do not pair up; compute the layers one at a time "
+            "(compute_heatmaps)."
+        )
+    return np.stack([scale_cam_image(np.maximum(maps[:, 0], 0)) for maps in cam_per_layer], axis=1)
 
 
 def randomized_copy(
@@ -416,9 +472,10 @@ def _choose_layer(
     names = layer_candidates(model, input_shape=input_shape, last=config.layer_search)
     names = list(dict.fromkeys([*names, default]))
     scores: dict[str, tuple[float, float, int]] = {}
+    per_layer = compute_heatmaps_per_layer(model, val_images, val_targets, transform=transform, layers=names,
+                                           method=config.method, batch_size=config.batch_size)
     for depth, name in enumerate(names):
-        maps = compute_heatmaps(model, val_images, val_targets, transform=transform, method=config.method,
-                                target_layer=name, batch_size=config.batch_size, progress=False)
+        maps = per_layer[name]
         hits = [loc.pointing_game(m, k, tolerance_px=config.pointing_tolerance_px) for m, k in zip(maps, val_masks)]
         energy = [loc.energy_inside(m, k) for m, k in zip(maps, val_masks)]
         scores[name] = (float(np.mean(hits)), float(np.mean(energy)), depth)

@@ -35,6 +35,8 @@ OUTCOMES: tuple[str, ...] = ("tp", "fp", "fn")
 _OUTCOME_TITLES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
 _STAMP = "NOT FOR CLINICAL USE"  # on every figure and overlay
 _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (originals can be 4000+ px)
+#: Decode size that loses nothing an overlay shows (a reduced JPEG decode of at least this letterbox).
+OVERLAY_DECODE_SIZE = _OVERLAY_MAX_SIDE
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
 _CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
 
@@ -190,21 +192,25 @@ def _empty(ax, *, title: str | None = None) -> None:
 # --- per-image overlays (assurexray infer --gradcam, the web app) ------------------------------------------
 
 
-def write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str) -> Path:
+def write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str,
+                  original_size: tuple[int, int] | None = None) -> Path:
     """Write :func:`render_overlay` as a PNG, atomically."""
-    canvas = Image.fromarray(render_overlay(gray, heat, caption=caption))
+    canvas = Image.fromarray(render_overlay(gray, heat, caption=caption, original_size=original_size))
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
 
 
-def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str) -> np.ndarray:
+def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str,
+                   original_size: tuple[int, int] | None = None) -> np.ndarray:
     """Blend the (S, S) letterboxed heatmap onto the original radiograph, under a banner: the disclaimer,
     ``caption``, and a colour bar (the heatmap is min-max scaled per image, so its scale is relative).
-    The long side is scaled into [256, 1024] px so text stays legible. Returns uint8 RGB (H, W, 3)."""
+    The long side is scaled into [256, 1024] px so text stays legible. Returns uint8 RGB (H, W, 3).
+    ``original_size`` (width, height): the file's full size when ``gray`` is a reduced decode (at least
+    :data:`OVERLAY_DECODE_SIZE` px is all the canvas shows); geometry and canvas follow it."""
     from matplotlib import colormaps
 
-    height, width = gray.shape
+    width, height = original_size or (gray.shape[1], gray.shape[0])
     geom = letterbox_geometry(width, height, heat.shape[0])
     crop = np.ascontiguousarray(heat[geom.pad_y:geom.pad_y + geom.new_h, geom.pad_x:geom.pad_x + geom.new_w],
                                 dtype=np.float32)

@@ -29,6 +29,7 @@ __all__ = [
     "pixel_cap_error",
     "decode_gray",
     "decode_for_letterbox",
+    "decode_bytes_for_letterbox",
     "decode_gray_with_mode",
     "decode_gray_bytes",
     "decode_gray_array",
@@ -125,6 +126,13 @@ def decode_for_letterbox(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found.")
     return _decode_pil(path, label=str(path), max_pixels=max_pixels, fit=int(size))
+
+
+def decode_bytes_for_letterbox(
+    data: bytes, size: int, *, name: str, max_pixels: int | None = None
+) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """:func:`decode_for_letterbox` of an in-memory file (an upload); errors name ``name``."""
+    return _decode_pil(io.BytesIO(data), label=name, max_pixels=max_pixels, fit=int(size))
 
 
 def pixel_cap_error(label: str | os.PathLike, width: int, height: int, max_pixels: int) -> ValueError:

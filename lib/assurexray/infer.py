@@ -3,9 +3,9 @@
 Scoring is :class:`assurexray.prediction.Predictor`, the engine evaluate uses: preprocessing and class order
 from the checkpoint (``meta``), the temperature and the Malignant threshold from the evaluate stage's
 ``operating_point.json``, which must belong to the same model file (checked by SHA-256), so a file scored here
-gets the probabilities evaluation reported. Several ``--model`` files form a seed ensemble. (One known
-difference: ``prepare`` decodes JPEGs over twice the cache size in draft mode, which differs from the full
-decode used here by under one grey level on average; see tests/test_imaging.py.)
+gets the probabilities evaluation reported. Files are decoded as ``prepare`` decodes them
+(:func:`assurexray.decoding.read_for_letterbox`: JPEG draft mode, letterbox geometry of the full file), so
+an original gets the pixels its cached copy has. Several ``--model`` files form a seed ensemble.
 A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
 """
 
@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from assurexray.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, find_images, read_gray
+from assurexray.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Fitted, find_images, read_for_letterbox
 from assurexray.explain import compute_heatmaps
-from assurexray.gallery import render_overlay, write_overlay
+from assurexray.gallery import OVERLAY_DECODE_SIZE, render_overlay, write_overlay
 from assurexray.model import resolve_device
 from assurexray.prediction import OperatingPoint, Predictor, load_predictor
 from assurexray.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.project
@@ -136,27 +136,35 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
 
 
 def predict_images(
-    images: dict[str, np.ndarray],
+    images: Mapping[str, np.ndarray | Fitted | Callable[[int], Fitted]],
     *,
     model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
     operating_point_path: str | os.PathLike | None = None,
     device: str = "cpu",
     gradcam: bool = False,
     gradcam_layer: str | None = None,
+    shown: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[InferenceResult, dict[str, np.ndarray]]:
-    """Score decoded uint8 (H, W) images held in memory (the web demo); optionally their overlays (RGB arrays).
+    """Score images held in memory (the web demo); optionally their overlays (RGB arrays).
 
     Same predictor, operating point and Grad-CAM layer (:func:`resolve_gradcam_layer`) as :func:`run_inference`.
+    Each image is a decoded uint8 (H, W) array, a :class:`assurexray.decoding.Fitted` (a reduced decode and its
+    file's size, letterboxed in the full-size geometry), or a decoder called with the model's input size that
+    returns one (so an upload is decoded as ``infer`` and ``prepare`` decode a file). Overlays are drawn on
+    ``shown[key]`` (the full image) when given, else on the scored pixels.
     """
     if not images:
         raise ValueError("predict_images: no image given.")
     predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
                                device=resolve_device(device, setting="--device"))
+    decoded = {key: image(predictor.input_size) if callable(image) else image for key, image in images.items()}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
-    scored, heatmaps = _score(dict(images), predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
-    overlays = {key: render_overlay(images[key], heat,
-                                    caption=f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})")
-                for key, heat in heatmaps.items()}
+    scored, heatmaps = _score(decoded, predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
+    overlays = {}
+    for key, heat in heatmaps.items():
+        gray, original_size = (shown[key], None) if shown and key in shown else _gray_and_size(decoded[key])
+        caption = f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})"
+        overlays[key] = render_overlay(gray, heat, original_size=original_size, caption=caption)
     result = InferenceResult(predictions=[scored[k] for k in images], class_names=predictor.class_names,
                              operating_point=predictor.operating_point, model_sha256=predictor.model_sha256,
                              gradcam_paths={}, training_data=predictor.meta.get("data"))
@@ -254,12 +262,13 @@ def run_inference(
     pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
     try:
         with progress:
-            for chunk, decoded in _decoded_chunks(files, batch_size=batch_size, max_pixels=max_pixels, pool=pool):
+            for chunk, decoded in _decoded_chunks(files, size=predictor.input_size, batch_size=batch_size,
+                                                  max_pixels=max_pixels, pool=pool):
                 predictions.extend(
                     _predict_chunk(
                         chunk, decoded, predictor=predictor,
                         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
-                        gradcam_layer=layer,
+                        gradcam_layer=layer, max_pixels=max_pixels,
                     )
                 )
                 progress.update(len(chunk))
@@ -282,8 +291,8 @@ def run_inference(
 
 
 def _decoded_chunks(
-    files: list[Path], *, batch_size: int, max_pixels: int | None, pool: ThreadPoolExecutor
-) -> Iterator[tuple[list[Path], list[np.ndarray | Prediction]]]:
+    files: list[Path], *, size: int, batch_size: int, max_pixels: int | None, pool: ThreadPoolExecutor
+) -> Iterator[tuple[list[Path], list[Fitted | Prediction]]]:
     """Batches of files with their decoded images (or error rows), decoding one batch ahead in ``pool``.
 
     While the model scores batch k the pool decodes batch k+1, so decoding overlaps the forward pass;
@@ -291,7 +300,7 @@ def _decoded_chunks(
     """
     pending: deque[tuple[list[Path], list[Future]]] = deque()
     for chunk in _chunks(files, batch_size):
-        pending.append((chunk, [pool.submit(_decode_one, path, max_pixels) for path in chunk]))
+        pending.append((chunk, [pool.submit(_decode_one, path, size, max_pixels) for path in chunk]))
         if len(pending) > 1:
             done, futures = pending.popleft()
             yield done, [f.result() for f in futures]
@@ -300,10 +309,11 @@ def _decoded_chunks(
         yield done, [f.result() for f in futures]
 
 
-def _decode_one(path: Path, max_pixels: int | None) -> np.ndarray | Prediction:
-    """The decoded image, or an error row naming the file (the run goes on with the others)."""
+def _decode_one(path: Path, size: int, max_pixels: int | None) -> Fitted | Prediction:
+    """The image decoded for a ``size`` letterbox as ``prepare`` decodes it (JPEG draft mode), or an error row
+    naming the file (the run goes on with the others)."""
     try:
-        return read_gray(path, max_pixels=max_pixels)
+        return read_for_letterbox(path, size, max_pixels=max_pixels)
     except (FileNotFoundError, ValueError) as err:
         message = str(err) if str(path) in str(err) else f"{path}: {err}"
         logger.debug("skipping %s: %s", path, message)
@@ -312,16 +322,17 @@ def _decode_one(path: Path, max_pixels: int | None) -> np.ndarray | Prediction:
 
 def _predict_chunk(
     files: list[Path],
-    decoded: list[np.ndarray | Prediction],
+    decoded: list[Fitted | Prediction],
     *,
     predictor: Predictor,
     gradcam_dir: Path | None,
     gradcam_names: dict[Path, str],
     gradcam_layer: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[Prediction]:
     """Score one decoded batch; files that failed to decode keep their error row."""
     outcome: dict[Path, Prediction] = {}
-    grays: dict[Path, np.ndarray] = {}
+    grays: dict[Path, Fitted] = {}
     for path, item in zip(files, decoded):
         if isinstance(item, Prediction):
             outcome[path] = item
@@ -334,12 +345,15 @@ def _predict_chunk(
         for path, heat in heatmaps.items():
             p = outcome[path]
             caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
-            write_overlay(gradcam_dir / gradcam_names[path], grays[path], heat, caption=caption)
+            # The scoring decode can be as small as the model input; the overlay canvas shows up to 1024 px.
+            shown = read_for_letterbox(path, OVERLAY_DECODE_SIZE, max_pixels=max_pixels)
+            write_overlay(gradcam_dir / gradcam_names[path], shown.gray, heat, caption=caption,
+                          original_size=shown.original_size)
     return [outcome[p] for p in files]
 
 
 def _score(
-    grays: dict[Any, np.ndarray], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
+    grays: dict[Any, np.ndarray | Fitted], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
 ) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray]]:
     """Predictions (and, with ``gradcam``, (S, S) heatmaps of the predicted class) for decoded images."""
     keys = list(grays)
@@ -361,6 +375,11 @@ def _score(
         batch_size=len(keys), target_layer=gradcam_layer, progress=False,
     )  # (B, S, S) in [0, 1]; explain the predicted class
     return outcome, dict(zip(keys, heatmaps))
+
+
+def _gray_and_size(image: np.ndarray | Fitted) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The pixels to draw on and, for a reduced decode, the file's full size."""
+    return (image.gray, image.original_size) if isinstance(image, Fitted) else (image, None)
 
 
 def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:

@@ -29,6 +29,7 @@ from scipy.special import softmax
 from tqdm import tqdm
 
 from assurexray.calibration import apply_temperature
+from assurexray.decoding import Fitted
 from assurexray.imaging import letterbox
 from assurexray.model import file_sha256, load_checkpoint
 from assurexray.project import MALIGNANT, Layout
@@ -120,9 +121,19 @@ class Predictor:
     def with_operating_point(self, operating_point: OperatingPoint) -> Predictor:
         return replace(self, operating_point=operating_point)
 
-    def letterbox(self, grays: Sequence[np.ndarray]) -> np.ndarray:
-        """Decoded uint8 (H, W) images of any size -> ``(B, S, S)`` at the model's input size (the only letterbox)."""
-        return np.stack([letterbox(np.asarray(g), self.input_size)[0] for g in grays])
+    def letterbox(self, grays: Sequence[np.ndarray | Fitted]) -> np.ndarray:
+        """Decoded uint8 (H, W) images of any size -> ``(B, S, S)`` at the model's input size (the only letterbox).
+
+        A :class:`assurexray.decoding.Fitted` item (a reduced decode) is letterboxed in its file's full-size
+        geometry, as ``prepare`` letterboxes the cache.
+        """
+        boxed = []
+        for item in grays:
+            if isinstance(item, Fitted):
+                boxed.append(letterbox(np.asarray(item.gray), self.input_size, original_size=item.original_size)[0])
+            else:
+                boxed.append(letterbox(np.asarray(item), self.input_size)[0])
+        return np.stack(boxed)
 
     def logits(self, boxed: np.ndarray) -> np.ndarray:
         """Logits ``(B, K)`` of letterboxed uint8 images ``(B, S, S)``, before temperature.
@@ -160,7 +171,7 @@ class Predictor:
         """Scores of letterboxed uint8 images ``(B, S, S)``."""
         return self.scores(self.logits(boxed))
 
-    def predict_grays(self, grays: Sequence[np.ndarray]) -> tuple[np.ndarray, Scores]:
+    def predict_grays(self, grays: Sequence[np.ndarray | Fitted]) -> tuple[np.ndarray, Scores]:
         """Letterbox decoded images once and score them; the letterboxed batch is returned for Grad-CAM."""
         boxed = self.letterbox(grays)
         return boxed, self.predict(boxed)

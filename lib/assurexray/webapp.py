@@ -16,7 +16,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from assurexray.rendering import fmt, fmt_ci
 from assurexray.report_sections import HEADLINE_TITLES
 
 if TYPE_CHECKING:  # torch-heavy; imported on first use at run time (see decode_upload)
+    from assurexray.decoding import Fitted
     from assurexray.infer import Prediction
     from assurexray.prediction import OperatingPoint
 
@@ -278,18 +279,28 @@ def predict_upload(
     max_mb: int = MAX_UPLOAD_MB,
 ) -> AppPrediction:
     """Classify uploaded bytes with ``variant``'s model, in memory; ``ValueError`` naming the upload when it is bad."""
-    gray = decode_upload(name, data, max_pixels=max_pixels, max_mb=max_mb)
-    return _predict(gray, name=name, layout=layout, variant=variant)
+    from assurexray.decoding import read_bytes_for_letterbox  # see decode_upload
+
+    gray = decode_upload(name, data, max_pixels=max_pixels, max_mb=max_mb)  # checked, and shown in full
+
+    def fitted(size: int) -> Fitted:  # scored as infer decodes a file (JPEG draft mode)
+        return read_bytes_for_letterbox(data, size, name=repr(name), max_pixels=max_pixels)
+
+    return _predict(gray, fitted, name=name, layout=layout, variant=variant)
 
 
 def predict_file(
     path: str | os.PathLike, *, layout: Layout, variant: str, max_pixels: int = MAX_PIXELS
 ) -> AppPrediction:
     """Classify an image file already on disk (a sample image) with ``variant``'s model."""
-    from assurexray.decoding import read_gray  # see decode_upload
+    from assurexray.decoding import read_for_letterbox, read_gray  # see decode_upload
 
     path = Path(path)
-    return _predict(read_gray(path, max_pixels=max_pixels), name=path.name, layout=layout, variant=variant)
+
+    def fitted(size: int) -> Fitted:
+        return read_for_letterbox(path, size, max_pixels=max_pixels)
+
+    return _predict(read_gray(path, max_pixels=max_pixels), fitted, name=path.name, layout=layout, variant=variant)
 
 
 def decision_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
@@ -464,8 +475,12 @@ def gradcam_figures(results: Results, variant: str) -> list[Path]:
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def _predict(gray: np.ndarray, *, name: str, layout: Layout, variant: str) -> AppPrediction:
-    """Score a decoded radiograph with ``infer.predict_images`` (the CLI's engine), overlay included, in memory."""
+def _predict(gray: np.ndarray, fitted: Callable[[int], Fitted], *, name: str, layout: Layout,
+             variant: str) -> AppPrediction:
+    """Score a radiograph with ``infer.predict_images`` (the CLI's engine), overlay included, in memory.
+
+    ``gray`` is the full decode (shown, and the overlay's canvas); ``fitted`` decodes it for the model's input
+    size as ``infer`` does, so the app's probabilities are the CLI's for the same file."""
     from assurexray.infer import predict_images  # torch-heavy; see decode_upload
 
     if variant not in VARIANTS:
@@ -475,8 +490,8 @@ def _predict(gray: np.ndarray, *, name: str, layout: Layout, variant: str) -> Ap
         raise FileNotFoundError(f"{model_path}: model not found; run `{RESULTS_COMMAND}` to train it.")
     op_path = layout.operating_point(variant)
     result, overlays = predict_images(
-        {name: gray}, model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
-        gradcam=True,
+        {name: fitted}, model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
+        gradcam=True, shown={name: gray},
     )
     return AppPrediction(name=name, outcome=result.predictions[0], op=result.operating_point,
                          model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
