@@ -174,3 +174,15 @@ def test_stratified_metrics_inherited_from_the_parent_commit_are_not_reported():
         return _reader(rev, path)
 
     assert measure(experiments[0], fresh)["stratified"] == 0.9
+
+
+def test_queued_running_and_workspace_experiments_are_not_measured():
+    """Only finished experiments enter the table: a running one has half-written files and no commit."""
+    document = _exp_show(GRID)
+    running = [{"rev": "workspace", "name": "base-s4", "data": {"rev": "workspace", "name": "base-s4",
+                                                                "params": {"params.yaml": {"data": {}}}}},
+               {"rev": "rev-q", "name": "q", "data": {"rev": "rev-q", "name": "q", "status": "Queued"}},
+               {"rev": "rev-r", "name": "r", "data": {"rev": "rev-r", "name": "r", "status": "Running"}}]
+    document[1]["experiments"].append({"revs": running})
+    names = sorted(e.name for e in experiments_from_exp_show(document))
+    assert names == sorted(GRID)

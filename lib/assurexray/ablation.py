@@ -197,8 +197,12 @@ def plot(summary: pd.DataFrame, path: str | Path) -> None:
 
 
 def _experiment(node: Mapping[str, Any]) -> list[Experiment]:
+    """The finished experiment (or commit) of one ``exp show`` node; none for one still queued or running.
+
+    An experiment running in the workspace is listed with rev ``workspace`` and no status: its files are
+    half-written, and there is no commit to read them from."""
     data = node.get("data") or {}
-    if data.get("status") not in (None, "Success") or "rev" not in data:
+    if data.get("status") not in (None, "Success") or "rev" not in data or data["rev"] == "workspace":
         return []
     params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
     name = data.get("name") or node.get("name") or data["rev"][:7]

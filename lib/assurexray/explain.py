@@ -212,11 +212,12 @@ def _heatmaps(
     if targets.min() < 0 or targets.max() >= n_outputs:
         raise ValueError(f"target_classes: indices must lie in [0, {n_outputs}), got {sorted(set(targets.tolist()))}.")
     modules = [clone.get_submodule(name) for name in names]
-    # Gradients are needed only from the logits back to the target layers: letting just their parameters
-    # require grad makes the backward stop at the earliest one instead of running through the whole backbone.
+    # Gradients are needed only from the logits back to the target layers' outputs: letting just the last
+    # parameterised module inside each layer require grad makes the backward stop at the earliest of them
+    # (a container layer such as `blocks` would otherwise pull it through the whole backbone).
     clone.requires_grad_(False)
     for layer in modules:
-        (layer if any(True for _ in layer.parameters()) else clone).requires_grad_(True)
+        _last_with_parameters(layer, fallback=clone).requires_grad_(True)
     cam = cam_cls(model=clone, target_layers=modules)
     if len(modules) > 1:
         cam.aggregate_multi_layers = functools.partial(_each_layer, cam)  # keep every layer's map, not their mean
@@ -230,6 +231,13 @@ def _heatmaps(
             maps = maps[:, None] if maps.ndim == 3 else maps  # one layer: (B, S, S); several: (B, L, S, S)
             out[start:stop] = np.stack([_minmax(maps[:, i]) for i in range(len(modules))], axis=1)
     return out
+
+
+def _last_with_parameters(layer: nn.Module, *, fallback: nn.Module) -> nn.Module:
+    """The last module (registration order, which timm keeps in forward order) holding parameters of its own:
+    its output feeds the layer's output, so that output requires grad. ``fallback`` when there is none."""
+    owners = [m for m in layer.modules() if any(True for _ in m.parameters(recurse=False))]
+    return owners[-1] if owners else fallback
 
 
 def _each_layer(cam: BaseCAM, cam_per_layer: list[np.ndarray]) -> np.ndarray:
