@@ -1,7 +1,7 @@
 """AssureXRay demo: classify a bone radiograph and browse the pipeline's results. NOT FOR CLINICAL USE.
 
 Start with ``assurexray app`` or ``streamlit run app/app.py`` from the project root (``ASSUREXRAY_ROOT``
-names another root). Page logic lives in ``assurexray.webapp``; this file only lays it out. The app keeps
+names another root). Page logic lives in ``assurexray.serving.webapp``; this file only lays it out. The app keeps
 no record of its users: uploads are processed and discarded, and no telemetry is sent
 (``app/.streamlit/config.toml``).
 """
@@ -14,7 +14,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from assurexray import DISCLAIMER, webapp
+from assurexray import DISCLAIMER
+from assurexray.serving import webapp
 
 PAGES = ("Try a radiograph", "Results")
 PRIVACY_NOTE = (

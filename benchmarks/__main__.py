@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from assurexray.atomic import write_json
+from assurexray.core.atomic import write_json
 from benchmarks import Figure, format_table, readme
 
 #: Benchmark modules in run order (benchmarks/<name>.py, each with figures(quick, *, tiny)).

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score,
 )
 
-from assurexray.metrics import bootstrap_weights, suite_with_ci
+from assurexray.assessment.metrics import bootstrap_weights, suite_with_ci
 from benchmarks import Figure
 
 NAMES = ["Normal", "Benign", "Malignant"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assurexray.cache import load_cache
+from assurexray.data.cache import load_cache
 from benchmarks import Figure
 
 TRAINING_IMAGES_PER_SECOND = 34.0

@@ -1,6 +1,6 @@
 """DDP scaling: training images/s of 2 gloo processes vs 1 on the same global batch (CPU, tiny model).
 
-Both runs go through ``torchrun`` and the real loop (``assurexray.training.train_model``: DistributedSampler,
+Both runs go through ``torchrun`` and the real loop (``assurexray.learning.training.train_model``: DistributedSampler,
 DDP gradient all-reduce, loss all-reduce, sharded validation), one torch thread per process, so the 1-process
 run uses one core and the 2-process run two: ratio = img/s(2) / img/s(1). 2.0 is perfect scaling; what is
 missing is the cost of the all-reduces and of the smaller per-process batch. On a machine whose cores are busy
@@ -66,9 +66,9 @@ def _worker(out: Path, steps: int) -> int:
     import numpy as np
     import pandas as pd
 
-    from assurexray import distributed
-    from assurexray.atomic import write_json
-    from assurexray.training import train_model
+    from assurexray.learning import distributed
+    from assurexray.core.atomic import write_json
+    from assurexray.learning.training import train_model
 
     n_train, n_val = steps * BATCH, 12
     rng = np.random.default_rng(0)

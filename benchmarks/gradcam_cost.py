@@ -16,7 +16,7 @@ import numpy as np
 import timm
 import torch
 
-from assurexray.explain import ExplainConfig, _choose_layer, compute_heatmaps
+from assurexray.assessment.explain import ExplainConfig, _choose_layer, compute_heatmaps
 from benchmarks import Figure
 
 

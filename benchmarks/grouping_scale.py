@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from assurexray.groups import group_images
+from assurexray.data.groups import group_images
 from benchmarks import Figure
 
 N_RELEASE = 3746

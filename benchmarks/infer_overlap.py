@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from assurexray.infer import run_inference
-from assurexray.model import FORMAT_VERSION, create_model, save_checkpoint
+from assurexray.serving.infer import run_inference
+from assurexray.learning.model import FORMAT_VERSION, create_model, save_checkpoint
 from benchmarks import Figure, synthetic_originals
 
 MINI = Path(os.environ.get("BTXRD_MINI", Path(__file__).resolve().parents[1].parent / "shared" / "btxrd-mini"))
@@ -61,7 +61,7 @@ def figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]:
 def _figures(files: list[Path], backbone: str, size: int, batch: int, *, source: str) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = _checkpoint(Path(tmp) / "models" / "bench" / "model.pt", backbone, size)
-        logging.getLogger("assurexray.infer").setLevel(logging.ERROR)  # no operating point here: expected
+        logging.getLogger("assurexray.serving.infer").setLevel(logging.ERROR)  # no operating point here: expected
         started = time.perf_counter()
         result = run_inference(files, model_path=model_path, batch_size=batch)
         infer_speed = len(files) / (time.perf_counter() - started)

@@ -25,7 +25,7 @@ import io, sys
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from assurexray.schema import RELEASE_COLUMNS
+from assurexray.core.schema import RELEASE_COLUMNS
 root = Path(sys.argv[1]); n = int(sys.argv[2])
 (root / "images").mkdir(parents=True)
 rng = np.random.default_rng(0)
@@ -43,15 +43,15 @@ pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
 
 _PREPARE = """
 import sys
-from assurexray.btxrd import load_release
-from assurexray.cache import build_cache
+from assurexray.data.btxrd import load_release
+from assurexray.data.cache import build_cache
 build_cache(load_release(sys.argv[1]), sys.argv[2], size=64, near_duplicate_distance=4, workers=1)
 """
 
 _TRAIN = """
 import sys
-from assurexray.cache import load_cache
-from assurexray.training import train_model
+from assurexray.data.cache import load_cache
+from assurexray.learning.training import train_model
 cache = load_cache(sys.argv[1])
 index = cache.index
 train, val = index.iloc[: int(0.85 * len(index))], index.iloc[int(0.85 * len(index)):]

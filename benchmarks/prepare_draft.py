@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from assurexray.imaging import decode_for_letterbox, decode_gray, letterbox
+from assurexray.data.imaging import decode_for_letterbox, decode_gray, letterbox
 from benchmarks import Figure, best_of, synthetic_originals
 
 MINI = Path(os.environ.get("BTXRD_MINI", Path(__file__).resolve().parents[1].parent / "shared" / "btxrd-mini"))

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from assurexray.atomic import write_text
+from assurexray.core.atomic import write_text
 from benchmarks import Figure, format_table
 
 __all__ = ["BEGIN", "END", "render", "replace_block", "update"]

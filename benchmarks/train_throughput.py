@@ -1,6 +1,6 @@
 """Training throughput of the real loop vs pure forward/backward compute, CPU or GPU.
 
-Runs ``assurexray.training.train_model`` (DataLoader, augmentation, host-to-device copy, optimiser, scheduler:
+Runs ``assurexray.learning.training.train_model`` (DataLoader, augmentation, host-to-device copy, optimiser, scheduler:
 everything a training epoch does) on random images and prints its images/s, then times forward + backward +
 optimiser steps of the same model on one batch already on the device. ratio = loop / compute: 1.0 means the
 input pipeline costs nothing; far below 1 means the GPU waits for data (raise --workers).
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from assurexray import distributed
-from assurexray.model import create_model
-from assurexray.training import _amp_dtype, _resolve_device, train_model
+from assurexray.learning import distributed
+from assurexray.learning.model import create_model
+from assurexray.learning.training import _amp_dtype, _resolve_device, train_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

@@ -1,6 +1,6 @@
 """Training end-to-end throughput vs the pure forward+backward of the same model and batch (goal >= 0.90).
 
-End to end = ``assurexray.training.train_model`` (DataLoader, augmentation, transforms, optimiser, scheduler);
+End to end = ``assurexray.learning.training.train_model`` (DataLoader, augmentation, transforms, optimiser, scheduler);
 pure = the same backbone stepping AdamW on tensors already in memory. The ratio is what the input
 pipeline and bookkeeping cost. Synthetic 128 px images; 20 steps (4 with --quick) give a ratio stable to about 0.02 on 2 cores.
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from assurexray.model import create_model
-from assurexray.training import train_model
+from assurexray.learning.model import create_model
+from assurexray.learning.training import train_model
 from benchmarks import Figure
 
 BACKBONE, SIZE, BATCH = "tf_efficientnet_lite0", 128, 32

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.audit import audit_dataset
-from assurexray.audit_report import write_audit
-from assurexray.cli_errors import run_stage
-from assurexray.params import AuditConfig, load_config
+from assurexray.data.audit import audit_dataset
+from assurexray.data.audit_report import write_audit
+from assurexray.core.cli_errors import run_stage
+from assurexray.core.params import AuditConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

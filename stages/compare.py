@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.atomic import write_json, write_text
-from assurexray.cli_errors import run_stage
-from assurexray.compare import compare_variants, load_variant, render_report
+from assurexray.core.atomic import write_json, write_text
+from assurexray.core.cli_errors import run_stage
+from assurexray.assessment.compare import compare_variants, load_variant, render_report
 
 
 def main(argv: list[str] | None = None) -> int:

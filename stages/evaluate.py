@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.cli_errors import run_stage
-from assurexray.evaluation import EvaluateConfig, evaluate_checkpoint, write_evaluation
-from assurexray.params import load_config, train_device
+from assurexray.core.cli_errors import run_stage
+from assurexray.assessment.evaluation import EvaluateConfig, evaluate_checkpoint, write_evaluation
+from assurexray.core.params import load_config, train_device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,13 @@ import argparse
 import logging
 
 from assurexray import DISCLAIMER
-from assurexray.atomic import atomic_path, write_json
-from assurexray.cli_errors import run_stage
-from assurexray.explain import ExplainConfig, explain_variant
-from assurexray.gallery import write_gallery
-from assurexray.model import load_checkpoint, resolve_device
-from assurexray.params import BaseConfig, load_config, train_device
-from assurexray.transforms import eval_transform
+from assurexray.core.atomic import atomic_path, write_json
+from assurexray.core.cli_errors import run_stage
+from assurexray.assessment.explain import ExplainConfig, explain_variant
+from assurexray.assessment.gallery import write_gallery
+from assurexray.learning.model import load_checkpoint, resolve_device
+from assurexray.core.params import BaseConfig, load_config, train_device
+from assurexray.learning.transforms import eval_transform
 
 
 def main(argv: list[str] | None = None) -> int:

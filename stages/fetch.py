@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.cli_errors import run_stage
-from assurexray.fetch import DataConfig, fetch_data
-from assurexray.params import BaseConfig, load_config
+from assurexray.core.cli_errors import run_stage
+from assurexray.data.fetch import DataConfig, fetch_data
+from assurexray.core.params import BaseConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from assurexray.atomic import write_json
-from assurexray.cli_errors import run_stage
-from assurexray.headline import HeadlineConfig, headlines, load_variant_metrics
-from assurexray.params import load_config
+from assurexray.core.atomic import write_json
+from assurexray.core.cli_errors import run_stage
+from assurexray.assessment.headline import HeadlineConfig, headlines, load_variant_metrics
+from assurexray.core.params import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

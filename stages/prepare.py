@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.btxrd import load_release
-from assurexray.cache import PrepareConfig, build_cache
-from assurexray.cli_errors import run_stage
-from assurexray.params import BaseConfig, load_config
+from assurexray.data.btxrd import load_release
+from assurexray.data.cache import PrepareConfig, build_cache
+from assurexray.core.cli_errors import run_stage
+from assurexray.core.params import BaseConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

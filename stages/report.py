@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from assurexray.cli_errors import run_stage
-from assurexray.params import check_keys, load_params
-from assurexray.report import write_reports
-from assurexray.report_data import TRACKED_PARAMS, collect_report_data, tracked_params
+from assurexray.core.cli_errors import run_stage
+from assurexray.core.params import check_keys, load_params
+from assurexray.publishing.report import write_reports
+from assurexray.publishing.report_data import TRACKED_PARAMS, collect_report_data, tracked_params
 
 
 def main(argv: list[str] | None = None) -> int:

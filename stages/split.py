@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from assurexray.atomic import write_json
-from assurexray.cli_errors import run_stage
-from assurexray.params import BaseConfig, load_config
-from assurexray.splits import SplitConfig, read_index, split_partitions, split_summary, write_splits
+from assurexray.core.atomic import write_json
+from assurexray.core.cli_errors import run_stage
+from assurexray.core.params import BaseConfig, load_config
+from assurexray.data.splits import SplitConfig, read_index, split_partitions, split_summary, write_splits
 
 
 def main(argv: list[str] | None = None) -> int:

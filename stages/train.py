@@ -6,12 +6,12 @@ import argparse
 import dataclasses
 import logging
 
-from assurexray import resume
-from assurexray.cli_errors import run_stage
-from assurexray.model import ModelConfig, file_sha256, save_checkpoint
-from assurexray.params import BaseConfig, load_config, load_params
-from assurexray.provenance import training_data_info
-from assurexray.training import TrainConfig, is_main_process, load_training_data, train_model
+from assurexray.learning import resume
+from assurexray.core.cli_errors import run_stage
+from assurexray.learning.model import ModelConfig, file_sha256, save_checkpoint
+from assurexray.core.params import BaseConfig, load_config, load_params
+from assurexray.core.provenance import training_data_info
+from assurexray.learning.training import TrainConfig, is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
 

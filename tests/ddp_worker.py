@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_training import CLASSES, _cache  # noqa: E402  (the tiny fake cache of the training tests)
 
-from assurexray import distributed, training  # noqa: E402
+from assurexray.learning import distributed, training  # noqa: E402
 
 
 class _RecordingSampler:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from assurexray.ablation import (
+from assurexray.assessment.ablation import (
     COLUMNS,
     experiments_from_exp_show,
     main,
@@ -92,7 +92,7 @@ def test_seeds_of_one_configuration_are_grouped_and_a_better_lever_shows_a_posit
 def test_the_report_quotes_the_summary_and_the_command(tmp_path):
     experiments = experiments_from_exp_show(_exp_show(GRID))
     summary = summarise([measure(e, _reader) for e in experiments], experiments, baseline="base-s1", resamples=50)
-    text = render_markdown(summary, command="python -m assurexray.ablation --baseline base-s1", date="2026-12-01")
+    text = render_markdown(summary, command="python -m assurexray.assessment.ablation --baseline base-s1", date="2026-12-01")
     assert "NOT FOR CLINICAL USE" in text and "--baseline base-s1" in text
     numbers = {f"{v:.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
     numbers |= {f"{v:+.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
@@ -116,7 +116,7 @@ def test_an_unknown_baseline_or_mismatched_test_images_are_refused():
 def test_the_command_writes_report_figure_and_csv_from_a_saved_exp_show(tmp_path, monkeypatch):
     saved = tmp_path / "exp_show.json"
     saved.write_text(json.dumps(_exp_show(GRID)))
-    monkeypatch.setattr("assurexray.ablation.git_reader", lambda repo: _reader)
+    monkeypatch.setattr("assurexray.assessment.ablation.git_reader", lambda repo: _reader)
     assert main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "out"),
                  "--resamples", "50"]) == 0
     for name in ("ablation.md", "ablation.png", "ablation.csv"):
@@ -147,7 +147,7 @@ def test_a_seed_ensemble_scores_the_averaged_probabilities_and_is_paired_with_th
 def test_only_selects_experiments_by_name(tmp_path, monkeypatch):
     saved = tmp_path / "exp_show.json"
     saved.write_text(json.dumps(_exp_show(GRID)))
-    monkeypatch.setattr("assurexray.ablation.git_reader", lambda repo: _reader)
+    monkeypatch.setattr("assurexray.assessment.ablation.git_reader", lambda repo: _reader)
     assert main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "out"),
                  "--resamples", "20", "--only", "base-*"]) == 0
     table = pd.read_csv(tmp_path / "out" / "ablation.csv")

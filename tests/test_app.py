@@ -1,4 +1,4 @@
-"""The Streamlit demo: page logic (assurexray.webapp) directly, and app/app.py through Streamlit's AppTest."""
+"""The Streamlit demo: page logic (assurexray.serving.webapp) directly, and app/app.py through Streamlit's AppTest."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_infer import dicom_bytes
 
-from assurexray import DISCLAIMER, webapp
-from assurexray import model as model_lib
-from assurexray.infer import run_inference
+from assurexray import DISCLAIMER
+from assurexray.serving import webapp
+from assurexray.learning import model as model_lib
+from assurexray.serving.infer import run_inference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "app" / "app.py"
@@ -350,7 +351,7 @@ def test_a_thumbnail_needs_a_positive_size():
     ],
 )
 def test_format_ci_writes_value_and_interval_as_the_report_does(value, text):
-    from assurexray.rendering import fmt_ci
+    from assurexray.core.rendering import fmt_ci
 
     assert webapp.format_ci(value) == text
     if isinstance(value, dict) and value.get("value") is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from assurexray.atomic import atomic_dir, atomic_path, current_umask, write_json, write_text
+from assurexray.core.atomic import atomic_dir, atomic_path, current_umask, write_json, write_text
 
 
 @pytest.fixture()

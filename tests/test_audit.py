@@ -1,4 +1,4 @@
-"""Tests for the data audit (assurexray.audit and stages/audit.py) on a tiny hand-made release."""
+"""Tests for the data audit (assurexray.data.audit and stages/audit.py) on a tiny hand-made release."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from assurexray import DISCLAIMER
-from assurexray.audit import audit_dataset
-from assurexray.audit_report import FIGURES, render_report, write_audit
-from assurexray.schema import RELEASE_COLUMNS
+from assurexray.data.audit import audit_dataset
+from assurexray.data.audit_report import FIGURES, render_report, write_audit
+from assurexray.core.schema import RELEASE_COLUMNS
 
 
 # id, centre, label, view, (width, height), mode, lesion polygon (None: no annotation file), age, gender, site
@@ -298,8 +298,8 @@ def test_stage_script_rejects_unknown_params(repo_root, tmp_path, dataset):
 
 
 def test_audit_of_the_real_btxrd_excerpt(btxrd_mini, tmp_path):
-    from assurexray import cache
-    from assurexray.btxrd import load_release
+    from assurexray.data import cache
+    from assurexray.data.btxrd import load_release
 
     prepared = cache.build_cache(load_release(btxrd_mini), tmp_path / "prepared", size=32,
                                  near_duplicate_distance=4, workers=1)
@@ -338,7 +338,7 @@ def test_the_datasheet_documents_every_sheet_column_with_counts_from_the_sheet(r
 
 
 def test_the_montage_title_sits_above_its_first_row_of_thumbnails(result, tmp_path, monkeypatch):
-    from assurexray import audit_report
+    from assurexray.data import audit_report
 
     saved = {}
     original = audit_report._save

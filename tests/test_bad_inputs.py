@@ -29,14 +29,14 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
 from test_infer import tiny_checkpoint
 
-from assurexray import cli, webapp
-from assurexray.btxrd import load_release, read_labelme, read_metadata
-from assurexray.cache import build_cache, load_cache
-from assurexray.fetch import extract_release, import_release
-from assurexray.imaging import letterbox, polygons_to_letterbox, rasterize_polygons
-from assurexray.decoding import read_gray, read_gray_bytes
-from assurexray.infer import run_inference
-from assurexray.schema import RELEASE_COLUMNS
+from assurexray.serving import cli, webapp
+from assurexray.data.btxrd import load_release, read_labelme, read_metadata
+from assurexray.data.cache import build_cache, load_cache
+from assurexray.data.fetch import extract_release, import_release
+from assurexray.data.imaging import letterbox, polygons_to_letterbox, rasterize_polygons
+from assurexray.data.decoding import read_gray, read_gray_bytes
+from assurexray.serving.infer import run_inference
+from assurexray.core.schema import RELEASE_COLUMNS
 
 RAMP = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))  # (48, 64) gray ramp 0..252
 
@@ -265,7 +265,7 @@ def test_a_folder_names_unsupported_image_types_and_logs_other_files(model_path,
     (folder / "c.jp2").write_bytes(encode(RAMP, "JPEG2000"))
     (folder / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (folder / "notes.txt").write_text("ward round")
-    with caplog.at_level(logging.WARNING, logger="assurexray.decoding"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.data.decoding"):
         code = cli.main(["infer", str(folder), "--model", str(model_path)])
     assert code == 1  # documented: 1 when any input failed, the rest still scored
     err = capsys.readouterr().err
@@ -424,7 +424,7 @@ def test_an_annotation_outside_its_image_is_refused_naming_the_shape_and_point(t
 def test_a_resized_or_border_clicked_annotation_is_mapped_exactly_and_logged(tmp_path, caplog, image_size,
                                                                            json_size, points, log, meta_key):
     root = release(tmp_path / "raw", image_size=image_size, json_size=json_size, points=points)
-    with caplog.at_level(logging.WARNING, logger="assurexray.cache"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.data.cache"):
         out = build_cache(load_release(root), tmp_path / "prepared", size=32, near_duplicate_distance=0, workers=1)
     assert any(log in r.getMessage() for r in caplog.records)
     cache = load_cache(out)
@@ -497,7 +497,7 @@ def test_a_resized_folder_keeps_every_image_type_prepare_reads_and_warns_about_t
     (source / "images" / "IMG000002.webp").write_bytes(encode(np.dstack([RAMP] * 3), "WEBP", lossless=True))
     (source / "images" / "readme.txt").write_text("copied by hand")
     (source / "dataset.csv").write_bytes(csv_bytes(sheet_rows(2)))
-    with caplog.at_level(logging.INFO, logger="assurexray.fetch"):
+    with caplog.at_level(logging.INFO, logger="assurexray.data.fetch"):
         out = import_release(source, tmp_path / "raw", expected_size=None, expected_md5=None)
     assert sorted(p.name for p in (out / "images").iterdir()) == ["IMG000001.tif", "IMG000002.webp"]
     assert (out / "images" / "IMG000001.tif").read_bytes() == tif  # byte for byte

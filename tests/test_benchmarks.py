@@ -84,8 +84,8 @@ def _dvc_project(folder: Path) -> None:
 
 
 def _prepared_cache(folder: Path) -> None:
-    from assurexray.btxrd import load_release
-    from assurexray.cache import build_cache
+    from assurexray.data.btxrd import load_release
+    from assurexray.data.cache import build_cache
     from test_cache import synthetic_release
 
     build_cache(load_release(synthetic_release(folder / "raw")), folder / "data" / "prepared", size=32,

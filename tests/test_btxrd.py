@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assurexray.btxrd import find_metadata, load_release, read_labelme, read_metadata
-from assurexray.imaging import rasterize_polygons
-from assurexray.schema import RELEASE_COLUMNS, SITE_COLUMNS
+from assurexray.data.btxrd import find_metadata, load_release, read_labelme, read_metadata
+from assurexray.data.imaging import rasterize_polygons
+from assurexray.core.schema import RELEASE_COLUMNS, SITE_COLUMNS
 
 LABEL_FLAGS = {"Normal": (0, 0, 0), "Benign": (1, 1, 0), "Malignant": (1, 0, 1)}
 
@@ -321,7 +321,7 @@ def test_load_release_matches_files_by_stem_and_logs_the_nested_annotations_fold
     write_json(root / "Annotations" / "Annotations" / "IMG000009.json")
     (root / "images" / "IMG000002.jpeg").rename(root / "images" / "IMG000002.png")
     (root / "images" / "Thumbs.db").write_bytes(b"x")
-    with caplog.at_level(logging.INFO, logger="assurexray.btxrd"):
+    with caplog.at_level(logging.INFO, logger="assurexray.data.btxrd"):
         release = load_release(root)
     assert [Path(p).name for p in release.table["path"]] == ["IMG000001.jpeg", "IMG000002.png"]
     assert list(release.annotations) == ["IMG000001.jpeg"]
@@ -333,7 +333,7 @@ def test_load_release_matches_files_by_stem_and_logs_the_nested_annotations_fold
 def test_load_release_warns_about_image_files_without_a_sheet_row(tmp_path, caplog):
     root = write_release(tmp_path / "r", sheet([{}]))
     Image.new("L", (8, 8)).save(root / "images" / "IMG000099.jpeg")
-    with caplog.at_level(logging.WARNING, logger="assurexray.btxrd"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.data.btxrd"):
         load_release(root)
     assert "1 image file(s) have no row in dataset.csv" in caplog.text and "IMG000099.jpeg" in caplog.text
 
@@ -377,6 +377,6 @@ def test_load_release_needs_an_images_folder(tmp_path):
 def test_load_release_without_annotations_folder_warns_and_has_no_annotations(tmp_path, caplog):
     root = write_release(tmp_path / "r", sheet([{"label": "Malignant"}]), annotate=False)
     (root / "Annotations").rmdir()
-    with caplog.at_level(logging.WARNING, logger="assurexray.btxrd"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.data.btxrd"):
         release = load_release(root)
     assert release.annotations == {} and "no Annotations/ folder" in caplog.text

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from assurexray.btxrd import load_release, sheet_modified
-from assurexray.cache import INDEX_COLUMNS, build_cache, load_cache, read_index
-from assurexray.groups import PAIR_COLUMNS
-from assurexray.schema import RELEASE_COLUMNS
+from assurexray.data.btxrd import load_release, sheet_modified
+from assurexray.data.cache import INDEX_COLUMNS, build_cache, load_cache, read_index
+from assurexray.data.groups import PAIR_COLUMNS
+from assurexray.core.schema import RELEASE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

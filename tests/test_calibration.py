@@ -1,11 +1,11 @@
-"""Tests for assurexray.calibration: ECE by hand, temperature recovery, operating-point thresholds."""
+"""Tests for assurexray.learning.calibration: ECE by hand, temperature recovery, operating-point thresholds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from assurexray.calibration import (
+from assurexray.learning.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from assurexray.cases import case_key, read_case_sheets
+from assurexray.data.cases import case_key, read_case_sheets
 
 AUTHORS = Path(__file__).resolve().parents[2] / "shared" / "btxrd-dev" / "authors"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from assurexray import __version__, cli
+from assurexray import __version__
+from assurexray.serving import cli
 
 
 def console_script() -> str:
@@ -113,6 +114,6 @@ def test_repository_root_is_the_folder_holding_lib_and_pyproject():
 
 
 def test_max_pixels_default_is_the_decoders_cap():
-    from assurexray.decoding import DEFAULT_MAX_PIXELS
+    from assurexray.data.decoding import DEFAULT_MAX_PIXELS
 
     assert cli.build_parser().parse_args(["infer", "x.png"]).max_pixels == DEFAULT_MAX_PIXELS

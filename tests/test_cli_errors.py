@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from assurexray.cli_errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, debug_requested, error_line, run_stage
-from assurexray.params import ParamsSectionError, load_params
+from assurexray.core.cli_errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, debug_requested, error_line, run_stage
+from assurexray.core.params import ParamsSectionError, load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for assurexray.compare and stages/compare.py on hand-made metrics files."""
+"""Tests for assurexray.assessment.compare and stages/compare.py on hand-made metrics files."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from assurexray import DISCLAIMER
-from assurexray.compare import compare_variants, gap_ci, load_variant, render_report
-from assurexray.metrics import HEADLINE_METRICS
-from assurexray.rendering import fmt_ci
+from assurexray.assessment.compare import compare_variants, gap_ci, load_variant, render_report
+from assurexray.assessment.metrics import HEADLINE_METRICS
+from assurexray.core.rendering import fmt_ci
 
 Z95 = 1.959963984540054  # standard normal quantile 0.975
 

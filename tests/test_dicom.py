@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from assurexray.dicom import dicom_to_gray, is_dicom, read_dicom_gray
+from assurexray.data.dicom import dicom_to_gray, is_dicom, read_dicom_gray
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"

@@ -20,7 +20,7 @@ import torch
 import yaml
 from test_training import CLASSES, _prepared_dirs
 
-from assurexray.model import load_checkpoint
+from assurexray.learning.model import load_checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 #: A GroupNorm backbone (no BatchNorm: its per-process batch statistics would differ from one process's),
@@ -120,7 +120,7 @@ def test_train_stage_under_torchrun_with_two_processes_writes_one_loadable_check
 def test_a_global_batch_that_does_not_divide_over_the_processes_is_refused(tmp_path, monkeypatch):
     from test_training import _options
 
-    from assurexray.training import train_model
+    from assurexray.learning.training import train_model
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is joined
     monkeypatch.setenv("RANK", "0")

@@ -25,7 +25,7 @@ import yaml
 from test_pipeline_e2e import _dvc, _ran_stages
 from test_scale_e2e import MODEL, _lab, _line, _md5, _readme_block, built  # noqa: F401  (built: the fixture)
 
-from assurexray.model import load_checkpoint
+from assurexray.learning.model import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -132,7 +132,7 @@ def test_the_documented_published_split_command_replicates_the_authors_sheets(tm
 
 
 def split_statement(split: dict) -> str:
-    from assurexray.splits import grouping_statement
+    from assurexray.data.splits import grouping_statement
 
     return grouping_statement(split)
 

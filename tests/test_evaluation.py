@@ -1,4 +1,4 @@
-"""Tests for assurexray.evaluation and stages/evaluate.py: logits-level logic and a tiny end-to-end run."""
+"""Tests for assurexray.assessment.evaluation and stages/evaluate.py: logits-level logic and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from assurexray.evaluation import evaluate_logits, load_partition
-from assurexray.metrics import HEADLINE_METRICS, PER_CLASS_METRICS
-from assurexray.model import backbone_norm, create_model, file_sha256, load_checkpoint, save_checkpoint
+from assurexray.assessment.evaluation import evaluate_logits, load_partition
+from assurexray.assessment.metrics import HEADLINE_METRICS, PER_CLASS_METRICS
+from assurexray.learning.model import backbone_norm, create_model, file_sha256, load_checkpoint, save_checkpoint
 
 NAMES = ["Normal", "Benign", "Malignant"]
 PRED_COLUMNS = ["row", "image_id", "partition", "label", "label_idx", "prob_Normal", "prob_Benign",
@@ -100,7 +100,7 @@ def test_evaluation_is_deterministic_and_cluster_mode_is_recorded():
 
 def test_a_test_set_without_normal_images_is_scored_over_the_classes_present(tmp_path):
     # The centre holdout on BTXRD may hold tumours only: macro metrics must stay defined, files valid JSON.
-    from assurexray.evaluation import write_evaluation
+    from assurexray.assessment.evaluation import write_evaluation
 
     y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([1, 2], 30)
     ev = evaluate_logits(
@@ -196,7 +196,7 @@ def test_the_stage_writes_every_output_and_reruns_identically(tiny_run):
 
 
 def test_the_stage_evaluates_a_seed_ensemble_given_model_twice(tiny_run, tmp_path):
-    from assurexray.prediction import ensemble_sha256
+    from assurexray.learning.prediction import ensemble_sha256
 
     torch.manual_seed(1)
     other = create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
@@ -300,8 +300,8 @@ def test_temperature_and_threshold_are_fitted_on_validation_only():
 
 
 def test_every_figure_title_names_the_variant_and_reliability_points_carry_their_counts(tmp_path, monkeypatch):
-    import assurexray.evaluation as evaluation_lib
-    from assurexray.evaluation import write_evaluation
+    import assurexray.assessment.evaluation as evaluation_lib
+    from assurexray.assessment.evaluation import write_evaluation
 
     y = np.repeat([0, 1, 2], 20)
     ev = evaluate_logits(

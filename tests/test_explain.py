@@ -14,8 +14,8 @@ import timm
 import torch
 from PIL import Image
 
-from assurexray import explain as ex
-from assurexray.gallery import gallery_files, gallery_keys
+from assurexray.assessment import explain as ex
+from assurexray.assessment.gallery import gallery_files, gallery_keys
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 S = 32
@@ -383,7 +383,7 @@ def _stage_main(repo_root: Path):
 
 
 def test_the_explain_stage_writes_metrics_per_image_table_and_gallery(tmp_path, repo_root):
-    from assurexray import model as model_lib
+    from assurexray.learning import model as model_lib
     main = _stage_main(repo_root)
 
     paths = _write_inputs(tmp_path)

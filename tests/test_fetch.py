@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from assurexray.fetch import download, extract_release, fetch_data, import_release, verify_archive
+from assurexray.data.fetch import download, extract_release, fetch_data, import_release, verify_archive
 
 IMAGES = ("IMG000001.jpeg", "IMG000002.jpeg", "IMG000003.jpeg")
 
@@ -362,7 +362,7 @@ def test_bad_data_params_are_refused_with_the_valid_choices(tmp_path, source, bt
 
 
 def _fake_sample_module(calls: list) -> types.ModuleType:
-    module = types.ModuleType("assurexray.sample")
+    module = types.ModuleType("assurexray.data.sample")
 
     def generate_sample(out_dir, *, n_cases, image_size, duplicate_fraction, seed):
         calls.append({"n_cases": n_cases, "image_size": image_size, "duplicate_fraction": duplicate_fraction,
@@ -378,7 +378,7 @@ def _fake_sample_module(calls: list) -> types.ModuleType:
 
 def test_the_sample_source_generates_into_out_atomically_with_the_seed(tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setitem(sys.modules, "assurexray.sample", _fake_sample_module(calls))
+    monkeypatch.setitem(sys.modules, "assurexray.data.sample", _fake_sample_module(calls))
     sample = {"n_cases": 5, "image_size": 64, "duplicate_fraction": 0.1}
     fetch_data(tmp_path / "raw", source="sample", sample=sample, btxrd={}, seed=7)
     assert calls == [sample | {"seed": 7}]

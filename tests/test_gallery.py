@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-from assurexray import gallery
+from assurexray.assessment import gallery
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

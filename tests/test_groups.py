@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assurexray.groups import PAIR_COLUMNS, group_images, hamming_matrix, perceptual_hash
+from assurexray.data.groups import PAIR_COLUMNS, group_images, hamming_matrix, perceptual_hash
 
 IDS = ["a", "b", "c", "d", "e"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assurexray.headline import HEADLINE_KEYS, headline_metrics, headlines, leaf_count, load_variant_metrics
+from assurexray.assessment.headline import HEADLINE_KEYS, headline_metrics, headlines, leaf_count, load_variant_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

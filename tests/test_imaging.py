@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assurexray.imaging import (
+from assurexray.data.imaging import (
     Letterbox,
     decode_for_letterbox,
     decode_gray,

@@ -16,13 +16,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from assurexray import cli, infer
-from assurexray import model as model_lib
-from assurexray.decoding import read_gray, read_gray_bytes
-from assurexray.infer import collect_inputs, run_inference
-from assurexray.infer_output import write_predictions
-from assurexray.prediction import default_operating_point_path, load_operating_point
-from assurexray.transforms import prepare_image
+from assurexray.serving import cli, infer
+from assurexray.learning import model as model_lib
+from assurexray.data.decoding import read_gray, read_gray_bytes
+from assurexray.serving.infer import collect_inputs, run_inference
+from assurexray.serving.infer_output import write_predictions
+from assurexray.learning.prediction import default_operating_point_path, load_operating_point
+from assurexray.learning.transforms import prepare_image
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
@@ -178,7 +178,7 @@ def test_default_operating_point_beside_the_model_is_applied(model_path, tmp_pat
 
 
 def test_missing_operating_point_warns_and_leaves_the_decision_null(model_path, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="assurexray.infer"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.serving.infer"):
         result = run_inference([save_image(tmp_path / "g.png")], model_path=model_path)
     assert "no operating point at" in caplog.text
     assert result.predictions[0].malignant_flag is None
@@ -367,7 +367,7 @@ def test_interrupt_leaves_no_output_file(model_path, tmp_path, monkeypatch, caps
         calls.append(path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("assurexray.infer.read_for_letterbox", interrupt)
+    monkeypatch.setattr("assurexray.serving.infer.read_for_letterbox", interrupt)
     out = tmp_path / "out.csv"
     assert cli.main(["infer", str(folder), "--model", str(model_path), "--output", str(out)]) == 130
     assert calls and not out.exists() and not list(tmp_path.glob(".out*"))
@@ -463,8 +463,8 @@ def test_predict_images_scores_arrays_like_run_inference_scores_files(model_path
 
 def test_inference_averages_with_the_mirror_image_when_evaluate_did(model_path, tmp_path):
     """operating_point.json records tta_flip; infer must score as evaluate did, or the threshold means nothing."""
-    from assurexray.prediction import flip_averaged_logits
-    from assurexray.transforms import prepare_image
+    from assurexray.learning.prediction import flip_averaged_logits
+    from assurexray.learning.transforms import prepare_image
 
     image = gradient(32, 32)  # left-right asymmetric: its mirror scores differently
     path = save_image(tmp_path / "g.png", image)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assurexray.learning_curves import LOSS_FILES, loss_curve_png, read_loss_history
+from assurexray.publishing.learning_curves import LOSS_FILES, loss_curve_png, read_loss_history
 
 
 def _write(live: Path, train: str, val: str) -> None:

@@ -7,10 +7,10 @@ import pytest
 import timm
 import torch
 
-from assurexray import training
-from assurexray.lesion_head import WithLesionHead, lesion_loss
-from assurexray.model import load_checkpoint, save_checkpoint
-from assurexray.transforms import train_transform
+from assurexray.learning import training
+from assurexray.learning.lesion_head import WithLesionHead, lesion_loss
+from assurexray.learning.model import load_checkpoint, save_checkpoint
+from assurexray.learning.transforms import train_transform
 from test_resume import _files, _Killed, _killing_train_epoch
 from test_training import S, _cache, _options
 

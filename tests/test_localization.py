@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from assurexray import localization as loc
+from assurexray.assessment import localization as loc
 
 S = 32
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assurexray import evaluation, explain, training
-from assurexray.manifests import INDEX_COLUMNS, open_images, read_index, read_meta, read_split
+from assurexray.learning import training
+from assurexray.assessment import evaluation, explain
+from assurexray.data.manifests import INDEX_COLUMNS, open_images, read_index, read_meta, read_split
 
 N, S = 4, 8
 

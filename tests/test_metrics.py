@@ -1,4 +1,4 @@
-"""Tests for assurexray.metrics: hand-computed values, sklearn agreement, vectorised bootstrap."""
+"""Tests for assurexray.assessment.metrics: hand-computed values, sklearn agreement, vectorised bootstrap."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from assurexray.metrics import (
+from assurexray.assessment.metrics import (
     HEADLINE_METRICS,
     PER_CLASS_METRICS,
     binary_rates_with_ci,

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from assurexray.model import (
+from assurexray.learning.model import (
     LITE0_BACKBONE,
     LITE0_PACKAGE,
     META_KEYS,
@@ -204,7 +204,7 @@ def test_saving_the_same_weights_twice_gives_byte_identical_files(tmp_path):
 
 
 def test_one_device_resolver_for_train_evaluate_explain_and_infer(monkeypatch):
-    from assurexray.model import resolve_device
+    from assurexray.learning.model import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("CPU") == torch.device("cpu")

@@ -9,16 +9,16 @@ import pytest
 import torch
 import yaml
 
-from assurexray.cache import PrepareConfig
-from assurexray.evaluation import EvaluateConfig
-from assurexray.explain import ExplainConfig
-from assurexray.fetch import DataConfig
-from assurexray.headline import HeadlineConfig
-from assurexray.model import ModelConfig
-from assurexray.params import AuditConfig, BaseConfig, load_config
-from assurexray.splits import STRATEGIES, SplitConfig
-from assurexray.training import TrainConfig, _params_record
-from assurexray.transforms import AUGMENT_KEYS, AugmentConfig
+from assurexray.data.cache import PrepareConfig
+from assurexray.assessment.evaluation import EvaluateConfig
+from assurexray.assessment.explain import ExplainConfig
+from assurexray.data.fetch import DataConfig
+from assurexray.assessment.headline import HeadlineConfig
+from assurexray.learning.model import ModelConfig
+from assurexray.core.params import AuditConfig, BaseConfig, load_config
+from assurexray.data.splits import STRATEGIES, SplitConfig
+from assurexray.learning.training import TrainConfig, _params_record
+from assurexray.learning.transforms import AUGMENT_KEYS, AugmentConfig
 
 SECTIONS = {
     "base": BaseConfig, "data": DataConfig, "prepare": PrepareConfig, "audit": AuditConfig,

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from scipy.special import softmax
 
-from assurexray import cli, infer, prediction
-from assurexray import model as model_lib
-from assurexray.evaluation import evaluate_checkpoint, write_evaluation
-from assurexray.prediction import OperatingPoint, ensemble_sha256, load_predictor
+from assurexray.learning import prediction
+from assurexray.serving import cli, infer
+from assurexray.learning import model as model_lib
+from assurexray.assessment.evaluation import evaluate_checkpoint, write_evaluation
+from assurexray.learning.prediction import OperatingPoint, ensemble_sha256, load_predictor
 from test_infer import CLASSES, read_rows, save_image, tiny_checkpoint, write_op
 
 
@@ -42,7 +43,7 @@ def boxed_images(n: int = 6, size: int = 32) -> np.ndarray:
 def raw_logits(path: Path, images: np.ndarray) -> np.ndarray:
     """The model's own logits, computed here without the engine."""
     net, meta = model_lib.load_checkpoint(path)
-    from assurexray.transforms import eval_transform
+    from assurexray.learning.transforms import eval_transform
 
     transform = eval_transform(meta)
     with torch.inference_mode():
@@ -154,7 +155,7 @@ def test_infer_gives_the_probabilities_and_flags_evaluation_wrote(members, tmp_p
 
 
 def test_letterboxing_happens_once_and_matches_the_checkpoints_preprocessing(members):
-    from assurexray.transforms import prepare_image
+    from assurexray.learning.transforms import prepare_image
 
     predictor = load_predictor(members[0], operating_point=OperatingPoint())
     gray = np.tile(np.linspace(0, 255, 80).astype(np.uint8), (40, 1))  # 80x40: padded top and bottom
@@ -175,7 +176,7 @@ def test_an_explicit_gradcam_layer_is_used_and_logged(tmp_path, monkeypatch, cap
     real = infer.compute_heatmaps
     monkeypatch.setattr(infer, "compute_heatmaps", lambda *a, **k: used.append(k["target_layer"]) or real(*a, **k))
     image = save_image(tmp_path / "img.png")
-    with caplog.at_level("INFO", logger="assurexray.infer"):
+    with caplog.at_level("INFO", logger="assurexray.serving.infer"):
         infer.run_inference([image], model_path=model_path, gradcam_dir=tmp_path / "cams", gradcam_layer="blocks.3")
         infer.run_inference([image], model_path=model_path, gradcam_dir=tmp_path / "cams", gradcam_layer="auto")
     assert used == ["blocks.3", None]
@@ -225,7 +226,7 @@ def test_the_cli_passes_every_model_and_the_layer(members, tmp_path, capsys):
 
 def test_the_app_and_infer_share_the_engine(members, tmp_path):
     """webapp predictions come from infer.predict_images, which scores through the Predictor."""
-    from assurexray import webapp
+    from assurexray.serving import webapp
 
     root = tmp_path / "project"
     model = root / "models" / "stratified" / "model.pt"
@@ -255,9 +256,9 @@ def test_the_operating_point_evaluate_writes_is_what_inference_reads(tmp_path, t
 def test_infer_and_the_app_score_a_large_jpeg_on_the_pixels_prepare_cached(members, tmp_path):
     """An original JPEG is decoded as prepare decodes it (draft mode, full-file geometry), not in full: infer and
     the app then give exactly the probabilities evaluation computes from its cached copy."""
-    from assurexray import webapp
-    from assurexray.cache import _process_one
-    from assurexray.imaging import decode_gray, letterbox
+    from assurexray.serving import webapp
+    from assurexray.data.cache import _process_one
+    from assurexray.data.imaging import decode_gray, letterbox
     from test_imaging import _smooth_jpeg
 
     path = _smooth_jpeg(tmp_path / "big.jpg", 400, 300)  # >= 2x the 32 px input: decoded at 1/4 scale
@@ -282,8 +283,8 @@ def test_infer_and_the_app_score_a_large_jpeg_on_the_pixels_prepare_cached(membe
 
 
 def test_overlays_of_a_reduced_decode_keep_the_full_files_canvas(members, tmp_path):
-    from assurexray.gallery import render_overlay
-    from assurexray.imaging import decode_gray
+    from assurexray.assessment.gallery import render_overlay
+    from assurexray.data.imaging import decode_gray
     from test_imaging import _smooth_jpeg
 
     path = _smooth_jpeg(tmp_path / "big.jpg", 400, 300)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from assurexray import cli, project
-from assurexray import model as model_lib
-from assurexray.project import MODEL_ENV, ROOT_ENV, resolve_model_path
+from assurexray.core import project
+from assurexray.serving import cli
+from assurexray.learning import model as model_lib
+from assurexray.core.project import MODEL_ENV, ROOT_ENV, resolve_model_path
 from test_infer import save_image, tiny_checkpoint
 
 
@@ -155,7 +156,8 @@ def test_the_json_reader_names_the_file_and_the_fix(tmp_path, text, message):
 
 
 def test_every_reader_takes_its_image_suffixes_from_the_project():
-    from assurexray import btxrd, dicom, fetch, imaging, infer, webapp
+    from assurexray.data import btxrd, dicom, fetch, imaging
+    from assurexray.serving import infer, webapp
 
     assert imaging.RASTER_SUFFIXES is project.RASTER_SUFFIXES and dicom.DICOM_SUFFIXES is project.DICOM_SUFFIXES
     assert infer.IMAGE_SUFFIXES == project.INFER_SUFFIXES

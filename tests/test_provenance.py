@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from assurexray.btxrd import sheet_modified
-from assurexray.provenance import (
+from assurexray.data.btxrd import sheet_modified
+from assurexray.core.provenance import (
     trained_on,
     training_data_fingerprint,
     training_data_info,

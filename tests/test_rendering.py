@@ -1,4 +1,4 @@
-"""Tests for assurexray.rendering: every block kind in markdown and HTML, escaping, and the one interval format."""
+"""Tests for assurexray.core.rendering: every block kind in markdown and HTML, escaping, and the one interval format."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from assurexray.rendering import (
+from assurexray.core.rendering import (
     Alert,
     Bullets,
     Chart,

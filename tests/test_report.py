@@ -1,4 +1,4 @@
-"""Tests for assurexray.report, model_card, report_data and stages/report.py on a hand-made metrics tree
+"""Tests for assurexray.publishing.report, model_card, report_data and stages/report.py on a hand-made metrics tree
 (schemas: docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from assurexray import DISCLAIMER, __version__  # noqa: E402
-from assurexray.model_card import render_model_card  # noqa: E402
-from assurexray.rendering import fmt_ci  # noqa: E402
-from assurexray.report import REFERENCES, render_report_html, render_report_markdown, write_reports  # noqa: E402
-from assurexray.report_data import collect_report_data, tracked_params  # noqa: E402
-from assurexray.schema import DATASET_CITATION, DATASET_LICENSE  # noqa: E402
+from assurexray.publishing.model_card import render_model_card  # noqa: E402
+from assurexray.core.rendering import fmt_ci  # noqa: E402
+from assurexray.publishing.report import REFERENCES, render_report_html, render_report_markdown, write_reports  # noqa: E402
+from assurexray.publishing.report_data import collect_report_data, tracked_params  # noqa: E402
+from assurexray.core.schema import DATASET_CITATION, DATASET_LICENSE  # noqa: E402
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 MITCHELL_SECTIONS = ["Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from assurexray.results_table import BEGIN, END, main, results_table, update_readme
+from assurexray.assessment.results_table import BEGIN, END, main, results_table, update_readme
 
 
 def _ci(v: float, lo: float, hi: float) -> dict:

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from assurexray import resume, training
-from assurexray.model import save_checkpoint
+from assurexray.learning import resume, training
+from assurexray.learning.model import save_checkpoint
 from test_training import _options
 
 
@@ -50,7 +50,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(tmp
     state = torch.load(resume_dir / resume.STATE_FILE, weights_only=True)  # plain tensors + JSON-able values
     assert state["epoch"] == 2 and [row["epoch"] for row in state["history"]] == [1, 2]
 
-    with caplog.at_level(logging.INFO, logger="assurexray.resume"):
+    with caplog.at_level(logging.INFO, logger="assurexray.learning.resume"):
         resumed = training.train_model(**_options(tmp_path, resume_dir=resume_dir, **settings))
     assert "resuming after epoch 2" in caplog.text
     paths = [save_checkpoint(tmp_path / name, result.model, result.meta)
@@ -66,7 +66,7 @@ def test_a_resume_state_of_other_params_is_reported_and_never_resumed_from(tmp_p
         patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=2))
         with pytest.raises(_Killed):
             training.train_model(**_options(tmp_path, resume_dir=resume_dir, live_dir=None))
-    with caplog.at_level(logging.INFO, logger="assurexray.resume"):
+    with caplog.at_level(logging.INFO, logger="assurexray.learning.resume"):
         changed = training.train_model(**_options(tmp_path, resume_dir=resume_dir, live_dir=None, lr=1e-3))
     assert "resume state belongs to other params or data" in caplog.text and "resuming" not in caplog.text
     fresh = training.train_model(**_options(tmp_path, live_dir=None, lr=1e-3))
@@ -88,6 +88,6 @@ def test_the_fingerprint_changes_with_the_data_and_the_settings(tmp_path):
 
 def test_an_unreadable_resume_file_means_a_fresh_start_with_a_warning(tmp_path, caplog):
     (tmp_path / resume.STATE_FILE).write_bytes(b"not a torch archive")
-    with caplog.at_level(logging.WARNING, logger="assurexray.resume"):
+    with caplog.at_level(logging.WARNING, logger="assurexray.learning.resume"):
         assert resume.load(tmp_path, "abc") is None
     assert "unreadable resume state" in caplog.text

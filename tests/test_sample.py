@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assurexray.sample import CENTRE_STYLES, MIN_CASES, generate_sample
-from assurexray.schema import (
+from assurexray.data.sample import CENTRE_STYLES, MIN_CASES, generate_sample
+from assurexray.core.schema import (
     BENIGN_SUBTYPES, CLASS_NAMES, MALIGNANT_SUBTYPES, REGION_COLUMNS, RELEASE_COLUMNS, SITE_COLUMNS,
     SUBTYPE_COLUMNS, VIEW_COLUMNS,
 )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from assurexray.cases import read_case_sheets
-from assurexray.sheets import image_ids, read_sheet
-from assurexray.splits import _read_partition_sheets
+from assurexray.data.cases import read_case_sheets
+from assurexray.data.sheets import image_ids, read_sheet
+from assurexray.data.splits import _read_partition_sheets
 
 
 @pytest.mark.parametrize("column", ["image_id", "Image ID", " IMAGE_ID ", "image  id"])

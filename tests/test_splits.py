@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assurexray.splits import (
+from assurexray.data.splits import (
     PARTITIONS, grouping_summary, read_index, split_index, split_partitions, split_summary, write_splits,
 )
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 from torch.utils.data.distributed import DistributedSampler
 
-from assurexray.model import load_checkpoint
-from assurexray.training import (
+from assurexray.learning.model import load_checkpoint
+from assurexray.learning.training import (
     _class_weights,
     _train_sampler,
     _warmup_cosine,
@@ -86,7 +86,7 @@ def test_returned_model_holds_the_best_epoch_weights(tmp_path):
     result = train_model(**_options(tmp_path, epochs=3, monitor="loss", live_dir=None))
     images, index = _cache()
     val = index.iloc[15:]
-    from assurexray.transforms import eval_transform
+    from assurexray.learning.transforms import eval_transform
 
     x = torch.stack([eval_transform(result.meta)(image=images[r])["image"] for r in val["row"]])
     y = torch.tensor(val["label_idx"].to_numpy())

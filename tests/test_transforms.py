@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from assurexray.transforms import AUGMENT_KEYS, eval_transform, prepare_image, standardise_intensity, train_transform
+from assurexray.learning.transforms import AUGMENT_KEYS, eval_transform, prepare_image, standardise_intensity, train_transform
 
 S = 32
 NO_AUGMENT = {"hflip": 0.0, "rotate_deg": 0, "scale": 0.0, "translate": 0.0, "brightness_contrast": 0.0}

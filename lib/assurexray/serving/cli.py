@@ -1,0 +1,238 @@
+"""The ``assurexray`` command: ``infer`` (classify files), ``app`` (the Streamlit demo), ``version``.
+
+Argument parsing only; each subcommand calls one library function. Heavy imports (torch, timm) happen
+inside the handlers so ``assurexray --help`` stays instant. NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from assurexray import DISCLAIMER, __version__
+from assurexray.core.cli_errors import USER_ERRORS, error_line, warnings_as_log_lines
+from assurexray.core.project import DEFAULT_MODEL, MODEL_ENV, ROOT_ENV, Layout, resolve_model_path
+
+__all__ = ["main", "build_parser", "infer_command", "app_path", "app_command", "launch_app"]
+
+logger = logging.getLogger(__name__)
+
+#: Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted (Ctrl-C).
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # lib/assurexray/serving/cli.py -> repository root
+_LAYOUT = Layout(Path())  # the artefact paths, relative to a project root, for the help texts
+#: ``--max-pixels`` default: assurexray.data.decoding.DEFAULT_MAX_PIXELS, written out so ``--help`` loads no decoder
+#: (tests/test_cli.py checks the two agree).
+_DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``assurexray`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="assurexray: %(levelname)s: %(message)s"
+    )
+    try:
+        with warnings_as_log_lines(enabled=not args.verbose):
+            return args.handler(args)
+    except USER_ERRORS as err:  # ValueError, OSError (missing / unwritable paths): one line, exit 2
+        print(error_line(f"assurexray {args.command}", err), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"assurexray {args.command}: interrupted; no partial output was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="assurexray",
+        description=f"Normal/Benign/Malignant classification of bone radiographs (BTXRD).\n{DISCLAIMER}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the disclaimer on one unbroken line
+    )
+    parser.add_argument("--version", action="version", version=f"assurexray {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    infer = sub.add_parser(
+        "infer",
+        help="classify image files with a trained model",
+        description=(
+            "Classify radiographs (JPEG, PNG, TIFF incl. 16-bit, BMP, single-frame DICOM).\n"
+            "Unreadable files are named and skipped; exit code 1 when any input failed, 2 for usage errors.\n"
+            + DISCLAIMER
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    infer.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    infer.add_argument(
+        "--model", default=None, metavar="FILE", action="append",
+        help="checkpoint; repeat for a seed ensemble (probabilities averaged; same classes and preprocessing) "
+        f"(default: ${MODEL_ENV}, else {DEFAULT_MODEL.as_posix()} under ${ROOT_ENV}, "
+        "the current folder or the checkout assurexray is installed from)",
+    )
+    infer.add_argument(
+        "--operating-point",
+        default=None,
+        metavar="FILE",
+        help="operating_point.json (temperature, Malignant threshold); "
+        f"default: {_LAYOUT.operating_point('<variant>').as_posix()} beside the model's models/<variant>/ "
+        "(an ensemble has none by default: pass the one evaluate wrote for it)",
+    )
+    infer.add_argument("--output", default=None, metavar="FILE", help="write per-image results to a .jsonl or .csv file")
+    infer.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay PNG per image")
+    infer.add_argument(
+        "--gradcam-layer", default=None, metavar="NAME",
+        help="module to explain with --gradcam, or 'auto' (the last conv/norm layer); default: the layer the "
+        f"explain stage chose, {_LAYOUT.explain_metrics('<variant>').as_posix()} beside the model's "
+        "models/<variant>/",
+    )
+    infer.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default: 16)")
+    infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    infer.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=_DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images with more pixels than this (default: {_DEFAULT_MAX_PIXELS})",
+    )
+    infer.set_defaults(handler=_run_infer)
+
+    app = sub.add_parser(
+        "app", help="start the Streamlit demo on 127.0.0.1",
+        description=f"Start the Streamlit demo (app/app.py) on 127.0.0.1.\n{DISCLAIMER}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    app.add_argument("--port", type=_port, default=8501, metavar="N", help="TCP port (default: 8501)")
+    app.set_defaults(handler=_run_app)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(handler=_run_version)
+    return parser
+
+
+def app_path() -> Path:
+    """``app/app.py`` of the repository holding this package; ``FileNotFoundError`` when it is absent."""
+    path = _REPO_ROOT / "app" / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: Streamlit app not found. `assurexray app` runs from a source checkout "
+            "(pip install -e .) that contains app/app.py."
+        )
+    return path
+
+
+def app_command(*, port: int, script: str | os.PathLike) -> list[str]:
+    """The ``streamlit run`` command line, bound to localhost and headless (no browser, no telemetry prompt)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", os.fspath(script),
+        "--server.address", "127.0.0.1",
+        "--server.headless", "true",
+        "--server.port", str(int(port)),
+    ]
+
+
+def launch_app(*, port: int = 8501) -> int:
+    """Run the Streamlit demo in the foreground until it exits; return its exit code."""
+    command = app_command(port=port, script=app_path())
+    logger.info("running %s", " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
+def infer_command(
+    inputs: Sequence[str],
+    *,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    gradcam_dir: str | os.PathLike | None = None,
+    gradcam_layer: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_pixels: int | None = _DEFAULT_MAX_PIXELS,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run inference, print the table and a failure summary, write ``output``; return the exit code.
+
+    0 = every input scored, 1 = some inputs failed (named on stderr; the others are still written).
+    Usage problems (no input matched, bad model or operating point) raise ``ValueError``/``FileNotFoundError``.
+    """
+    from assurexray.serving.infer import run_inference  # torch-heavy: loaded only when the command runs
+    from assurexray.serving.infer_output import OUTPUT_SUFFIXES, describe_result, format_table, write_predictions
+
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output {os.fspath(output)!r}: unsupported suffix; use a .jsonl or .csv file name.")
+    result = run_inference(
+        inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
+        device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir, gradcam_layer=gradcam_layer,
+    )
+    print(DISCLAIMER, file=stdout)
+    print(describe_result(result), file=stdout)
+    print(format_table(result), file=stdout)
+    if output is not None:
+        write_predictions(result, output)
+        print(f"wrote {len(result.predictions)} row(s) to {output}", file=stdout)
+    if gradcam_dir is not None:
+        print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=stdout)
+    failures = result.failures
+    n_ok = len(result.predictions) - len(failures)
+    if failures:
+        print(f"{len(failures)} of {len(result.predictions)} inputs failed (skipped):", file=stderr)
+        for p in failures:
+            print(f"  {p.error}", file=stderr)
+    print(f"{n_ok} image(s) classified, {len(failures)} failed.", file=stderr)
+    return 1 if failures else 0
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    models = [resolve_model_path(None)] if not args.model else [resolve_model_path(m) for m in args.model]
+    return infer_command(
+        args.inputs,
+        model_path=models,
+        operating_point_path=args.operating_point,
+        output=args.output,
+        gradcam_dir=args.gradcam,
+        gradcam_layer=args.gradcam_layer,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_pixels=args.max_pixels,
+    )
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    return launch_app(port=args.port)
+
+
+def _run_version(_args: argparse.Namespace) -> int:
+    print(f"assurexray {__version__}")
+    print(DISCLAIMER)
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return value

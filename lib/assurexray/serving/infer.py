@@ -1,0 +1,405 @@
+"""Classify radiograph files with a trained checkpoint: the engine behind ``assurexray infer``.
+
+Scoring is :class:`assurexray.learning.prediction.Predictor`, the engine evaluate uses: preprocessing and class order
+from the checkpoint (``meta``), the temperature and the Malignant threshold from the evaluate stage's
+``operating_point.json``, which must belong to the same model file (checked by SHA-256), so a file scored here
+gets the probabilities evaluation reported. Files are decoded as ``prepare`` decodes them
+(:func:`assurexray.data.decoding.read_for_letterbox`: JPEG draft mode, letterbox geometry of the full file), so
+an original gets the pixels its cached copy has. Several ``--model`` files form a seed ensemble.
+A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from assurexray.data.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Fitted, find_images, read_for_letterbox
+from assurexray.assessment.explain import compute_heatmaps
+from assurexray.assessment.gallery import OVERLAY_DECODE_SIZE, render_overlay, write_overlay
+from assurexray.learning.model import resolve_device
+from assurexray.learning.prediction import OperatingPoint, Predictor, load_predictor
+from assurexray.core.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.core.project
+from assurexray.core.project import Layout
+from assurexray.core.provenance import trained_on, training_data_fingerprint
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DEFAULT_MODEL",
+    "AUTO_LAYER",
+    "Prediction",
+    "InferenceResult",
+    "collect_inputs",
+    "predict_images",
+    "default_gradcam_layer",
+    "resolve_gradcam_layer",
+    "run_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Threads decoding the next batch while the model scores the current one (JPEG/PNG decoders release the GIL).
+_DECODE_WORKERS = 2
+#: ``--gradcam-layer auto``: the automatic layer (the last conv/norm layer, assurexray.assessment.explain.find_target_layer).
+AUTO_LAYER = "auto"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's outcome: probabilities and decision, or the reason it failed (``error``)."""
+
+    path: str
+    probs: dict[str, float] | None = None
+    pred: str | None = None
+    malignant_flag: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Predictions (inputs that matched nothing first, then files in input order) and what produced them."""
+
+    predictions: list[Prediction]
+    class_names: list[str]
+    operating_point: OperatingPoint
+    model_sha256: str
+    gradcam_paths: dict[str, Path] = field(default_factory=dict)
+    #: Where overlays were asked for (``--gradcam``); None = not asked, so no ``gradcam_overlay`` column.
+    gradcam_dir: Path | None = None
+    #: The checkpoint's training-data record (``meta["data"]``, assurexray.core.provenance); None for older checkpoints.
+    training_data: dict[str, Any] | None = None
+
+    @property
+    def trained_on(self) -> str:
+        """``synthetic-sample``, ``btxrd`` or ``unknown``: printed beside every prediction."""
+        return trained_on({"data": self.training_data})
+
+    @property
+    def failures(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.ok]
+
+    def columns(self) -> list[str]:
+        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256,
+        trained_on (``synthetic-sample`` | ``btxrd`` | ``unknown``), training_data_fingerprint (sha256 of the
+        prepared index.csv the model was trained on), gradcam_overlay (only with ``--gradcam``: the overlay PNG
+        written, empty for a failed input), error."""
+        probs = [f"prob_{name}" for name in self.class_names]
+        overlay = ["gradcam_overlay"] if self.gradcam_dir is not None else []
+        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", "trained_on",
+                "training_data_fingerprint", *overlay, "error"]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per input; missing values are None."""
+        threshold = self.operating_point.malignant_threshold
+        rows = []
+        for p in self.predictions:
+            row: dict[str, Any] = {"path": p.path}
+            for name in self.class_names:
+                row[f"prob_{name}"] = None if p.probs is None else p.probs[name]
+            row.update(
+                pred=p.pred,
+                malignant_flag=p.malignant_flag,
+                malignant_threshold=threshold,
+                model_sha256=self.model_sha256,
+                trained_on=self.trained_on,
+                training_data_fingerprint=training_data_fingerprint({"data": self.training_data}),
+            )
+            if self.gradcam_dir is not None:
+                overlay = self.gradcam_paths.get(p.path)
+                row["gradcam_overlay"] = None if overlay is None else str(overlay)
+            row["error"] = p.error
+            rows.append(row)
+        return rows
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
+    """Image files of ``inputs`` (files, folders, globs; :func:`assurexray.data.decoding.find_images`) in a stable
+    order, and a failed :class:`Prediction` for each input that is missing, unsupported or matches nothing."""
+    files, problems = find_images(inputs)
+    return files, [Prediction(path, error=error) for path, error in problems]
+
+
+def predict_images(
+    images: Mapping[str, np.ndarray | Fitted | Callable[[int], Fitted]],
+    *,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    gradcam: bool = False,
+    gradcam_layer: str | None = None,
+    shown: Mapping[str, np.ndarray] | None = None,
+) -> tuple[InferenceResult, dict[str, np.ndarray]]:
+    """Score images held in memory (the web demo); optionally their overlays (RGB arrays).
+
+    Same predictor, operating point and Grad-CAM layer (:func:`resolve_gradcam_layer`) as :func:`run_inference`.
+    Each image is a decoded uint8 (H, W) array, a :class:`assurexray.data.decoding.Fitted` (a reduced decode and its
+    file's size, letterboxed in the full-size geometry), or a decoder called with the model's input size that
+    returns one (so an upload is decoded as ``infer`` and ``prepare`` decode a file). Overlays are drawn on
+    ``shown[key]`` (the full image) when given, else on the scored pixels.
+    """
+    if not images:
+        raise ValueError("predict_images: no image given.")
+    predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
+                               device=resolve_device(device, setting="--device"))
+    decoded = {key: image(predictor.input_size) if callable(image) else image for key, image in images.items()}
+    layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
+    scored, heatmaps = _score(decoded, predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
+    overlays = {}
+    for key, heat in heatmaps.items():
+        gray, original_size = (shown[key], None) if shown and key in shown else _gray_and_size(decoded[key])
+        caption = f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})"
+        overlays[key] = render_overlay(gray, heat, original_size=original_size, caption=caption)
+    result = InferenceResult(predictions=[scored[k] for k in images], class_names=predictor.class_names,
+                             operating_point=predictor.operating_point, model_sha256=predictor.model_sha256,
+                             gradcam_paths={}, training_data=predictor.meta.get("data"))
+    return result, overlays
+
+
+def default_gradcam_layer(model_path: str | os.PathLike) -> str | None:
+    """The Grad-CAM layer the explain stage chose (on validation) for the model at ``model_path``, if it has run.
+
+    Read from the explain metrics of the model's variant in the project layout
+    (``<root>/metrics/<variant>/explain/metrics.json`` for ``<root>/models/<variant>/model.pt``, as dvc.yaml
+    writes them); None when that file is absent.
+    """
+    layout, variant = Layout.of_model(model_path)
+    path = layout.explain_metrics(variant)
+    if not path.is_file():
+        return None
+    try:
+        layer = json.loads(path.read_text(encoding="utf-8")).get("target_layer")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a valid explain metrics file ({err}); re-run the explain stage.") from err
+    return layer if isinstance(layer, str) else None
+
+
+def resolve_gradcam_layer(predictor: Predictor, layer: str | None = None) -> str | None:
+    """The Grad-CAM layer to use, said in the log; None = the automatic layer.
+
+    ``layer`` (``--gradcam-layer``): a module name of the model, or ``auto``. None: the layer the explain stage
+    recorded for this model (:func:`default_gradcam_layer`), else the automatic layer with a warning. A named or
+    recorded layer the model lacks is an error, never a silent switch to another layer. An ensemble has no
+    single layer to explain: ``ValueError``.
+    """
+    if predictor.is_ensemble:
+        raise ValueError(
+            f"--gradcam: an ensemble of {len(predictor.models)} models has no single Grad-CAM layer; explain one "
+            "model at a time (a single --model)."
+        )
+    model_path = predictor.model_paths[0]
+    if layer == AUTO_LAYER:
+        logger.info("Grad-CAM layer: automatic (--gradcam-layer %s)", AUTO_LAYER)
+        return None
+    source = "--gradcam-layer"
+    if layer is None:
+        layer = default_gradcam_layer(model_path)
+        layout, variant = Layout.of_model(model_path)
+        source = str(layout.explain_metrics(variant))
+        if layer is None:
+            logger.warning("Grad-CAM layer: automatic (the last conv/norm layer); no explain-stage choice at %s. "
+                           "Pass --gradcam-layer NAME to choose one.", source)
+            return None
+    names = {name for name, _ in predictor.models[0].named_modules() if name}
+    if layer not in names:
+        raise ValueError(
+            f"Grad-CAM layer {layer!r} (from {source}) is not a module of {model_path} "
+            f"({predictor.meta.get('backbone')!r}); pass --gradcam-layer NAME (a module of this model) or "
+            f"--gradcam-layer {AUTO_LAYER}."
+        )
+    logger.info("Grad-CAM layer %r (from %s)", layer, source)
+    return layer
+
+
+def run_inference(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_MODEL,
+    operating_point_path: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    gradcam_dir: str | os.PathLike | None = None,
+    gradcam_layer: str | None = None,
+) -> InferenceResult:
+    """Score every image of ``inputs`` (files, folders, globs); failures are kept as rows with ``error``.
+
+    ``model_path``: one checkpoint or several (a seed ensemble, :func:`assurexray.learning.prediction.load_predictor`).
+    ``operating_point_path`` None looks in the model's project layout
+    (:func:`assurexray.learning.prediction.default_operating_point_path`) and, if absent there, warns and leaves the
+    Malignant decision null. ``gradcam_layer``: see :func:`resolve_gradcam_layer`. Raises ``ValueError`` when
+    no input matched.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}.")
+    files, problems = collect_inputs(inputs)
+    if not files:
+        listed = "; ".join(p.error or p.path for p in problems) or "no inputs given"
+        raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
+    predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
+                               device=resolve_device(device, setting="--device"))
+    gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
+    layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam_dir is not None else None
+    predictions: list[Prediction] = []
+    progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
+    pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
+    try:
+        with progress:
+            for chunk, decoded in _decoded_chunks(files, size=predictor.input_size, batch_size=batch_size,
+                                                  max_pixels=max_pixels, pool=pool):
+                predictions.extend(
+                    _predict_chunk(
+                        chunk, decoded, predictor=predictor,
+                        gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
+                        gradcam_layer=layer, max_pixels=max_pixels,
+                    )
+                )
+                progress.update(len(chunk))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued decodes are dropped, not run
+    written = {str(f): Path(gradcam_dir) / gradcam_names[f] for f in files if gradcam_dir is not None}
+    ok_paths = {p.path for p in predictions if p.ok}
+    return InferenceResult(
+        predictions=problems + predictions,
+        class_names=predictor.class_names,
+        operating_point=predictor.operating_point,
+        model_sha256=predictor.model_sha256,
+        gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
+        gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir),
+        training_data=predictor.meta.get("data"),
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _decoded_chunks(
+    files: list[Path], *, size: int, batch_size: int, max_pixels: int | None, pool: ThreadPoolExecutor
+) -> Iterator[tuple[list[Path], list[Fitted | Prediction]]]:
+    """Batches of files with their decoded images (or error rows), decoding one batch ahead in ``pool``.
+
+    While the model scores batch k the pool decodes batch k+1, so decoding overlaps the forward pass;
+    at most two batches of decoded originals are held in memory.
+    """
+    pending: deque[tuple[list[Path], list[Future]]] = deque()
+    for chunk in _chunks(files, batch_size):
+        pending.append((chunk, [pool.submit(_decode_one, path, size, max_pixels) for path in chunk]))
+        if len(pending) > 1:
+            done, futures = pending.popleft()
+            yield done, [f.result() for f in futures]
+    while pending:
+        done, futures = pending.popleft()
+        yield done, [f.result() for f in futures]
+
+
+def _decode_one(path: Path, size: int, max_pixels: int | None) -> Fitted | Prediction:
+    """The image decoded for a ``size`` letterbox as ``prepare`` decodes it (JPEG draft mode), or an error row
+    naming the file (the run goes on with the others)."""
+    try:
+        return read_for_letterbox(path, size, max_pixels=max_pixels)
+    except (FileNotFoundError, ValueError) as err:
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        logger.debug("skipping %s: %s", path, message)
+        return Prediction(str(path), error=message)
+
+
+def _predict_chunk(
+    files: list[Path],
+    decoded: list[Fitted | Prediction],
+    *,
+    predictor: Predictor,
+    gradcam_dir: Path | None,
+    gradcam_names: dict[Path, str],
+    gradcam_layer: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[Prediction]:
+    """Score one decoded batch; files that failed to decode keep their error row."""
+    outcome: dict[Path, Prediction] = {}
+    grays: dict[Path, Fitted] = {}
+    for path, item in zip(files, decoded):
+        if isinstance(item, Prediction):
+            outcome[path] = item
+        else:
+            grays[path] = item
+    if grays:
+        scored, heatmaps = _score(grays, predictor=predictor, gradcam=gradcam_dir is not None,
+                                  gradcam_layer=gradcam_layer)
+        outcome.update(scored)
+        for path, heat in heatmaps.items():
+            p = outcome[path]
+            caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
+            # The scoring decode can be as small as the model input; the overlay canvas shows up to 1024 px.
+            shown = read_for_letterbox(path, OVERLAY_DECODE_SIZE, max_pixels=max_pixels)
+            write_overlay(gradcam_dir / gradcam_names[path], shown.gray, heat, caption=caption,
+                          original_size=shown.original_size)
+    return [outcome[p] for p in files]
+
+
+def _score(
+    grays: dict[Any, np.ndarray | Fitted], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
+) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray]]:
+    """Predictions (and, with ``gradcam``, (S, S) heatmaps of the predicted class) for decoded images."""
+    keys = list(grays)
+    boxed, scores = predictor.predict_grays([grays[k] for k in keys])  # (B, S, S) letterboxed once
+    names = predictor.class_names
+    flags = scores.malignant_flag
+    outcome: dict[Any, Prediction] = {}
+    for i, (key, row) in enumerate(zip(keys, scores.probs)):
+        outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(names, row)},
+                                  pred=names[int(scores.pred_idx[i])],
+                                  malignant_flag=None if flags is None else int(flags[i]))
+    if not gradcam:
+        return outcome, {}
+    model = predictor.models[0]  # resolve_gradcam_layer refused ensembles
+    # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
+    cam_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    heatmaps = compute_heatmaps(
+        cam_model, boxed, [int(t) for t in scores.pred_idx], transform=predictor.transform, method="gradcam",
+        batch_size=len(keys), target_layer=gradcam_layer, progress=False,
+    )  # (B, S, S) in [0, 1]; explain the predicted class
+    return outcome, dict(zip(keys, heatmaps))
+
+
+def _gray_and_size(image: np.ndarray | Fitted) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The pixels to draw on and, for a reduced decode, the file's full size."""
+    return (image.gray, image.original_size) if isinstance(image, Fitted) else (image, None)
+
+
+def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
+    """``<stem>_gradcam.png`` per file, numbered when stems repeat, so no overlay overwrites another."""
+    names: dict[Path, str] = {}
+    seen: dict[str, int] = {}
+    for path in files:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names[path] = f"{stem}_gradcam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_gradcam.png"
+    return names
+
+
+def _model_paths(model_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One ``--model`` or several (an ensemble) as a list of paths."""
+    if isinstance(model_path, (str, os.PathLike)):
+        return [Path(model_path)]
+    return [Path(p) for p in model_path]
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
