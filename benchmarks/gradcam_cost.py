@@ -16,7 +16,8 @@ import numpy as np
 import timm
 import torch
 
-from assurexray.assessment.explain import ExplainConfig, _choose_layer, compute_heatmaps
+from assurexray.assessment.cam import compute_heatmaps
+from assurexray.assessment.explain import ExplainConfig, _choose_layer
 from benchmarks import Figure
 
 
@@ -70,7 +71,7 @@ def figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]:
         Figure("Grad-CAM / forward per image", ratio, "x", "<= 3x", ratio <= 3,
                f"{1000 * t['cam']:.1f} vs {1000 * t['forward']:.1f} ms/image, {setup['backbone']} "
                f"@{setup['size']} px, batch {setup['batch']}"),
-        # One CAM pass hooks every candidate (explain.compute_heatmaps_per_layer); one pass per candidate and
+        # One CAM pass hooks every candidate (cam.compute_heatmaps_per_layer); one pass per candidate and
         # the default layer would cost about candidates + 1 passes.
         Figure("explain layer search / one Grad-CAM pass", search, "x",
                f"< candidates + 1 ({setup['layer_search'] + 1})", search < setup["layer_search"] + 1,

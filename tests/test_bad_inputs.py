@@ -30,7 +30,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from test_infer import tiny_checkpoint
 
 from assurexray.serving import cli, webapp
-from assurexray.data.btxrd import load_release, read_labelme, read_metadata
+from assurexray.data.annotations import read_labelme
+from assurexray.data.btxrd import load_release, read_metadata
 from assurexray.data.cache import build_cache, load_cache
 from assurexray.data.fetch import extract_release, import_release
 from assurexray.data.imaging import letterbox, polygons_to_letterbox, rasterize_polygons

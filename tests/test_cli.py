@@ -110,7 +110,7 @@ def test_app_runs_streamlit_on_the_repository_app_and_returns_its_exit_code(tmp_
 
 def test_repository_root_is_the_folder_holding_lib_and_pyproject():
     assert (cli._REPO_ROOT / "pyproject.toml").is_file()
-    assert (cli._REPO_ROOT / "lib" / "assurexray" / "cli.py").is_file()
+    assert (cli._REPO_ROOT / "lib" / "assurexray" / "serving" / "cli.py").is_file()
 
 
 def test_max_pixels_default_is_the_decoders_cap():

@@ -14,6 +14,7 @@ import timm
 import torch
 from PIL import Image
 
+from assurexray.assessment import cam
 from assurexray.assessment import explain as ex
 from assurexray.assessment.gallery import gallery_files, gallery_keys
 
@@ -43,32 +44,32 @@ def _images(n: int = 3, size: int = S, seed: int = 0) -> np.ndarray:
     ("name", "expected"), [("test_efficientnet", "bn2"), ("test_resnet", "layer4"), ("resnet10t", "layer4")]
 )
 def test_the_target_layer_is_found_automatically_for_efficientnet_and_resnet_models(name, expected):
-    assert ex.find_target_layer(_model(name), input_shape=(3, 64, 64)) == expected
+    assert cam.find_target_layer(_model(name), input_shape=(3, 64, 64)) == expected
 
 
 def test_a_wrong_target_layer_name_lists_the_valid_candidates():
     with pytest.raises(ValueError, match=r"'layer9' is not a module .* valid candidates .*'layer4'"):
-        ex.find_target_layer(_model("test_resnet"), name="layer9", input_shape=(3, 64, 64))
+        cam.find_target_layer(_model("test_resnet"), name="layer9", input_shape=(3, 64, 64))
 
 
 def test_a_layer_without_a_spatial_map_is_not_a_valid_target():
     with pytest.raises(ValueError, match=r"'fc' is not a module .* producing a 4-D feature map"):
-        ex.find_target_layer(_model("test_resnet"), name="fc", input_shape=(3, 64, 64))
+        cam.find_target_layer(_model("test_resnet"), name="fc", input_shape=(3, 64, 64))
 
 
 def test_an_explicit_valid_target_layer_is_honoured():
-    assert ex.find_target_layer(_model("test_resnet"), name="layer3", input_shape=(3, 64, 64)) == "layer3"
+    assert cam.find_target_layer(_model("test_resnet"), name="layer3", input_shape=(3, 64, 64)) == "layer3"
 
 
 def test_an_unknown_cam_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam3'; valid methods are \[.*'gradcam'"):
-        ex.cam_method("gradcam3")
+        cam.cam_method("gradcam3")
 
 
-@pytest.mark.parametrize("method", sorted(ex.CAM_METHODS))
+@pytest.mark.parametrize("method", sorted(cam.CAM_METHODS))
 def test_every_cam_method_gives_per_image_min_max_scaled_maps_in_the_prepared_geometry(method):
     # bn1 (24 channels) keeps ScoreCAM's one forward pass per channel cheap
-    maps = ex.compute_heatmaps(_model(), _images(2), [1, 2], transform=_to_tensor, method=method,
+    maps = cam.compute_heatmaps(_model(), _images(2), [1, 2], transform=_to_tensor, method=method,
                                target_layer="bn1", progress=False)
     assert maps.shape == (2, S, S) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
@@ -78,11 +79,11 @@ def test_every_cam_method_gives_per_image_min_max_scaled_maps_in_the_prepared_ge
 
 def test_heatmaps_are_deterministic_and_independent_of_the_batch_size():
     model, images = _model(), _images(3)
-    a = ex.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=1, progress=False)
-    b = ex.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=3, progress=False)
+    a = cam.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=1, progress=False)
+    b = cam.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=3, progress=False)
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_array_equal(
-        a, ex.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=1, progress=False)
+        a, cam.compute_heatmaps(model, images, [0, 1, 2], transform=_to_tensor, batch_size=1, progress=False)
     )
 
 
@@ -91,31 +92,31 @@ def test_computing_heatmaps_leaves_the_callers_model_untouched():
     for p in model.parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ex.compute_heatmaps(model, _images(2), [0, 1], transform=_to_tensor, progress=False)
+    cam.compute_heatmaps(model, _images(2), [0, 1], transform=_to_tensor, progress=False)
     assert model.training
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("mode", ex.RANDOMIZATIONS)
+@pytest.mark.parametrize("mode", cam.RANDOMIZATIONS)
 def test_the_randomised_model_is_seeded_leaves_the_original_alone_and_changes_the_maps(mode):
     model, images = _model("test_resnet"), _images(4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    first = ex.randomized_copy(model, seed=5, mode=mode, input_shape=(3, S, S))
-    second = ex.randomized_copy(model, seed=5, mode=mode, input_shape=(3, S, S))
+    first = cam.randomized_copy(model, seed=5, mode=mode, input_shape=(3, S, S))
+    second = cam.randomized_copy(model, seed=5, mode=mode, input_shape=(3, S, S))
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.equal(first.fc.weight, model.fc.weight)
-    trained = ex.compute_heatmaps(model, images, [1] * 4, transform=_to_tensor, progress=False)
-    randomised = ex.compute_heatmaps(first, images, [1] * 4, transform=_to_tensor, progress=False)
+    trained = cam.compute_heatmaps(model, images, [1] * 4, transform=_to_tensor, progress=False)
+    randomised = cam.compute_heatmaps(first, images, [1] * 4, transform=_to_tensor, progress=False)
     rho = [ex.loc.rank_correlation(a, b) for a, b in zip(trained, randomised)]
     assert np.nanmean(rho) < 0.9
 
 
 def test_cascading_randomisation_keeps_the_layers_below_the_target():
     model = _model("test_resnet")
-    cascaded = ex.randomized_copy(model, seed=1, mode="cascading", input_shape=(3, S, S))
+    cascaded = cam.randomized_copy(model, seed=1, mode="cascading", input_shape=(3, S, S))
     assert torch.equal(cascaded.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
     assert not torch.equal(cascaded.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
 
@@ -133,12 +134,12 @@ def test_cascading_randomisation_keeps_the_layers_below_the_target():
 def test_bad_heatmap_inputs_are_refused_with_the_fix(kwargs, message):
     args = {"images": _images(2), "target_classes": [0, 1], "transform": _to_tensor, "batch_size": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
-        ex.compute_heatmaps(_model(), args.pop("images"), args.pop("target_classes"), progress=False, **args)
+        cam.compute_heatmaps(_model(), args.pop("images"), args.pop("target_classes"), progress=False, **args)
 
 
 def test_an_unknown_randomisation_mode_is_refused():
     with pytest.raises(ValueError, match=r"explain.randomization: expected one of \['full', 'cascading'\]"):
-        ex.randomized_copy(_model(), seed=0, mode="partial")
+        cam.randomized_copy(_model(), seed=0, mode="partial")
 
 
 @pytest.mark.parametrize(
@@ -258,8 +259,8 @@ def test_explain_scores_annotated_test_tumours_and_counts_the_unannotated(explai
 ])
 def test_layer_candidates_are_the_last_block_level_layers_each_output_once(name, expected):
     model = timm.create_model(name, pretrained=False, num_classes=3).eval()
-    assert ex.layer_candidates(model, input_shape=(3, 64, 64), last=4) == expected
-    assert ex.layer_candidates(model, input_shape=(3, 64, 64), last=0) == []
+    assert cam.layer_candidates(model, input_shape=(3, 64, 64), last=4) == expected
+    assert cam.layer_candidates(model, input_shape=(3, 64, 64), last=0) == []
 
 
 @pytest.mark.parametrize("name", ["test_efficientnet", "tf_efficientnet_lite0", "resnet10t"])
@@ -268,13 +269,13 @@ def test_one_pass_over_all_candidate_layers_gives_each_layers_own_heatmaps(name,
     """The layer search hooks every candidate at once; each map must be the one a pass of its own gives."""
     model = _model(name)
     images, targets = _images(4, size=64), [0, 1, 2, 1]
-    layers = [*ex.layer_candidates(model, input_shape=(3, 64, 64), last=4),
-              ex.find_target_layer(model, input_shape=(3, 64, 64))]
-    together = ex.compute_heatmaps_per_layer(model, images, targets, transform=_to_tensor, layers=layers,
+    layers = [*cam.layer_candidates(model, input_shape=(3, 64, 64), last=4),
+              cam.find_target_layer(model, input_shape=(3, 64, 64))]
+    together = cam.compute_heatmaps_per_layer(model, images, targets, transform=_to_tensor, layers=layers,
                                              method=method, batch_size=3)
     assert list(together) == list(dict.fromkeys(layers)) and len(together) >= 4
     for layer, maps in together.items():
-        alone = ex.compute_heatmaps(model, images, targets, transform=_to_tensor, method=method, target_layer=layer,
+        alone = cam.compute_heatmaps(model, images, targets, transform=_to_tensor, method=method, target_layer=layer,
                                     batch_size=3, progress=False)
         np.testing.assert_allclose(maps, alone, atol=1e-5, err_msg=layer)
     distinct = list(together.values())
@@ -285,7 +286,7 @@ def test_with_layer_search_the_layer_with_the_best_validation_pointing_game_is_u
     paths = explained[0]
     result = _run(paths, layer_search=3)
     scores = result.metrics["layer_search"]
-    candidates = ex.layer_candidates(_model(), input_shape=(3, S, S), last=3)
+    candidates = cam.layer_candidates(_model(), input_shape=(3, S, S), last=3)
     assert set(candidates) <= set(scores) and len(scores) in (3, 4)  # + the automatic default layer
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores[result.metrics["target_layer"]] == max(scores.values())
@@ -366,7 +367,7 @@ def test_heatmaps_of_real_btxrd_radiographs_are_in_range_and_score_against_their
                 cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
         images.append(prepared)
         masks.append(mask)
-    maps = ex.compute_heatmaps(_model(), np.stack(images), [1, 2], transform=_to_tensor, progress=False)
+    maps = cam.compute_heatmaps(_model(), np.stack(images), [1, 2], transform=_to_tensor, progress=False)
     assert maps.shape == (2, 64, 64)
     assert 0.0 <= maps.min() and maps.max() <= 1.0
     for heatmap, mask in zip(maps, masks):

@@ -14,13 +14,8 @@ import yaml
 from torch.utils.data.distributed import DistributedSampler
 
 from assurexray.learning.model import load_checkpoint
-from assurexray.learning.training import (
-    _class_weights,
-    _train_sampler,
-    _warmup_cosine,
-    load_training_data,
-    train_model,
-)
+from assurexray.learning.batches import inverse_frequency_weights, train_sampler, warmup_cosine
+from assurexray.learning.training import load_training_data, train_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 S = 32
@@ -90,7 +85,7 @@ def test_returned_model_holds_the_best_epoch_weights(tmp_path):
 
     x = torch.stack([eval_transform(result.meta)(image=images[r])["image"] for r in val["row"]])
     y = torch.tensor(val["label_idx"].to_numpy())
-    weight = _class_weights(index.iloc[:15]["label_idx"].to_numpy(), 3)
+    weight = inverse_frequency_weights(index.iloc[:15]["label_idx"].to_numpy(), 3)
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(result.model(x), y, weight=weight).item()
     best = min(row["val_loss"] for row in result.history)
@@ -153,20 +148,20 @@ def test_rows_outside_the_cache_are_refused(tmp_path):
 
 
 def test_inverse_frequency_weights_are_n_over_k_times_class_count():
-    weights = _class_weights(np.array([0, 0, 0, 0, 1, 1, 2, 2]), 3)  # n=8, K=3, counts 4, 2, 2
+    weights = inverse_frequency_weights(np.array([0, 0, 0, 0, 1, 1, 2, 2]), 3)  # n=8, K=3, counts 4, 2, 2
     torch.testing.assert_close(weights, torch.tensor([8 / 12, 8 / 6, 8 / 6]))
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
-    factor = _warmup_cosine(2, 6)  # 2 warm-up steps, 4 cosine steps
+    factor = warmup_cosine(2, 6)  # 2 warm-up steps, 4 cosine steps
     assert [factor(s) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5,
                                                            0.5 - 0.5 * np.cos(np.pi / 4), 0.0])
 
 
 def test_one_sampler_shards_the_same_shuffle_over_the_ranks():
     data = list(range(10))
-    single = _train_sampler(data, world_size=1, rank=0, seed=0)
-    shards = [_train_sampler(data, world_size=2, rank=r, seed=0) for r in (0, 1)]
+    single = train_sampler(data, world_size=1, rank=0, seed=0)
+    shards = [train_sampler(data, world_size=2, rank=r, seed=0) for r in (0, 1)]
     order = list(single)
     assert isinstance(single, DistributedSampler) and sorted(order) == data and order != data
     assert [list(s) for s in shards] == [order[0::2], order[1::2]]  # step k's global batch is the same images

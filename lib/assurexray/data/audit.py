@@ -73,7 +73,7 @@ def audit_dataset(
             f"audit.montage_groups must be a non-negative integer, got {montage_groups!r}; "
             "set it in params.yaml (e.g. 12)."
         )
-    from assurexray.data import btxrd  # lazy: reading the release pulls in openpyxl
+    from assurexray.data import annotations, btxrd  # lazy: reading the release pulls in openpyxl
 
     raw_dir, prepared_dir = Path(raw_dir), Path(prepared_dir)
     class_names = _class_names(prepared_dir / "meta.json")
@@ -82,7 +82,7 @@ def audit_dataset(
     sheet_path = btxrd.find_metadata(raw_dir)
     table = btxrd.read_metadata(sheet_path, class_names=class_names)
     release_root = Path(sheet_path).parent
-    annotations, orphans = _annotation_table(release_root / "Annotations", index, btxrd.read_labelme)
+    annotations, orphans = _annotation_table(release_root / "Annotations", index, annotations.read_labelme)
     pair_table, group_table = _duplicate_tables(index, pairs)
 
     metrics: dict[str, Any] = {

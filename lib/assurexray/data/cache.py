@@ -20,7 +20,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from assurexray.core.atomic import atomic_dir
-from assurexray.data.btxrd import Release, read_labelme, sheet_modified
+from assurexray.data.annotations import read_labelme
+from assurexray.data.btxrd import Release, sheet_modified
 from assurexray.data.groups import PAIR_COLUMNS, group_images, perceptual_hash
 from assurexray.data.imaging import decode_for_letterbox, letterbox, polygons_to_letterbox, rasterize_polygons
 from assurexray.data.manifests import INDEX_COLUMNS, read_index  # re-exported: the one reader

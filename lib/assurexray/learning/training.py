@@ -32,14 +32,23 @@ from scmrepo.exceptions import SCMError
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from torch import nn
 from torch.optim import swa_utils
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from assurexray.learning import distributed, resume
 from assurexray.core.atomic import atomic_dir
 from assurexray.learning.lesion_head import WithLesionHead, lesion_loss
 from assurexray.data.manifests import open_images, read_meta, read_split
+from assurexray.learning.batches import (
+    ImageDataset,
+    inverse_frequency_weights,
+    local_batch_size,
+    partition_labels,
+    reseed_epoch,
+    seed_worker,
+    train_sampler,
+    warmup_cosine,
+)
 from assurexray.learning.model import FORMAT_VERSION, ModelConfig, backbone_norm, create_model, resolve_device
 from assurexray.learning.transforms import AugmentConfig, augment_config, eval_transform, train_transform
 
@@ -180,10 +189,10 @@ def train_model(
         raise ValueError("train.seg_weight > 0 needs the lesion masks (masks.npy of the prepared cache); "
                          "rerun prepare or set train.seg_weight: 0.")
     ctx = distributed.context_from_env()
-    local_batch = _local_batch_size(batch_size, ctx.world_size)
+    local_batch = local_batch_size(batch_size, ctx.world_size)
     num_classes = len(class_names)
-    y_train = _labels(train_index, "train", images.shape[0], class_names)
-    y_val = _labels(val_index, "val", images.shape[0], class_names)
+    y_train = partition_labels(train_index, "train", images.shape[0], class_names)
+    y_val = partition_labels(val_index, "val", images.shape[0], class_names)
     _seed_everything(seed)
     run_device = resolve_device(device)
     amp_dtype = _amp_dtype(amp, run_device)
@@ -236,24 +245,24 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
     kept = model if ema is None else ema.module
 
     train_tf = train_transform(meta, augment, seed=seed)
-    train_ds = _ImageDataset(images, train_index["row"].to_numpy(), y_train, train_tf, masks=masks)
+    train_ds = ImageDataset(images, train_index["row"].to_numpy(), y_train, train_tf, masks=masks)
     # Validation is sharded too: rank r scores val rows r, r+N, ...; rank 0 reassembles them in order.
     val_positions = np.arange(len(val_index))[ctx.rank::ctx.world_size]
-    val_ds = _ImageDataset(images, val_index["row"].to_numpy()[val_positions], y_val[val_positions],
+    val_ds = ImageDataset(images, val_index["row"].to_numpy()[val_positions], y_val[val_positions],
                            eval_transform(meta))
     generator = torch.Generator()
-    sampler = _train_sampler(train_ds, world_size=ctx.world_size, rank=ctx.rank, seed=seed)
-    loader_opts = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "pin_memory": device.type == "cuda"}
+    sampler = train_sampler(train_ds, world_size=ctx.world_size, rank=ctx.rank, seed=seed)
+    loader_opts = {"num_workers": num_workers, "worker_init_fn": seed_worker, "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_ds, batch_size=local_batch, sampler=sampler, generator=generator,
                               **loader_opts)
     val_loader = DataLoader(val_ds, batch_size=local_batch, shuffle=False, **loader_opts)
 
-    weight = _class_weights(y_train, num_classes) if class_weights == "inverse_frequency" else None
+    weight = inverse_frequency_weights(y_train, num_classes) if class_weights == "inverse_frequency" else None
     criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+        optimizer, warmup_cosine(round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
 
@@ -289,7 +298,7 @@ def _fit(model: nn.Module, meta: dict[str, Any], *, ctx: distributed.Context, im
         for epoch in range(first_epoch, epochs + 1):
             if tracker.stopped:
                 break
-            _reseed_epoch(seed, ctx.rank, epoch, generator, train_tf)
+            reseed_epoch(seed, ctx.rank, epoch, generator, train_tf)
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             started = time.perf_counter()
             loss_sum, count, seg_sum, seg_count = _train_epoch(
@@ -465,28 +474,6 @@ def _val_scores(logits: np.ndarray, labels: np.ndarray, weight: torch.Tensor | N
     }
 
 
-# --- data ------------------------------------------------------------------------------------------------
-
-
-class _ImageDataset(Dataset):
-    """Rows of the (memory-mapped) prepared cache, transformed on the fly."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform,
-                 masks: np.ndarray | None = None) -> None:
-        self.images, self.rows, self.labels, self.transform = images, rows, labels, transform
-        self.masks = masks  # given: items are (image, label, mask), the mask moved with the image
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        image = np.ascontiguousarray(self.images[self.rows[i]])  # (S, S) uint8, copied out of the mmap
-        if self.masks is None:
-            return self.transform(image=image)["image"], int(self.labels[i])
-        out = self.transform(image=image, mask=np.ascontiguousarray(self.masks[self.rows[i]]))
-        return out["image"], int(self.labels[i]), torch.as_tensor(np.asarray(out["mask"]) > 0, dtype=torch.uint8)
-
-
 def _open_live(live_dir: str | os.PathLike) -> Live:
     """DVCLive logger that leaves the hand-written dvc.yaml alone.
 
@@ -500,95 +487,6 @@ def _open_live(live_dir: str | os.PathLike) -> Live:
             f"DVCLive cannot log to {live_dir}: {err}. The project's git repository has no commit yet; run "
             "`git add -A && git commit -m 'pipeline'` and repeat."
         ) from err
-
-
-def _train_sampler(dataset: Dataset, *, world_size: int, rank: int, seed: int) -> DistributedSampler:
-    """This rank's shard of a seeded shuffle (the whole shuffle when ``world_size`` is 1).
-
-    One sampler for 1 and N processes: rank r takes positions r, r+N, ... of the epoch's permutation, so
-    step k's global batch is the same images whatever N is (when N divides the batch).
-    """
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-
-def _reseed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator, transform) -> None:
-    """Reseed every RNG from (seed, rank, epoch): an epoch's randomness never depends on the ones before,
-    which is what lets a resumed run continue bit for bit without saved generator states."""
-    epoch_seed = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
-    random.seed(epoch_seed)
-    np.random.seed(epoch_seed)
-    torch.manual_seed(epoch_seed)  # dropout (and CUDA)
-    generator.manual_seed(epoch_seed)  # DataLoader worker seeds
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(epoch_seed)  # the albumentations Compose's own RNG (num_workers=0)
-
-
-def _local_batch_size(batch_size: int, world_size: int) -> int:
-    if batch_size % world_size:
-        raise ValueError(
-            f"train.batch_size={batch_size} is the global batch and must divide evenly over the "
-            f"{world_size} torchrun processes; use a multiple of {world_size} (e.g. "
-            f"{world_size * max(1, batch_size // world_size)})."
-        )
-    return batch_size // world_size
-
-
-def _seed_worker(worker_id: int) -> None:
-    # Each worker gets torch's per-worker seed (drawn from the loader's generator) for numpy, random and the
-    # albumentations Compose, which keeps its own RNG and would otherwise repeat across workers and epochs.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-def _labels(index: pd.DataFrame, partition: str, n_images: int, class_names: list[str]) -> np.ndarray:
-    for column in ("row", "label_idx"):
-        if column not in index.columns:
-            raise ValueError(
-                f"{partition} split: column {column!r} missing; columns are {list(index.columns)}."
-            )
-    if len(index) == 0:
-        raise ValueError(f"{partition} split is empty; re-run the split stage with more data.")
-    rows, labels = index["row"].to_numpy(), index["label_idx"].to_numpy()
-    bad_rows = index.loc[(rows < 0) | (rows >= n_images), "row"].tolist()
-    if bad_rows:
-        raise ValueError(f"{partition} split: row(s) {bad_rows[:5]} outside images.npy (N={n_images}); "
-                         "the split does not belong to this prepared cache: re-run split.")
-    bad = sorted(set(labels.tolist()) - set(range(len(class_names))))
-    if bad:
-        raise ValueError(
-            f"{partition} split: label_idx {bad} outside 0..{len(class_names) - 1} ({class_names})."
-        )
-    counts = np.bincount(labels, minlength=len(class_names))
-    for k, name in enumerate(class_names):
-        if counts[k] == 0:
-            raise ValueError(
-                f"class {name!r} (label_idx {k}) has no images in the {partition} partition; every class is "
-                "needed to train and to compute the macro AUC. Use more data or another split."
-            )
-    return labels.astype(np.int64)
-
-
-def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse frequency, scaled so a balanced set gets weight 1 per class: n / (K * n_k)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32)
-
-
-def _warmup_cosine(warmup_steps: int, total_steps: int):
-    """LR factor per optimiser step: linear 1/w..1 over ``warmup_steps``, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 # --- setup and logging -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assurexray.data.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Fitted, find_images, read_for_letterbox
-from assurexray.assessment.explain import compute_heatmaps
+from assurexray.assessment.cam import compute_heatmaps
 from assurexray.assessment.gallery import OVERLAY_DECODE_SIZE, render_overlay, write_overlay
 from assurexray.learning.model import resolve_device
 from assurexray.learning.prediction import OperatingPoint, Predictor, load_predictor
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 #: Threads decoding the next batch while the model scores the current one (JPEG/PNG decoders release the GIL).
 _DECODE_WORKERS = 2
-#: ``--gradcam-layer auto``: the automatic layer (the last conv/norm layer, assurexray.assessment.explain.find_target_layer).
+#: ``--gradcam-layer auto``: the automatic layer (the last conv/norm layer, assurexray.assessment.cam.find_target_layer).
 AUTO_LAYER = "auto"
 
 
@@ -368,7 +368,7 @@ def _score(
     if not gradcam:
         return outcome, {}
     model = predictor.models[0]  # resolve_gradcam_layer refused ensembles
-    # explain.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
+    # cam.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
     cam_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     heatmaps = compute_heatmaps(
         cam_model, boxed, [int(t) for t in scores.pred_idx], transform=predictor.transform, method="gradcam",
