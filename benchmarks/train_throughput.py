@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from assurexray.learning import distributed
-from assurexray.learning.model import create_model
-from assurexray.learning.training import _amp_dtype, _resolve_device, train_model
+from assurexray.learning.model import create_model, resolve_device
+from assurexray.learning.training import _amp_dtype, train_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = result.images_per_second  # all processes together
 
     ctx = distributed.context_from_env()
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     amp_dtype = _amp_dtype(args.amp, device)
     local_batch = args.batch_size // ctx.world_size
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -153,3 +153,13 @@ def test_replace_block_swaps_only_the_marked_block_and_names_missing_markers():
         replace_block("no markers here", "x")
     with pytest.raises(ValueError, match="expected one"):
         replace_block(f"{END}\n{BEGIN}", "x")
+
+
+def test_the_standalone_training_throughput_script_runs_on_cpu(capsys):
+    """benchmarks/train_throughput.py is documented in the README (GPU figures): it must at least run here."""
+    from benchmarks import train_throughput
+
+    assert train_throughput.main(["--images", "8", "--batch-size", "4", "--size", "32", "--epochs", "1",
+                                  "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"ratio loop / compute:\s+\d+\.\d\d", out), out

@@ -187,9 +187,21 @@ def test_a_stage_killed_at_any_write_leaves_each_output_whole_old_new_or_absent(
     assert run_killed(10_000, project, main, args) == 0  # a complete rerun: the "new" outputs
     new = snapshot(project, outputs)
     assert new != previous, f"{name}: the rerun must change some output for the kills to tell old from new"
+    kill_at_every_write(name, project, main, args, outputs, saved=saved, previous=previous, new=new)
+    if name in NO_PARAMS:
+        write_eval_metrics(project, shift=0.1)
+    assert snapshot(project, outputs) == previous
+
+
+def kill_at_every_write(name: str, project: Path, main, args: list[str], outputs: list[str], *, saved: Path,
+                        previous: dict, new: dict, before_each=lambda: None, max_kills: int = MAX_KILLS) -> None:
+    """Kill the stage at its 1st, 2nd, ... write until it completes; after each kill every output must be
+    whole: as before (``previous``), as after a full run (``new``), or absent, never truncated. Ends with the
+    previous outputs restored (``before_each`` also runs then), so the next test starts from the project."""
     killed = 0
-    for k in range(1, MAX_KILLS + 1):
+    for k in range(1, max_kills + 1):
         restore(project, outputs, saved)
+        before_each()
         code = run_killed(k, project, main, args)
         if code == 0:
             break  # the stage has fewer than k kill points
@@ -200,9 +212,7 @@ def test_a_stage_killed_at_any_write_leaves_each_output_whole_old_new_or_absent(
             allowed = ({rel: None}, snapshot_of(previous, rel), snapshot_of(new, rel))
             assert after in allowed, f"{name} killed at point {k}: {rel} is neither the old, the new nor absent"
     else:
-        pytest.fail(f"{name}: more than {MAX_KILLS} kill points; raise MAX_KILLS")
+        pytest.fail(f"{name}: more than {max_kills} kill points; raise MAX_KILLS")
     assert killed >= len(outputs), f"{name}: fewer kill points than outputs: some write escapes the hooks"
-    restore(project, outputs, saved)  # the next stage's test starts from the completed project
-    if name in NO_PARAMS:
-        write_eval_metrics(project, shift=0.1)
-    assert snapshot(project, outputs) == previous
+    restore(project, outputs, saved)
+    before_each()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,15 @@ import pytest
 import torch
 import yaml
 
-from test_stage_kill import backup, restore, run_killed, snapshot, snapshot_of, stage_main, write_params
+from test_stage_kill import (
+    backup,
+    kill_at_every_write,
+    run_killed,
+    snapshot,
+    snapshot_of,
+    stage_main,
+    write_params,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 
@@ -139,22 +146,6 @@ def test_a_model_stage_killed_at_any_write_leaves_each_output_whole_old_new_or_a
     new = snapshot(project, outputs)
     changed = [rel for rel in outputs if snapshot_of(previous, rel) != snapshot_of(new, rel)]
     assert changed, f"{name}: the rerun must change some output for the kills to tell old from new"
-    killed = 0
-    for k in range(1, MAX_KILLS + 1):
-        restore(project, outputs, saved)
-        reset(project, scratch)
-        code = run_killed(k, project, main, args)
-        if code == 0:
-            break  # the stage has fewer than k kill points
-        assert code == -signal.SIGKILL, f"{name}: child exited {code} before reaching kill point {k}"
-        killed += 1
-        for rel in outputs:  # each output whole, as before or as after a full run, or absent: never truncated
-            after = snapshot(project, [rel])
-            allowed = ({rel: None}, snapshot_of(previous, rel), snapshot_of(new, rel))
-            assert after in allowed, f"{name} killed at point {k}: {rel} is neither the old, the new nor absent"
-    else:
-        pytest.fail(f"{name}: more than {MAX_KILLS} kill points; raise MAX_KILLS")
-    assert killed >= len(outputs), f"{name}: fewer kill points than outputs: some write escapes the hooks"
-    restore(project, outputs, saved)  # the next stage's test starts from the completed project
-    reset(project, scratch)
+    kill_at_every_write(name, project, main, args, outputs, saved=saved, previous=previous, new=new,
+                        before_each=lambda: reset(project, scratch), max_kills=MAX_KILLS)
     assert snapshot(project, outputs) == previous

@@ -4,6 +4,8 @@ Everything fitted (temperature, Malignant threshold) is fitted on validation and
 Test metrics use the temperature-scaled probabilities written to predictions.csv, so the file and the
 numbers always agree. Outputs follow docs/ARCHITECTURE.md (metrics.json, predictions.csv,
 operating_point.json, DVC plot files roc/pr/confusion.json, static PNGs). NOT FOR CLINICAL USE.
+Over 400 lines on purpose: prediction, calibration on validation, test metrics with their bootstrap, the per-
+centre blocks and the figures all fill one evaluation record.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from assurexray.core.project import MALIGNANT
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -155,7 +157,7 @@ def suite_with_ci(
     *,
     class_names: list[str] | tuple[str, ...],
     ci_level: float,
-    positive_class: str = "Malignant",
+    positive_class: str = MALIGNANT,
 ) -> dict[str, Any]:
     """Headline and per-class CI values, confusion, replicate standard errors and NaN-resample counts.
 

@@ -4,6 +4,9 @@ Every number the audit reports is computed here into one metrics dict (``metrics
 per-item tables behind it; ``assurexray.data.audit_report`` renders the report, the figures and the datasheet from
 that result alone, so the report can never disagree with the metrics. No markup is written here.
 NOT FOR CLINICAL USE.
+Over 400 lines on purpose: many small checks sharing the index and the release table. It reads index.csv as
+text on purpose (not through ``manifests.read_index``): it is the check of prepare's output and names a bad
+value's row instead of failing inside pandas.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 Everything the user may have edited (sheet, JSON, file names) is validated here with row numbers and file
 names, so a bad release fails at `prepare` with a message that says where, instead of deep inside training.
 The site and subtype flags stay in the table for the audit but are never features: they leak the label.
+Over 400 lines on purpose: most of it is the sheet's cell-by-cell validation, each error naming its row.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ and an HTTP Range request), checked for size and MD5 *before* anything is extrac
 aside to ``.bad``, never extracted), then unpacked without the release's quirks: a stray nested
 ``Annotations/Annotations/`` copy and an Excel lock file ``~$dataset.xlsx``. A local zip or an extracted (possibly
 resized) folder can be given instead of downloading. Every output directory is written atomically.
+Over 400 lines on purpose: download (resume, redirects, checksum), archive extraction (zip-slip, layout) and
+folder import share the release-layout checks.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ for tumour images, ``dataset.xlsx`` (the 37 release columns plus a trailing ``ca
 release are reproduced on purpose: ids ordered by centre then class, centre-specific acquisition styles, exact,
 near and one cross-class duplicate. Same seed -> byte-identical files. The pictures are cartoons made to exercise
 the pipeline; they carry no medical meaning. NOT FOR CLINICAL USE.
+Over 400 lines on purpose: one generator whose planning, drawing and writing share the case and shot records;
+apart, each part would need the others' private types.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ Strategies live in a registry keyed by ``split.<variant>.strategy``:
 The greedy group assignment places large groups first, each where it best reduces the squared deviation of every
 class's per-partition count from its target, after seeding every partition with one group of each class so that
 small classes are present everywhere when they can be.
+Over 400 lines on purpose: the three strategies (stratified, centre, published lists) share the group
+assignment and the every-class checks.
 """
 
 from __future__ import annotations

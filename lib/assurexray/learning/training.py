@@ -8,6 +8,8 @@ shards the global batch, DDP averages the gradients, the train loss is all-reduc
 and reassembled on rank 0, which alone takes the keep-best / early-stop decision and broadcasts it; only
 rank 0 writes. With ``resume_dir`` every completed epoch is saved so a killed run continues where it was
 (:mod:`assurexray.learning.resume`).
+Over 400 lines on purpose: the loop is one unit (checks and setup, epochs with keep-best, early stopping and
+resume, validation, logging) sharing its state; what feeds it is :mod:`assurexray.learning.batches`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ what the CLI would print. The results view only reads files the pipeline wrote, 
 
 Privacy: nothing about users is stored or written. An upload is decoded, classified and drawn in memory;
 no file is created. NOT FOR CLINICAL USE.
+Over 400 lines on purpose: all of the demo's page logic (results tables, figures, upload decisions) in one
+Streamlit-free module, so ``app/app.py`` stays a thin layout and every view is tested directly.
 """
 
 from __future__ import annotations
