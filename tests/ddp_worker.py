@@ -50,8 +50,8 @@ def main() -> int:
     rank = distributed.context_from_env().rank
 
     shards: list[list[int]] = []
-    make_sampler = training._train_sampler
-    training._train_sampler = lambda *a, **k: _RecordingSampler(make_sampler(*a, **k), shards)
+    make_sampler = training.train_sampler
+    training.train_sampler = lambda *a, **k: _RecordingSampler(make_sampler(*a, **k), shards)
     if args.split_vote:
         def scores(logits, labels, weight, num_classes, *, epoch):
             value = float(epoch) if rank == 0 else 1.0 / epoch  # rank 0: loss worsens; others: improves

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assurexray.data.btxrd import find_metadata, load_release, read_labelme, read_metadata
+from assurexray.data.annotations import read_labelme
+from assurexray.data.btxrd import find_metadata, load_release, read_metadata
 from assurexray.data.imaging import rasterize_polygons
 from assurexray.core.schema import RELEASE_COLUMNS, SITE_COLUMNS
 

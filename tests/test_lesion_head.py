@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from assurexray.learning import training
+from assurexray.learning import batches, training
 from assurexray.learning.lesion_head import WithLesionHead, lesion_loss
 from assurexray.learning.model import load_checkpoint, save_checkpoint
 from assurexray.learning.transforms import train_transform
@@ -54,7 +54,7 @@ def test_augmentation_moves_the_mask_with_the_image():
     image[2:10, 20:30] = 200
     mask = (image > 0).astype(np.uint8)
     meta = {"input_size": S, "mean": [0.5] * 3, "std": [0.5] * 3, "clahe": False}
-    dataset = training._ImageDataset(image[None], np.array([0]), np.array([1]),
+    dataset = batches.ImageDataset(image[None], np.array([0]), np.array([1]),
                                      train_transform(meta, {"hflip": 1.0, "rotate_deg": 20, "translate": 0.1}, seed=3),
                                      masks=mask[None])
     x, _, moved = dataset[0]
