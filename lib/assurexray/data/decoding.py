@@ -24,8 +24,6 @@ from assurexray.data.imaging import (
     Fitted,
     decode_bytes_for_letterbox,
     decode_for_letterbox,
-    decode_gray,
-    decode_gray_bytes,
     image_size,
 )
 
@@ -88,22 +86,13 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
 
 
 def read_gray(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG/TIFF/BMP/WebP/GIF (via imaging.decode_gray) or DICOM to uint8 (H, W).
+    """Decode JPEG/PNG/TIFF/BMP/WebP/GIF (via imaging.decode_for_letterbox) or DICOM to uint8 (H, W), in full.
 
     Refused with a ``ValueError`` naming the file: more than ``max_pixels`` (from the header, before
     decoding), multi-frame files, and degenerate shapes (short side < :data:`MIN_SIDE_PX`, aspect ratio
     > :data:`MAX_ASPECT`). A missing file raises ``FileNotFoundError``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found.")
-    if is_dicom(path):
-        gray = read_dicom_gray(path, max_pixels=max_pixels)
-    else:
-        check_shape(*image_size(path, max_pixels=max_pixels), label=str(path))  # header only
-        gray = decode_gray(path, max_pixels=max_pixels)
-    check_shape(gray.shape[1], gray.shape[0], label=str(path))
-    return gray
+    return read_for_letterbox(path, None, max_pixels=max_pixels).gray
 
 
 def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -111,23 +100,18 @@ def read_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = DEFAULT_
 
     DICOM is recognised by the ``name``'s suffix or the "DICM" marker. Errors name ``name``.
     """
-    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
-        gray = read_dicom_bytes(data, name=name, max_pixels=max_pixels)
-    else:
-        check_shape(*image_size(io.BytesIO(data), label=name, max_pixels=max_pixels), label=name)
-        gray = decode_gray_bytes(data, name=name, max_pixels=max_pixels)
-    check_shape(gray.shape[1], gray.shape[0], label=name)
-    return gray
+    return read_bytes_for_letterbox(data, None, name=name, max_pixels=max_pixels).gray
 
 
 def read_for_letterbox(
-    path: str | os.PathLike, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike, size: int | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Fitted:
     """Decode ``path`` for a ``size`` letterbox exactly as ``prepare`` decodes the training images.
 
     JPEGs are decoded in draft mode (:func:`assurexray.data.imaging.decode_for_letterbox`), the cache's own decode,
     so a file scored by ``infer`` gets the pixels evaluation scored, and a 3000 px original decodes several
-    times faster than in full. Other formats and DICOM are decoded in full. Refusals as :func:`read_gray`.
+    times faster than in full. Other formats, DICOM and ``size=None`` are decoded in full. Refusals as
+    :func:`read_gray`.
     """
     path = Path(path)
     if not path.is_file():
@@ -143,9 +127,9 @@ def read_for_letterbox(
 
 
 def read_bytes_for_letterbox(
-    data: bytes, size: int, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes, size: int | None, *, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Fitted:
-    """:func:`read_for_letterbox` of an in-memory file (an upload); DICOM recognised as :func:`read_gray_bytes`."""
+    """:func:`read_for_letterbox` of an in-memory file (an upload); DICOM by the ``name``'s suffix or "DICM"."""
     if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
         gray = read_dicom_bytes(data, name=name, max_pixels=max_pixels)
         original = (gray.shape[1], gray.shape[0])

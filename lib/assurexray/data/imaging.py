@@ -121,7 +121,7 @@ def decode_gray_bytes(data: bytes, *, name: str, max_pixels: int | None = None) 
 
 
 def decode_for_letterbox(
-    path: str | os.PathLike, size: int, *, max_pixels: int | None = None
+    path: str | os.PathLike, size: int | None, *, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str, tuple[int, int]]:
     """Decode ``path`` for a ``size`` letterbox: (gray uint8, file mode, original (width, height)).
 
@@ -129,19 +129,19 @@ def decode_for_letterbox(
     faster on 3000 px originals than a full decode. The scale is chosen so the decoded image is still at least
     the letterbox content size in both axes (then INTER_AREA downscales it, as for a full decode). Pass the
     original size to :func:`letterbox` (``original_size``) so the geometry, and with it the mapping of
-    masks and heatmaps, is exactly that of the full-resolution file.
+    masks and heatmaps, is exactly that of the full-resolution file. ``size=None`` decodes in full.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found.")
-    return _decode_pil(path, label=str(path), max_pixels=max_pixels, fit=int(size))
+    return _decode_pil(path, label=str(path), max_pixels=max_pixels, fit=None if size is None else int(size))
 
 
 def decode_bytes_for_letterbox(
-    data: bytes, size: int, *, name: str, max_pixels: int | None = None
+    data: bytes, size: int | None, *, name: str, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str, tuple[int, int]]:
     """:func:`decode_for_letterbox` of an in-memory file (an upload); errors name ``name``."""
-    return _decode_pil(io.BytesIO(data), label=name, max_pixels=max_pixels, fit=int(size))
+    return _decode_pil(io.BytesIO(data), label=name, max_pixels=max_pixels, fit=None if size is None else int(size))
 
 
 def pixel_cap_error(label: str | os.PathLike, width: int, height: int, max_pixels: int) -> ValueError:
