@@ -20,7 +20,7 @@ from typing import Any
 from scipy.stats import norm
 
 from assurexray import DISCLAIMER
-from assurexray.core.project import VARIANT_TITLES, VARIANTS, read_json
+from assurexray.core.project import VARIANT_TITLES, VARIANTS, Layout, read_json
 from assurexray.core.rendering import Alert, Block, Heading, Para, Table, fmt, fmt_ci, fmt_level, to_markdown
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,13 @@ _FIX = "re-run the stage that writes it"
 
 
 def load_variant(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Read ``<dir>/eval/metrics.json`` (required) and ``<dir>/explain/metrics.json`` (None if absent)."""
+    """Eval metrics (required) and explain metrics (None if absent) of one variant folder (``metrics/<variant>``).
+
+    Paths come from ``Layout`` so the comparison reads exactly what evaluate and explain wrote.
+    """
     root = Path(metrics_dir)
-    eval_path, explain_path = root / "eval" / "metrics.json", root / "explain" / "metrics.json"
+    layout = Layout.of_metrics(root.parent)
+    eval_path, explain_path = layout.eval_metrics(root.name), layout.explain_metrics(root.name)
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path}: evaluation metrics not found; run `dvc repro evaluate` first.")
     explain = read_json(explain_path, fix=_FIX) if explain_path.is_file() else None
