@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from scipy.stats import norm
 
 from assurexray import DISCLAIMER
-from assurexray.core.project import VARIANT_TITLES, VARIANTS, Layout, read_json
+from assurexray.assessment.headline import load_variant_metrics
+from assurexray.core.project import VARIANT_TITLES, VARIANTS
 from assurexray.core.rendering import Alert, Block, Heading, Para, Table, fmt, fmt_ci, fmt_level, to_markdown
 
 logger = logging.getLogger(__name__)
@@ -33,23 +33,18 @@ GAP_METHOD = (
     "standard deviation (from the interval width where not stored)"
 )
 _OPERATING_POINT_METRICS = ("test_sensitivity", "test_specificity")
-_FIX = "re-run the stage that writes it"
 
 
 def load_variant(metrics_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Eval metrics (required) and explain metrics (None if absent) of one variant folder (``metrics/<variant>``).
 
-    Paths come from ``Layout`` so the comparison reads exactly what evaluate and explain wrote.
+    Read by :func:`assurexray.assessment.headline.load_variant_metrics`, so the comparison and the headline read
+    the same files with the same errors.
     """
-    root = Path(metrics_dir)
-    layout = Layout.of_metrics(root.parent)
-    eval_path, explain_path = layout.eval_metrics(root.name), layout.explain_metrics(root.name)
-    if not eval_path.is_file():
-        raise FileNotFoundError(f"{eval_path}: evaluation metrics not found; run `dvc repro evaluate` first.")
-    explain = read_json(explain_path, fix=_FIX) if explain_path.is_file() else None
-    if explain is None:
-        logger.info("%s absent: localisation is left out of the comparison", explain_path)
-    return read_json(eval_path, fix=_FIX), explain
+    metrics = load_variant_metrics(metrics_dir)
+    if metrics["explain"] is None:
+        logger.info("%s has no explain/metrics.json: localisation is left out of the comparison", metrics_dir)
+    return metrics["eval"], metrics["explain"]
 
 
 def compare_variants(

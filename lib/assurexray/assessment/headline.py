@@ -56,7 +56,7 @@ def load_variant_metrics(metrics_dir: str | os.PathLike) -> dict[str, dict[str, 
              "train": layout.train_metrics(root.name)}
     if not paths["eval"].is_file():
         raise FileNotFoundError(
-            f"{paths['eval']}: evaluation metrics not found; the headline needs them. Run `dvc repro evaluate` first."
+            f"{paths['eval']}: evaluation metrics not found; run `dvc repro evaluate` first."
         )
     return {name: _read_json(path) if path.is_file() else None for name, path in paths.items()}
 
