@@ -25,7 +25,7 @@ from assurexray.assessment.ablation import (
 CLASSES = ["Normal", "Benign", "Malignant"]
 
 
-def _predictions(seed: int, skill: float) -> str:
+def _predictions(seed: int, skill: float, first_test_row: int = 0) -> str:
     """val + test predictions; a higher ``skill`` puts more probability on the true class."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -34,7 +34,7 @@ def _predictions(seed: int, skill: float) -> str:
         for i, y in enumerate(labels):
             logits = rng.normal(size=3) + skill * np.eye(3)[y]
             p = np.exp(logits) / np.exp(logits).sum()
-            rows.append({"row": i if partition == "test" else 100 + i, "image_id": f"IMG{i}", "partition": partition,
+            rows.append({"row": first_test_row + i if partition == "test" else 100 + i, "image_id": f"IMG{i}", "partition": partition,
                          "label": CLASSES[y], "label_idx": y, "prob_Normal": p[0], "prob_Benign": p[1],
                          "prob_Malignant": p[2], "group": f"g{i // 2}", "center": 2 + i % 2})
     return pd.DataFrame(rows).to_csv(index=False)
@@ -50,7 +50,9 @@ def _files(seed: int, skill: float) -> dict[str, str]:
             "metrics/center/explain/metrics.json": json.dumps(
                 {"model": {"overall": {"pointing_game": auc(0.3 + skill / 10)}},
                  "baseline": {"overall": {"pointing_game": auc(0.2)}}}),
-            "metrics/center/eval/predictions.csv": _predictions(seed, skill)}
+            "metrics/center/eval/predictions.csv": _predictions(seed, skill),
+            # the stratified split is carved by base.seed: each seed has its own test images
+            "metrics/stratified/eval/predictions.csv": _predictions(seed + 10, skill, first_test_row=1000 * seed)}
 
 
 def _exp_show(grid: dict[str, tuple[dict, int]]) -> list[dict]:
@@ -165,6 +167,7 @@ def test_stratified_metrics_inherited_from_the_parent_commit_are_not_reported():
         return _reader(rev, path)
 
     assert measure(experiments[0], reader)["stratified"] is None
+    assert measure(experiments[0], reader)["_strat_test_predictions"] is None  # nor a paired difference
     assert measure(experiments[0], _reader)["stratified"] == 0.9  # no lock to contradict it
 
     def fresh(rev, path):
@@ -186,3 +189,30 @@ def test_queued_running_and_workspace_experiments_are_not_measured():
     document[1]["experiments"].append({"revs": running})
     names = sorted(e.name for e in experiments_from_exp_show(document))
     assert names == sorted(GRID)
+
+
+def test_the_stratified_split_gets_its_own_paired_difference_seed_by_seed():
+    """Each seed's stratified test set differs, so the lever is paired with the baseline of its own seed."""
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=200).set_index("config")
+    better = summary.loc["train.augment.gamma=0.3"]
+    assert better["paired_diff_stratified_value"] > 0 and better["paired_diff_stratified_ci_low"] > 0
+    assert better["paired_diff_stratified_n_pairs"] == 3
+    assert summary.loc["baseline", "paired_diff_stratified_value"] == 0.0
+    assert pd.isna(summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]", "paired_diff_stratified_value"])
+    text = render_markdown(summary.reset_index(), command="x", date="2026-12-03")
+    assert "Paired Δ stratified vs baseline" in text and "Centred-Gaussian pointing game" in text
+    gamma_line = next(line for line in text.splitlines() if line.startswith("| train.augment.gamma=0.3 |"))
+    assert f"{better['paired_diff_stratified_value']:+.3f} (" in gamma_line
+    # a lever whose stratified branch was inherited from the parent has no stratified pair: n/a, not a number
+    rows[3]["_strat_test_predictions"] = None
+    rows[4]["_strat_test_predictions"] = None
+    rows[5]["_strat_test_predictions"] = None
+    stale = summarise(rows, experiments, baseline="base-s1", resamples=20).set_index("config")
+    assert pd.isna(stale.loc["train.augment.gamma=0.3", "paired_diff_stratified_value"])
+    # mismatched images within one seed are refused, as on the centre test set
+    rows = [measure(e, _reader) for e in experiments]
+    rows[3]["_strat_test_predictions"] = rows[3]["_strat_test_predictions"].assign(row=lambda f: f["row"] + 1)
+    with pytest.raises(ValueError, match=r"were tested on different images"):
+        summarise(rows, experiments, baseline="base-s1", resamples=20)

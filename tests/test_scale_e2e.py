@@ -373,6 +373,40 @@ def test_a_queued_grid_of_train_parameters_runs_two_at_a_time_each_with_its_own_
     assert len(set(summaries.values())) == len(summaries), summaries  # each experiment logged its own run
 
 
+def test_the_ablation_report_summarises_the_queued_grid_from_dvc_exp_show_and_git_refs(grid, tmp_path):
+    """The ablation command on real queued experiments: its rows are the experiments' own metrics files.
+
+    The lab keeps only the stratified branch, so the centre columns must come out n/a, not fail or invent."""
+    lab, _, experiments = grid
+    baseline, other = sorted(experiments)
+    out = tmp_path / "ablation"
+    done = subprocess.run([sys.executable, "-m", "assurexray.assessment.ablation", "--repo", str(lab),
+                           "--baseline", baseline, "--out", str(out), "--resamples", "50"],
+                          cwd=lab, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = {row["config"]: row for row in _csv_rows(out / "ablation.csv")}
+    label = ", ".join(f"{k}={yaml.safe_load(v)}" for k, v in sorted(experiments[other].items())
+                      if yaml.safe_load(v) != yaml.safe_load(experiments[baseline].get(k, "null")))
+    assert {"baseline", label} <= set(table), table.keys()  # (the grid's parent commit is a row of its own too)
+    for name, config in ((baseline, "baseline"), (other, label)):
+        shown = subprocess.run(["git", "show", f"{_exp_rev(lab, name)}:metrics/stratified/eval/metrics.json"],
+                               cwd=lab, check=True, capture_output=True, text=True).stdout
+        expected = json.loads(shown)["headline"]["macro_auc"]["value"]
+        assert float(table[config]["stratified_mean"]) == pytest.approx(expected)
+        assert table[config]["center_pooled_mean"] == ""  # no centre branch here: n/a
+    # each experiment retrained its stratified model on the same seed's split: one paired difference
+    assert float(table[label]["paired_diff_stratified_n_pairs"]) == 1
+    assert table[label]["paired_diff_stratified_value"] != ""
+    report = (out / "ablation.md").read_text(encoding="utf-8")
+    assert "NOT FOR CLINICAL USE" in report and f"--baseline {baseline}" in report and (out / "ablation.png").is_file()
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_exp_push_and_pull_share_an_experiment_and_its_model_through_a_bare_git_remote(grid, tmp_path):
     lab, origin, experiments = grid
     name, overrides = next(iter(experiments.items()))

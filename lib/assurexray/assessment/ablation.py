@@ -3,8 +3,9 @@
 Input is ``dvc exp show --json`` (so the grid runs through DVC's own queue) and, per experiment, the metric and
 prediction files committed in its git ref. Experiments that differ only in ``base.seed`` form one configuration;
 each configuration is summarised over its seeds (mean, standard deviation), and compared with the baseline by a
-paired cluster bootstrap on the same centre-holdout test images (seed by seed, then averaged), because two runs
-scored on one test set are not independent. A configuration with several seeds also gets a seed-ensemble row:
+paired cluster bootstrap on the same test images (seed by seed, then averaged), because two runs scored on one
+test set are not independent: on the centre-holdout test set (centres 2+3, the same for every seed) and on the
+case-grouped stratified test set (carved by ``base.seed``, so shared by the two runs of one seed). A configuration with several seeds also gets a seed-ensemble row:
 the seeds' probabilities averaged image by image (val and test), scored like one model. Choosing among configurations is done on the centre-1 validation
 column only; the test columns are for reporting. NOT FOR CLINICAL USE.
 """
@@ -37,11 +38,18 @@ logger = logging.getLogger(__name__)
 
 #: Columns of the ablation table, in the order people read them (validation first: it is what chooses).
 COLUMNS: tuple[str, ...] = ("val_macro_auc", "center_2", "center_3", "center_pooled", "stratified",
-                            "pointing_game_center")
+                            "pointing_game_center", "pointing_game_baseline")
 COLUMN_TITLES = {
     "val_macro_auc": "Centre-1 val macro AUC (chooses)", "center_2": "Centre 2 macro AUC",
-    "center_3": "Centre 3 macro AUC", "center_pooled": "Centres 2+3 macro AUC", "stratified": "Stratified test AUC",
+    "center_3": "Centre 3 macro AUC", "center_pooled": "Centres 2+3 macro AUC",
+    "stratified": "Stratified (case-grouped) test macro AUC",
     "pointing_game_center": "Pointing game (centres 2+3)",
+    "pointing_game_baseline": "Centred-Gaussian pointing game (same tumours)",
+}
+#: Test sets of the paired differences: column prefix -> (row key of the test predictions, title).
+PAIRED: dict[str, tuple[str, str]] = {
+    "center": ("_test_predictions", "Paired Δ centres 2+3 vs baseline"),
+    "stratified": ("_strat_test_predictions", "Paired Δ stratified vs baseline"),
 }
 _IGNORED_PARAMS = ("base.seed",)  # what distinguishes seeds of one configuration
 _REPO = Layout(Path())  # paths inside an experiment's git revision, relative to the repository root
@@ -84,6 +92,7 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     strat_eval = _json(read(exp.rev, _REPO.eval_metrics("stratified").as_posix()))
     explain = _json(read(exp.rev, _REPO.explain_metrics("center").as_posix()))
     predictions = read(exp.rev, _REPO.predictions("center").as_posix())
+    strat_predictions = read(exp.rev, _REPO.predictions("stratified").as_posix())
     row["center_pooled"] = _value(center_eval, "headline", "macro_auc")
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")
@@ -97,6 +106,9 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     row["val_macro_auc"] = _macro_auc(frame[frame["partition"] == "val"]) if frame is not None else None
     row["_test_predictions"] = frame[frame["partition"] == "test"] if frame is not None else None
     row["_all_predictions"] = frame
+    strat = None if strat_predictions is None or not fresh else pd.read_csv(io.StringIO(strat_predictions),
+                                                                            dtype={"group": str})
+    row["_strat_test_predictions"] = strat[strat["partition"] == "test"] if strat is not None else None
     return row
 
 
@@ -129,19 +141,22 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
             entry[f"{column}_mean"] = float(values.mean()) if values.size else None
             entry[f"{column}_sd"] = float(values.std(ddof=1)) if values.size > 1 else None
         paired = [(m, base_by_seed[m["seed"]]) for m in members if m["seed"] in base_by_seed]
-        diff = _paired_difference(paired, resamples=resamples, seed=seed, ci_level=ci_level) if label != base_label \
-            else {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": len(members)}
-        entry.update({f"paired_diff_center_{k}": v for k, v in diff.items()})
+        for prefix, (key, _) in PAIRED.items():
+            diff = _paired_difference(paired, key=key, resamples=resamples, seed=seed, ci_level=ci_level) \
+                if label != base_label else _reference(members, key)
+            entry.update({f"paired_diff_{prefix}_{k}": v for k, v in diff.items()})
         table.append(entry)
         if label in ensembles:  # the seed ensemble, paired with the baseline's seed ensemble
             ens = ensembles[label]
             entry = {"config": ens["name"], "n_seeds": len(members), "seeds": entry["seeds"],
                      **{f"{c}_mean": ens.get(c) for c in COLUMNS}, **{f"{c}_sd": None for c in COLUMNS}}
             base_ens = ensembles.get(base_label)
-            diff = {"value": None, "ci_low": None, "ci_high": None, "n_pairs": 0} if base_ens is None else (
-                _paired_difference([(ens, base_ens)], resamples=resamples, seed=seed, ci_level=ci_level)
+            diff = _NO_PAIR if base_ens is None else (
+                _paired_difference([(ens, base_ens)], key="_test_predictions", resamples=resamples, seed=seed,
+                                   ci_level=ci_level)
                 if label != base_label else {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": 1})
             entry.update({f"paired_diff_center_{k}": v for k, v in diff.items()})
+            entry.update({f"paired_diff_stratified_{k}": v for k, v in _NO_PAIR.items()})  # one test set per seed
             table.append(entry)
     out = pd.DataFrame(table)
     firsts = [base_label] + ([ensembles[base_label]["name"]] if base_label in ensembles else [])
@@ -155,19 +170,21 @@ def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
     The paired difference keeps its own signed form, ``+0.012 (-0.010 to +0.030, 3 seed(s))``: the sign is the
     finding, and a seed count is not an interval of ``rendering.fmt_ci``.
     """
-    head = ("Configuration", "Seeds", *(COLUMN_TITLES[c] for c in COLUMNS), "Paired Δ centres 2+3 vs baseline")
+    head = ("Configuration", "Seeds", *(COLUMN_TITLES[c] for c in COLUMNS), *(t for _, t in PAIRED.values()))
     rows = tuple((str(r["config"]), f"{int(r['n_seeds'])} ({r['seeds']})",
-                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS), _diff(r))
+                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS), *(_diff(r, p) for p in PAIRED))
                  for _, r in summary.iterrows())
     return to_markdown([
         Alert(DISCLAIMER),
         Heading(1, "Ablation: levers against the centre gap"),
         Para("Each configuration is summarised over its seeds as mean ± sd. Choose on the **centre-1 validation** "
-             "column only; the test columns are for reporting. The paired difference is a cluster bootstrap of "
-             "macro AUC on the same centre-2/3 test images (configuration minus baseline, per seed, averaged); "
-             "differences under about 0.03 are noise for a single run. A row marked *ensemble* averages the "
-             "probabilities of that configuration's seeds (its paired difference is against the baseline's "
-             "ensemble; pointing game and stratified columns are n/a there)."),
+             "column only; the test columns are for reporting. A paired difference is a cluster bootstrap of "
+             "macro AUC on the same test images (configuration minus baseline, per seed, averaged): the "
+             "centre-2/3 test set, and the case-grouped stratified test set of each seed; differences under "
+             "about 0.03 are noise for a single run. The stratified column is n/a for an experiment that did not "
+             "retrain the stratified variant. A row marked *ensemble* averages the probabilities of that "
+             "configuration's seeds (its paired difference is against the baseline's ensemble; pointing game and "
+             "stratified columns are n/a there, the seeds' stratified test sets differ)."),
         Para(f"Made by `{command}` on {date}."),
         Table(head, rows),
         Image("ablation", "ablation.png"),
@@ -281,12 +298,23 @@ def _labels_probs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return frame["label_idx"].to_numpy(dtype=np.int64), frame[prob_columns].to_numpy(dtype=np.float64)
 
 
-def _paired_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]], *, resamples: int, seed: int,
-                       ci_level: float) -> dict[str, Any]:
-    """Macro AUC (config - baseline) on the same test images, cluster-bootstrapped jointly, averaged over seeds."""
+_NO_PAIR: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
+
+
+def _reference(members: list[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """The baseline against itself: 0 where its seeds have those test predictions, else n/a."""
+    n = sum(m.get(key) is not None for m in members)
+    return {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": n} if n else dict(_NO_PAIR)
+
+
+def _paired_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]], *, key: str, resamples: int,
+                       seed: int, ci_level: float) -> dict[str, Any]:
+    """Macro AUC (config - baseline) on the same test images, cluster-bootstrapped jointly, averaged over seeds.
+
+    ``key`` names the rows' test predictions (centre holdout or stratified); a pair lacking them is skipped."""
     reps, points = [], []
     for mine, base in pairs:
-        a, b = mine["_test_predictions"], base["_test_predictions"]
+        a, b = mine.get(key), base.get(key)
         if a is None or b is None:
             continue
         a, b = a.sort_values("row").reset_index(drop=True), b.sort_values("row").reset_index(drop=True)
@@ -299,7 +327,7 @@ def _paired_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
         points.append(weighted_suite(ya, pa, ones)["macro_auc"][0] - weighted_suite(ya, pb, ones)["macro_auc"][0])
         reps.append(weighted_suite(ya, pa, weights)["macro_auc"] - weighted_suite(ya, pb, weights)["macro_auc"])
     if not reps:
-        return {"value": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
+        return dict(_NO_PAIR)
     low, high = percentile_ci(np.mean(reps, axis=0), ci_level)
     return {"value": float(np.mean(points)), "ci_low": low, "ci_high": high, "n_pairs": len(reps)}
 
@@ -323,14 +351,14 @@ def _mean_sd(mean: Any, sd: Any) -> str:
     return f"{mean:.3f}" if sd is None or (isinstance(sd, float) and np.isnan(sd)) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def _diff(r: Mapping[str, Any]) -> str:
-    value = r.get("paired_diff_center_value")
+def _diff(r: Mapping[str, Any], prefix: str) -> str:
+    value = r.get(f"paired_diff_{prefix}_value")
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a (no paired seed)"
-    low, high = r.get("paired_diff_center_ci_low"), r.get("paired_diff_center_ci_high")
+    low, high = r.get(f"paired_diff_{prefix}_ci_low"), r.get(f"paired_diff_{prefix}_ci_high")
     if low is None or (isinstance(low, float) and np.isnan(low)):
         return f"{value:+.3f} (reference)" if value == 0 else f"{value:+.3f}"
-    return f"{value:+.3f} ({low:+.3f} to {high:+.3f}, {int(r['paired_diff_center_n_pairs'])} seed(s))"
+    return f"{value:+.3f} ({low:+.3f} to {high:+.3f}, {int(r[f'paired_diff_{prefix}_n_pairs'])} seed(s))"
 
 
 def main(argv: list[str] | None = None) -> int:
