@@ -187,8 +187,15 @@ def test_queued_running_and_workspace_experiments_are_not_measured():
                {"rev": "rev-q", "name": "q", "data": {"rev": "rev-q", "name": "q", "status": "Queued"}},
                {"rev": "rev-r", "name": "r", "data": {"rev": "rev-r", "name": "r", "status": "Running"}}]
     document[1]["experiments"].append({"revs": running})
+    # the shape DVC 3.x writes: the state is the executor's, the revision that of the queue stash
+    for name, state in (("queued-s1", "queued"), ("running-s1", "running"), ("failed-s1", "failed")):
+        stash = {"rev": f"stash-{name}", "name": name, "data": {"rev": f"stash-{name}", "timestamp": None,
+                                                               "params": {"params.yaml": {"data": {}}}}}
+        document[1]["experiments"].append({"name": name, "executor": {"state": state}, "revs": [stash]})
+    finished = {"rev": "rev-done", "name": "done-s1", "data": {"rev": "rev-done", "params": {"params.yaml": {"data": {}}}}}
+    document[1]["experiments"].append({"name": "done-s1", "executor": {"state": "success"}, "revs": [finished]})
     names = sorted(e.name for e in experiments_from_exp_show(document))
-    assert names == sorted(GRID)
+    assert names == sorted([*GRID, "done-s1"])
 
 
 def test_the_stratified_split_gets_its_own_paired_difference_seed_by_seed():

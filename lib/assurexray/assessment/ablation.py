@@ -72,6 +72,10 @@ def experiments_from_exp_show(data: list[dict[str, Any]]) -> list[Experiment]:
             continue
         out += _experiment(entry)
         for exp in entry.get("experiments") or []:
+            # DVC 3 keeps a queued or running experiment's state in its executor, and lists it with the revision
+            # of its queue stash (whose files are the parent's): only a finished one is measured.
+            if (exp.get("executor") or {}).get("state") not in (None, "success"):
+                continue
             for rev in exp.get("revs") or []:
                 out += _experiment(rev)
     return out
