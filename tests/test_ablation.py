@@ -223,3 +223,25 @@ def test_the_stratified_split_gets_its_own_paired_difference_seed_by_seed():
     rows[3]["_strat_test_predictions"] = rows[3]["_strat_test_predictions"].assign(row=lambda f: f["row"] + 1)
     with pytest.raises(ValueError, match=r"were tested on different images"):
         summarise(rows, experiments, baseline="base-s1", resamples=20)
+
+
+def test_the_validation_difference_is_taken_seed_by_seed_and_counts_the_seeds_that_agree():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    val = {r["name"]: r["val_macro_auc"] for r in rows}
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=20).set_index("config")
+    deltas = [val[f"gamma-s{s}"] - val[f"base-s{s}"] for s in (1, 2, 3)]
+    lever = summary.loc["train.augment.gamma=0.3"]
+    assert lever["val_delta_mean"] == pytest.approx(np.mean(deltas))
+    assert lever["val_delta_positive"] == sum(d > 0 for d in deltas) and lever["val_delta_n"] == 3
+    # not the difference of the seed means when a seed is missing: drop the lever's seed 3
+    partial = [r for r in rows if r["name"] != "gamma-s3"]
+    one_short = summarise(partial, [e for e in experiments if e.name != "gamma-s3"], baseline="base-s1",
+                          resamples=20).set_index("config").loc["train.augment.gamma=0.3"]
+    assert one_short["val_delta_mean"] == pytest.approx(np.mean(deltas[:2])) and one_short["val_delta_n"] == 2
+    assert summary.loc["baseline", "val_delta_mean"] == 0.0
+    assert pd.isna(summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]", "val_delta_mean"])
+    text = render_markdown(summary.reset_index(), command="x", date="2026-12-04")
+    lever_line = next(line for line in text.splitlines() if line.startswith("| train.augment.gamma=0.3 |"))
+    assert f"{np.mean(deltas):+.3f} ({sum(d > 0 for d in deltas)} of 3 seeds > 0)" in lever_line
+    assert "+0.000 (reference)" in next(line for line in text.splitlines() if line.startswith("| baseline |"))

@@ -51,6 +51,8 @@ PAIRED: dict[str, tuple[str, str]] = {
     "center": ("_test_predictions", "Paired Δ centres 2+3 vs baseline"),
     "stratified": ("_strat_test_predictions", "Paired Δ stratified vs baseline"),
 }
+#: The decision quantity of a pre-registered rule: validation AUC minus the baseline's, seed by seed.
+VAL_DELTA_TITLE = "Δ centre-1 val vs baseline (same seed)"
 _IGNORED_PARAMS = ("base.seed",)  # what distinguishes seeds of one configuration
 _REPO = Layout(Path())  # paths inside an experiment's git revision, relative to the repository root
 
@@ -145,6 +147,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
             entry[f"{column}_mean"] = float(values.mean()) if values.size else None
             entry[f"{column}_sd"] = float(values.std(ddof=1)) if values.size > 1 else None
         paired = [(m, base_by_seed[m["seed"]]) for m in members if m["seed"] in base_by_seed]
+        entry.update(_val_difference(paired))
         for prefix, (key, _) in PAIRED.items():
             diff = _paired_difference(paired, key=key, resamples=resamples, seed=seed, ci_level=ci_level) \
                 if label != base_label else _reference(members, key)
@@ -161,6 +164,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
                 if label != base_label else {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": 1})
             entry.update({f"paired_diff_center_{k}": v for k, v in diff.items()})
             entry.update({f"paired_diff_stratified_{k}": v for k, v in _NO_PAIR.items()})  # one test set per seed
+            entry.update({"val_delta_mean": None, "val_delta_positive": None, "val_delta_n": 0})
             table.append(entry)
     out = pd.DataFrame(table)
     firsts = [base_label] + ([ensembles[base_label]["name"]] if base_label in ensembles else [])
@@ -174,15 +178,18 @@ def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
     The paired difference keeps its own signed form, ``+0.012 (-0.010 to +0.030, 3 seed(s))``: the sign is the
     finding, and a seed count is not an interval of ``rendering.fmt_ci``.
     """
-    head = ("Configuration", "Seeds", *(COLUMN_TITLES[c] for c in COLUMNS), *(t for _, t in PAIRED.values()))
+    head = ("Configuration", "Seeds", COLUMN_TITLES[COLUMNS[0]], VAL_DELTA_TITLE,
+            *(COLUMN_TITLES[c] for c in COLUMNS[1:]), *(t for _, t in PAIRED.values()))
     rows = tuple((str(r["config"]), f"{int(r['n_seeds'])} ({r['seeds']})",
-                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS), *(_diff(r, p) for p in PAIRED))
+                  _mean_sd(r[f"{COLUMNS[0]}_mean"], r[f"{COLUMNS[0]}_sd"]), _val_delta(r),
+                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS[1:]), *(_diff(r, p) for p in PAIRED))
                  for _, r in summary.iterrows())
     return to_markdown([
         Alert(DISCLAIMER),
         Heading(1, "Ablation: levers against the centre gap"),
         Para("Each configuration is summarised over its seeds as mean ± sd. Choose on the **centre-1 validation** "
-             "column only; the test columns are for reporting. A paired difference is a cluster bootstrap of "
+             "columns only (its mean ± sd, and Δ val: minus the baseline seed by seed, on the same validation "
+             "images, with how many seeds agree); the test columns are for reporting. A paired difference is a cluster bootstrap of "
              "macro AUC on the same test images (configuration minus baseline, per seed, averaged): the "
              "centre-2/3 test set, and the case-grouped stratified test set of each seed; differences under "
              "about 0.03 are noise for a single run. The stratified column is n/a for an experiment that did not "
@@ -311,6 +318,16 @@ def _reference(members: list[Mapping[str, Any]], key: str) -> dict[str, Any]:
     return {"value": 0.0, "ci_low": None, "ci_high": None, "n_pairs": n} if n else dict(_NO_PAIR)
 
 
+def _val_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
+    """Centre-1 validation macro AUC minus the baseline's, same seed (same validation images), averaged.
+
+    No bootstrap: validation is what chooses, and a choosing rule reads this mean and how many seeds agree."""
+    deltas = [m["val_macro_auc"] - b["val_macro_auc"] for m, b in pairs
+              if m["val_macro_auc"] is not None and b["val_macro_auc"] is not None]
+    return {"val_delta_mean": float(np.mean(deltas)) if deltas else None,
+            "val_delta_positive": int(sum(d > 0 for d in deltas)) if deltas else None, "val_delta_n": len(deltas)}
+
+
 def _paired_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]], *, key: str, resamples: int,
                        seed: int, ci_level: float) -> dict[str, Any]:
     """Macro AUC (config - baseline) on the same test images, cluster-bootstrapped jointly, averaged over seeds.
@@ -363,6 +380,15 @@ def _diff(r: Mapping[str, Any], prefix: str) -> str:
     if low is None or (isinstance(low, float) and np.isnan(low)):
         return f"{value:+.3f} (reference)" if value == 0 else f"{value:+.3f}"
     return f"{value:+.3f} ({low:+.3f} to {high:+.3f}, {int(r[f'paired_diff_{prefix}_n_pairs'])} seed(s))"
+
+
+def _val_delta(r: Mapping[str, Any]) -> str:
+    value, n = r.get("val_delta_mean"), int(r.get("val_delta_n") or 0)
+    if value is None or (isinstance(value, float) and np.isnan(value)) or not n:
+        return "n/a (no paired seed)"
+    if r["config"] == "baseline":
+        return f"{value:+.3f} (reference)"
+    return f"{value:+.3f} ({int(r['val_delta_positive'])} of {n} seeds > 0)"
 
 
 def main(argv: list[str] | None = None) -> int:
