@@ -144,6 +144,11 @@ def test_a_seed_ensemble_scores_the_averaged_probabilities_and_is_paired_with_th
     assert ensemble["val_macro_auc_mean"] > summary.loc["train.augment.gamma=0.3", "val_macro_auc_mean"]
     assert ensemble["paired_diff_center_value"] > 0 and ensemble["paired_diff_center_n_pairs"] == 1
     assert summary.loc["baseline [ensemble of 3 seeds]", "paired_diff_center_value"] == 0.0
+    # one ensemble against the other is one comparison, not a count of seeds
+    text = render_markdown(summary.reset_index(), command="x", date="2026-12-04")
+    line = next(t for t in text.splitlines() if t.startswith("| train.augment.gamma=0.3 [ensemble of 3 seeds] |"))
+    assert f"{ensemble['paired_diff_center_value']:+.3f} (" in line and "ensemble vs ensemble)" in line
+    assert "seed(s)" not in line
 
 
 def test_only_selects_experiments_by_name(tmp_path, monkeypatch):

@@ -140,8 +140,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
     ensembles = {label: _ensemble(label, members) for label, members in by_config.items() if len(members) > 1}
     ensembles = {label: row for label, row in ensembles.items() if row is not None}
     for label, members in by_config.items():
-        entry: dict[str, Any] = {"config": label, "n_seeds": len(members),
-                                 "seeds": ",".join(str(m["seed"]) for m in members)}
+        entry: dict[str, Any] = {"config": label, "n_seeds": len(members), "reference": label == base_label,
+                                 "ensemble": False, "seeds": ",".join(str(m["seed"]) for m in members)}
         for column in COLUMNS:
             values = np.array([m[column] for m in members if m[column] is not None], dtype=float)
             entry[f"{column}_mean"] = float(values.mean()) if values.size else None
@@ -155,7 +155,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], experiments: Iterable[Experimen
         table.append(entry)
         if label in ensembles:  # the seed ensemble, paired with the baseline's seed ensemble
             ens = ensembles[label]
-            entry = {"config": ens["name"], "n_seeds": len(members), "seeds": entry["seeds"],
+            entry = {"config": ens["name"], "n_seeds": len(members), "reference": label == base_label,
+                     "ensemble": True, "seeds": entry["seeds"],
                      **{f"{c}_mean": ens.get(c) for c in COLUMNS}, **{f"{c}_sd": None for c in COLUMNS}}
             base_ens = ensembles.get(base_label)
             diff = _NO_PAIR if base_ens is None else (
@@ -379,6 +380,8 @@ def _diff(r: Mapping[str, Any], prefix: str) -> str:
     low, high = r.get(f"paired_diff_{prefix}_ci_low"), r.get(f"paired_diff_{prefix}_ci_high")
     if low is None or (isinstance(low, float) and np.isnan(low)):
         return f"{value:+.3f} (reference)" if value == 0 else f"{value:+.3f}"
+    if r.get("ensemble"):
+        return f"{value:+.3f} ({low:+.3f} to {high:+.3f}, ensemble vs ensemble)"
     return f"{value:+.3f} ({low:+.3f} to {high:+.3f}, {int(r[f'paired_diff_{prefix}_n_pairs'])} seed(s))"
 
 
@@ -386,7 +389,7 @@ def _val_delta(r: Mapping[str, Any]) -> str:
     value, n = r.get("val_delta_mean"), int(r.get("val_delta_n") or 0)
     if value is None or (isinstance(value, float) and np.isnan(value)) or not n:
         return "n/a (no paired seed)"
-    if r["config"] == "baseline":
+    if r.get("reference"):
         return f"{value:+.3f} (reference)"
     return f"{value:+.3f} ({int(r['val_delta_positive'])} of {n} seeds > 0)"
 
