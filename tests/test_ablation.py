@@ -49,7 +49,8 @@ def _files(seed: int, skill: float) -> dict[str, str]:
             "metrics/stratified/eval/metrics.json": json.dumps({"headline": {"macro_auc": auc(0.9)}}),
             "metrics/center/explain/metrics.json": json.dumps(
                 {"model": {"overall": {"pointing_game": auc(0.3 + skill / 10)}},
-                 "baseline": {"overall": {"pointing_game": auc(0.2)}}}),
+                 "baseline": {"overall": {"pointing_game": auc(0.2)}},
+                 "validation": {"pointing_game": 0.1 + skill / 20 + seed / 100}}),
             "metrics/center/eval/predictions.csv": _predictions(seed, skill),
             # the stratified split is carved by base.seed: each seed has its own test images
             "metrics/stratified/eval/predictions.csv": _predictions(seed + 10, skill, first_test_row=1000 * seed)}
@@ -250,3 +251,27 @@ def test_the_validation_difference_is_taken_seed_by_seed_and_counts_the_seeds_th
     lever_line = next(line for line in text.splitlines() if line.startswith("| train.augment.gamma=0.3 |"))
     assert f"{np.mean(deltas):+.3f} ({sum(d > 0 for d in deltas)} of 3 seeds > 0)" in lever_line
     assert "+0.000 (reference)" in next(line for line in text.splitlines() if line.startswith("| baseline |"))
+
+
+def test_the_validation_pointing_game_comes_from_the_explain_validation_block_or_else_the_chosen_layer():
+    """What chooses explain settings: the heatmaps' pointing game on centre-1 validation, never the test one."""
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=20).set_index("config")
+    expected = np.mean([0.1 + SKILL["gamma"] / 20 + s / 100 for s in (1, 2, 3)])
+    assert summary.loc["train.augment.gamma=0.3", "val_pointing_game_mean"] == pytest.approx(expected)
+    assert summary.loc["train.augment.gamma=0.3", "val_pointing_game_sd"] == pytest.approx(0.01)
+    assert pd.isna(summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]", "val_pointing_game_mean"])
+    text = render_markdown(summary.reset_index(), command="x", date="2026-12-04")
+    assert "Centre-1 val pointing game (chooses explain settings)" in text
+
+    def older(explain):  # a metrics file written before the validation block existed
+        def read(rev, path):
+            files = _files(1, 1.0)
+            files["metrics/center/explain/metrics.json"] = json.dumps(explain)
+            return files.get(path)
+        return measure(experiments[0], read)["val_pointing_game"]
+
+    scores = {"blocks.5": 0.25, "bn2": 0.5}
+    assert older({"target_layer": "blocks.5", "layer_search": scores}) == 0.25
+    assert older({"target_layer": "bn2", "layer_search": {}}) is None

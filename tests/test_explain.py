@@ -237,6 +237,9 @@ def test_explain_scores_annotated_test_tumours_and_counts_the_unannotated(explai
             ci = m[block]["overall"][key]
             assert 0.0 <= ci["ci_low"] <= ci["value"] <= ci["ci_high"] <= 1.0
     assert m["val_threshold"] in ex.loc.THRESHOLD_GRID
+    # validation scores (what chooses explain settings) are of the validation tumours only
+    assert m["validation"]["n"] == 2 and 0.0 <= m["validation"]["pointing_game"] <= 1.0
+    assert 0.0 <= m["validation"]["baseline_pointing_game"] <= 1.0
     assert m["sanity"]["n"] + m["sanity"]["n_undefined"] == 3
     json.dumps(m, allow_nan=False)  # the metrics file must be valid DVC JSON
     table = result.per_image
@@ -290,6 +293,8 @@ def test_with_layer_search_the_layer_with_the_best_validation_pointing_game_is_u
     assert set(candidates) <= set(scores) and len(scores) in (3, 4)  # + the automatic default layer
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores[result.metrics["target_layer"]] == max(scores.values())
+    # the chosen layer's search score is the validation pointing game of the maps explain then uses
+    assert result.metrics["validation"]["pointing_game"] == pytest.approx(scores[result.metrics["target_layer"]])
     assert _run(paths, layer_search=0).metrics["layer_search"] == {}
     pinned = _run(paths, layer_search=3, target_layer=candidates[0]).metrics
     assert pinned["target_layer"] == candidates[0] and pinned["layer_search"] == {}
@@ -441,3 +446,4 @@ def test_the_layer_and_threshold_are_chosen_on_validation_only(tmp_path):
     assert moved["layer_search"] == base["layer_search"]
     assert moved["val_threshold"] == base["val_threshold"]
     assert moved["baseline_val_threshold"] == base["baseline_val_threshold"]
+    assert moved["validation"] == base["validation"]

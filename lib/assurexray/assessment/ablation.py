@@ -38,13 +38,14 @@ logger = logging.getLogger(__name__)
 
 #: Columns of the ablation table, in the order people read them (validation first: it is what chooses).
 COLUMNS: tuple[str, ...] = ("val_macro_auc", "center_2", "center_3", "center_pooled", "stratified",
-                            "pointing_game_center", "pointing_game_baseline")
+                            "pointing_game_center", "pointing_game_baseline", "val_pointing_game")
 COLUMN_TITLES = {
     "val_macro_auc": "Centre-1 val macro AUC (chooses)", "center_2": "Centre 2 macro AUC",
     "center_3": "Centre 3 macro AUC", "center_pooled": "Centres 2+3 macro AUC",
     "stratified": "Stratified (case-grouped) test macro AUC",
     "pointing_game_center": "Pointing game (centres 2+3)",
     "pointing_game_baseline": "Centred-Gaussian pointing game (same tumours)",
+    "val_pointing_game": "Centre-1 val pointing game (chooses explain settings)",
 }
 #: Test sets of the paired differences: column prefix -> (row key of the test predictions, title).
 PAIRED: dict[str, tuple[str, str]] = {
@@ -108,6 +109,7 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     row["stratified"] = _value(strat_eval, "headline", "macro_auc") if fresh else None
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
+    row["val_pointing_game"] = _val_pointing_game(explain)
     frame = None if predictions is None else pd.read_csv(io.StringIO(predictions), dtype={"group": str})
     row["val_macro_auc"] = _macro_auc(frame[frame["partition"] == "val"]) if frame is not None else None
     row["_test_predictions"] = frame[frame["partition"] == "test"] if frame is not None else None
@@ -356,6 +358,15 @@ def _paired_difference(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
 
 def _json(text: str | None) -> dict[str, Any] | None:
     return None if text is None else json.loads(text)
+
+
+def _val_pointing_game(explain: Mapping[str, Any] | None) -> float | None:
+    """Validation pointing game of the heatmaps the explain stage used (its ``validation`` block; older metrics
+    files have it only as the chosen layer's score in ``layer_search``)."""
+    value = _value(explain, "validation", "pointing_game")
+    if value is None and explain:
+        value = (explain.get("layer_search") or {}).get(explain.get("target_layer"))
+    return value
 
 
 def _value(data: Mapping[str, Any] | None, *keys: str) -> float | None:

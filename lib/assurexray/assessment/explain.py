@@ -133,8 +133,9 @@ def explain_variant(
         batch_size=config.batch_size,
     )
     val_maps = heatmaps(model, val_images, val_targets)
+    val_base_maps = _baselines(val, size, config.baseline_sigma)
     val_thr = _val_threshold(val_maps, val_masks, config)
-    base_thr = _val_threshold(_baselines(val, size, config.baseline_sigma), val_masks, config)
+    base_thr = _val_threshold(val_base_maps, val_masks, config)
 
     test_images, test_targets = images[test["row"].to_numpy()], test[target_col].to_numpy()
     model_maps = heatmaps(model, test_images, test_targets)
@@ -165,6 +166,10 @@ def explain_variant(
         "n_skipped_no_mask": n_skipped,
         "n_val_images": int(len(val)),
         "val_threshold": val_thr,
+        # what chooses among explain settings (method, layer search): never the test partition's figures
+        "validation": {"pointing_game": _mean_pointing_game(val_maps, val_masks, config),
+                       "baseline_pointing_game": _mean_pointing_game(val_base_maps, val_masks, config),
+                       "n": int(len(val))},
         "baseline_val_threshold": base_thr,
         "thresholds": list(config.thresholds),
         "model": _loc_block(per_image, list(model_scores.columns), "", boot),
@@ -264,13 +269,17 @@ def _choose_layer(
                                            method=config.method, batch_size=config.batch_size)
     for depth, name in enumerate(names):
         maps = per_layer[name]
-        hits = [loc.pointing_game(m, k, tolerance_px=config.pointing_tolerance_px) for m, k in zip(maps, val_masks)]
         energy = [loc.energy_inside(m, k) for m, k in zip(maps, val_masks)]
-        scores[name] = (float(np.mean(hits)), float(np.mean(energy)), depth)
+        scores[name] = (_mean_pointing_game(maps, val_masks, config), float(np.mean(energy)), depth)
     best = max(scores, key=lambda n: scores[n])
     logger.info("target layer %s chosen on %d validation images (pointing game %s)", best, len(val_images),
                 {n: round(v[0], 3) for n, v in scores.items()})
     return best, {n: v[0] for n, v in scores.items()}
+
+
+def _mean_pointing_game(maps: np.ndarray, masks: np.ndarray, config: ExplainConfig) -> float | None:
+    hits = [loc.pointing_game(m, k, tolerance_px=config.pointing_tolerance_px) for m, k in zip(maps, masks)]
+    return float(np.mean(hits)) if hits else None
 
 
 def _val_threshold(val_maps: np.ndarray, val_masks: np.ndarray, config: ExplainConfig) -> float:
