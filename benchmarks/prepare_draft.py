@@ -1,6 +1,6 @@
 """prepare's decode path on full-resolution originals: JPEG draft (DCT-domain) downscaling vs a full decode.
 
-Both decode and letterbox each of ../shared/btxrd-mini's 30 originals (~3000 px) to ``prepare.size`` (160);
+Both decode and letterbox each of ../shared/btxrd-mini's 30 originals (~3000 px) to ``prepare.image_px`` (160);
 the ratio of images/s is the speed-up draft mode gives (goal >= 4x).
 """
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     out = build_cache(
         release,
         args.out,
-        size=config.size,
+        size=config.image_px,
         class_names=class_names,
         near_duplicate_distance=config.near_duplicate_distance,
         workers=config.workers,

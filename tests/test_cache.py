@@ -136,8 +136,8 @@ def test_a_failed_rebuild_leaves_the_previous_cache_untouched_and_names_the_file
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"size": 4}, r"prepare.size must be an integer >= 8, got 4"),
-    ({"size": 64.0}, r"prepare.size must be an integer >= 8, got 64.0"),
+    ({"size": 4}, r"prepare.image_px must be an integer >= 8, got 4"),
+    ({"size": 64.0}, r"prepare.image_px must be an integer >= 8, got 64.0"),
     ({"workers": 0}, r"prepare.workers must be an integer >= 1, got 0"),
     ({"near_duplicate_distance": 70}, r"near_duplicate_distance must be an integer in \[0, 64\]"),
 ])
@@ -187,13 +187,13 @@ def write_params(path: Path, prepare: dict) -> Path:
 
 def test_prepare_stage_builds_the_cache_from_params(tmp_path):
     raw = synthetic_release(tmp_path / "raw")
-    params = write_params(tmp_path / "params.yaml", {"size": 24, "near_duplicate_distance": 4, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", {"image_px": 24, "near_duplicate_distance": 4, "workers": 1})
     assert load_stage().main(["--raw", str(raw), "--out", str(tmp_path / "prepared"), "--params", str(params)]) == 0
     cache = load_cache(tmp_path / "prepared")
     assert cache.images.shape == (6, 24, 24) and cache.meta["class_names"] == ["Normal", "Benign", "Malignant"]
 
 
 def test_prepare_stage_rejects_an_unknown_params_key(tmp_path):
-    params = write_params(tmp_path / "params.yaml", {"size": 24, "near_duplicate_distance": 4, "worker": 1})
+    params = write_params(tmp_path / "params.yaml", {"image_px": 24, "near_duplicate_distance": 4, "worker": 1})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['worker'\]"):
         load_stage().main(["--raw", str(tmp_path), "--out", str(tmp_path / "p"), "--params", str(params)])

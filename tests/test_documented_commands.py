@@ -27,7 +27,7 @@ SHARED = REPO_ROOT.parent / "shared"
 BTXRD_DEV = SHARED / "btxrd-dev"
 
 #: Tiny settings so fetch + prepare + split of the sample take seconds.
-TINY = {("data", "sample", "n_cases"): 60, ("data", "sample", "image_size"): 96, ("prepare", "size"): 48,
+TINY = {("data", "sample", "n_cases"): 60, ("data", "sample", "image_size"): 96, ("prepare", "image_px"): 48,
         ("prepare", "workers"): 1}
 
 

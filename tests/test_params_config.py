@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from assurexray.assessment.explain import ExplainConfig
 from assurexray.data.fetch import DataConfig
 from assurexray.assessment.headline import HeadlineConfig
 from assurexray.learning.model import ModelConfig
-from assurexray.core.params import AuditConfig, BaseConfig, load_config
+from assurexray.core.params import AuditConfig, BaseConfig, load_config, load_params
 from assurexray.data.splits import STRATEGIES, SplitConfig
 from assurexray.learning.training import TrainConfig, _params_record
 from assurexray.learning.transforms import AUGMENT_KEYS, AugmentConfig
@@ -29,12 +30,12 @@ SECTIONS = {
 
 @dataclass(frozen=True)
 class _Toy:
-    size: int
+    count: int
     name: str = "x"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"toy.size: expected an integer >= 1, got {self.size!r}.")
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"toy.count: expected an integer >= 1, got {self.count!r}.")
 
 
 @pytest.fixture
@@ -70,21 +71,21 @@ def test_the_values_are_those_of_the_file(repo_root, repo_params):
 
 
 def test_an_unknown_key_is_named_with_the_valid_keys(write):
-    path = write({"toy": {"size": 3, "nmae": "y"}})
+    path = write({"toy": {"count": 3, "nmae": "y"}})
     with pytest.raises(ValueError, match=r"params.yaml toy: unknown key\(s\) \['nmae'\]; valid keys are "
-                                         r"\['name', 'size'\]"):
+                                         r"\['count', 'name'\]"):
         load_config(path, "toy", _Toy)
 
 
 def test_a_missing_key_is_named_with_the_file_and_a_key_with_a_default_may_be_left_out(write):
     path = write({"toy": {"name": "y"}})
-    with pytest.raises(ValueError, match=rf"toy: missing key\(s\) \['size'\]; add them to {path}"):
+    with pytest.raises(ValueError, match=rf"toy: missing key\(s\) \['count'\]; add them to {path}"):
         load_config(path, "toy", _Toy)
-    assert load_config(write({"toy": {"size": 2}}), "toy", _Toy) == _Toy(size=2, name="x")
+    assert load_config(write({"toy": {"count": 2}}), "toy", _Toy) == _Toy(count=2, name="x")
 
 
 def test_an_empty_section_reports_every_required_key(write):
-    with pytest.raises(ValueError, match=r"missing key\(s\) \['size'\]"):
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['count'\]"):
         load_config(write({"toy": None}), "toy", _Toy)
 
 
@@ -96,7 +97,7 @@ def test_a_section_that_is_not_a_mapping_is_refused(write):
 @pytest.mark.parametrize(
     ("section", "values", "error", "match"),
     [
-        ("toy", {"size": 0}, ValueError, r"toy.size: expected an integer >= 1, got 0"),
+        ("toy", {"count": 0}, ValueError, r"toy.count: expected an integer >= 1, got 0"),
         ("base", {"seed": "42", "class_names": ["A", "B"]}, TypeError, r"base.seed: expected an integer, got '42'"),
         ("base", {"seed": 1, "class_names": ["A", "A"]}, ValueError, r"base.class_names: expected a list of at least two"),
         ("evaluate", {"bootstrap_resamples": 10, "bootstrap_cluster": "yes", "ci_level": 0.95, "calibration_bins": 10,
@@ -108,8 +109,8 @@ def test_a_section_that_is_not_a_mapping_is_refused(write):
         ("headline", {"variant": "centre"}, ValueError, r"headline.variant: 'centre' is not a variant"),
         ("model", {"backbone": "resnet18", "pretrained": "none", "dropout": 1.5}, ValueError,
          r"model.dropout: expected a number in \[0, 1\), got 1.5"),
-        ("prepare", {"size": 4, "near_duplicate_distance": 4, "workers": None}, ValueError,
-         r"prepare.size must be an integer >= 8, got 4"),
+        ("prepare", {"image_px": 4, "near_duplicate_distance": 4, "workers": None}, ValueError,
+         r"prepare.image_px must be an integer >= 8, got 4"),
         ("data", {"source": "kaggle"}, ValueError, r"data.source: unknown source 'kaggle'"),
         ("split", {"strategy": "random"}, ValueError, r"split.strategy: unknown strategy 'random'"),
     ],
@@ -173,3 +174,52 @@ def test_the_checkpoint_records_the_resolved_sections_without_the_launcher(repo_
     assert record["train"] == {**expected, "device": "cpu", "amp": False, "world_size": 2}
     # the key order of checkpoints written before TrainConfig existed, so the same run keeps the same bytes
     assert list(record["train"]).index("world_size") == list(record["train"]).index("augment") + 1
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield path
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, "x"]
+    return 1  # None
+
+
+def test_every_params_key_changes_dvcs_run_cache_key(repo_params):
+    """A key dvc's run cache does not hash (one named ``size``) makes ``dvc exp run -S key=...`` restore old outputs."""
+    from dvc.stage.cache import _get_cache_hash
+
+    def run_cache_key(params):
+        return _get_cache_hash({"cmd": "python stages/x.py", "deps": [], "params": {"params.yaml": params},
+                                "outs": [{"path": "out"}]}, key=True)
+
+    baseline = run_cache_key(copy.deepcopy(repo_params))
+    leaves = list(_leaves(repo_params))
+    assert ("prepare", "image_px") in leaves and len(leaves) > 40
+    for path in leaves:
+        params = copy.deepcopy(repo_params)
+        node = params
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = _changed(node[path[-1]])
+        assert run_cache_key(params) != baseline, f"{'.'.join(path)} is invisible to dvc's run cache; rename it"
+
+
+def test_a_params_key_the_run_cache_cannot_see_is_refused_with_its_path(write):
+    path = write({"prepare": {"size": 224, "workers": None}, "train": {"x": {"nfiles": 2}}})
+    with pytest.raises(ValueError, match=r"\['prepare.size', 'train.x.nfiles'\] have a name DVC leaves out of its "
+                                         r"run-cache key.*Rename the key"):
+        load_params(path, "train")
+    with pytest.raises(ValueError, match=r"prepare.size"):
+        load_config(path, "prepare", PrepareConfig)

@@ -29,7 +29,7 @@ VARIANTS = ("stratified", "center")
 TINY_PARAMS = {
     ("data", "sample", "n_cases"): 70,
     ("data", "sample", "image_size"): 96,
-    ("prepare", "size"): 48,
+    ("prepare", "image_px"): 48,
     ("prepare", "workers"): 1,
     ("model", "backbone"): "test_efficientnet",
     ("model", "pretrained"): "none",
@@ -267,6 +267,19 @@ def test_center_split_change_reruns_only_the_center_branch(pipeline_repo: Path):
         _dvc(repo, "repro")
         _git(repo, "add", "-A")
         _git(repo, "commit", "-qm", "back to baseline", "--allow-empty")
+
+
+def test_an_image_px_experiment_rebuilds_the_cache_instead_of_restoring_it(pipeline_repo: Path):
+    """dvc's run cache ignores params named ``size``: under that name this ran nothing and kept the old images."""
+    repo = pipeline_repo
+    before = json.loads((repo / "data/prepared/meta.json").read_text())["size"]
+    run = _dvc(repo, "exp", "run", "-n", "px40", "-S", "prepare.image_px=40", "prepare")
+    assert "Running stage 'prepare'" in run.stdout and "is cached" not in run.stdout, run.stdout
+    assert before != 40 and json.loads((repo / "data/prepared/meta.json").read_text())["size"] == 40
+    _git(repo, "reset", "-q", "--hard")
+    _dvc(repo, "checkout", "-q", "-f")
+    assert json.loads(_dvc(repo, "status", "--json").stdout or "{}") == {}
+    assert json.loads((repo / "data/prepared/meta.json").read_text())["size"] == before
 
 
 def test_documented_experiment_and_comparison_sequence(pipeline_repo: Path):

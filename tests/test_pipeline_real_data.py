@@ -16,7 +16,7 @@ from test_pipeline_e2e import REPO_ROOT, _dvc, _git, _set_params
 pytestmark = pytest.mark.slow
 
 TINY_REAL = {
-    ("prepare", "size"): 64,
+    ("prepare", "image_px"): 64,
     ("prepare", "workers"): 1,
     ("model", "backbone"): "test_efficientnet",
     ("model", "pretrained"): "none",

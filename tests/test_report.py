@@ -36,7 +36,7 @@ MITCHELL_SECTIONS = ["Model details", "Intended use", "Factors", "Metrics", "Eva
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w|\.\d)")
 PARAMS = {
     "data": {"source": "btxrd"},
-    "prepare": {"size": 96},
+    "prepare": {"image_px": 96},
     "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "none", "dropout": 0.15},
     "train": {"epochs": 9, "batch_size": 24, "lr": 0.0007, "weight_decay": 2.5e-05, "monitor": "macro_auc",
               "augment": {"hflip": 0.45, "rotate_deg": 6, "clahe": False}},
@@ -478,8 +478,8 @@ def test_tracked_params_keeps_only_the_keys_dvc_tracks_and_names_a_missing_one()
     full = {**copy.deepcopy(PARAMS), "base": {"seed": 1}, "data": {"source": "sample", "sample": {"n_cases": 5}}}
     picked = tracked_params(full)
     assert picked["data"] == {"source": "sample"} and "base" not in picked and picked["train"] == PARAMS["train"]
-    del full["prepare"]["size"]
-    with pytest.raises(KeyError, match=r"prepare\.size missing; the report stage reads data\.source, prepare\.size"):
+    del full["prepare"]["image_px"]
+    with pytest.raises(KeyError, match=r"prepare\.image_px missing; the report stage reads data\.source, prepare\.image_px"):
         tracked_params(full)
 
 

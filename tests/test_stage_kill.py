@@ -68,7 +68,7 @@ def write_params(root: Path, *, seed: int) -> Path:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["base"]["seed"] = seed
     params["data"]["sample"].update(n_cases=40, image_size=64)
-    params["prepare"].update(size=32 if seed == 1 else 48, workers=1)
+    params["prepare"].update(image_px=32 if seed == 1 else 48, workers=1)
     params["audit"]["montage_groups"] = 12 if seed == 1 else 1
     params["split"]["stratified"]["missing_test_classes"] = "allow"
     path = root / f"params-{seed}.yaml"

@@ -19,6 +19,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 __all__ = ["AuditConfig", "BaseConfig", "ParamsSectionError", "load_config", "config_from_mapping", "load_params", "check_keys",
+           "RUN_CACHE_BLIND_NAMES", "run_cache_blind_keys",
            "train_device"]
 
 T = TypeVar("T")
@@ -111,6 +112,13 @@ def load_params(path: str | os.PathLike = "params.yaml", section: str | None = N
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}.")
+    blind = run_cache_blind_keys(data)
+    if blind:
+        raise ValueError(
+            f"{path}: parameter(s) {blind} have a name DVC leaves out of its run-cache key "
+            f"({sorted(RUN_CACHE_BLIND_NAMES)}: dvc hashes stage entries with those keys excluded at any depth), "
+            "so changing one would silently restore outputs built with the old value. Rename the key "
+            "(e.g. prepare.image_px, not prepare.size).")
     if section is None:
         return data
     if section not in data:
@@ -119,6 +127,24 @@ def load_params(path: str | os.PathLike = "params.yaml", section: str | None = N
             "repository's params.yaml)."
         )
     return data[section]
+
+
+#: Key names that dvc's run cache drops from the stage hash at every depth (``dvc.stage.cache._get_cache_hash``
+#: excludes ``Meta.PARAM_SIZE`` / ``PARAM_NFILES`` recursively), params included: a param with one of these names
+#: is invisible to ``dvc repro`` / ``dvc exp run``'s run cache, which then restores stale outputs.
+RUN_CACHE_BLIND_NAMES = frozenset({"size", "nfiles"})
+
+
+def run_cache_blind_keys(params: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every key in ``params`` (at any depth) named in :data:`RUN_CACHE_BLIND_NAMES`."""
+    found = []
+    for key, value in params.items():
+        dotted = f"{prefix}{key}"
+        if key in RUN_CACHE_BLIND_NAMES:
+            found.append(dotted)
+        if isinstance(value, Mapping):
+            found.extend(run_cache_blind_keys(value, prefix=f"{dotted}."))
+    return found
 
 
 def check_keys(values: Mapping[str, Any], allowed: set[str] | list[str], *, where: str,

@@ -49,12 +49,12 @@ class PreparedCache:
 class PrepareConfig:
     """The ``prepare`` section of params.yaml, passed to :func:`build_cache` key by key."""
 
-    size: int  # side of the square cached images, px
+    image_px: int  # side of the square cached images, px (not "size": dvc's run cache ignores keys so named)
     near_duplicate_distance: int  # max perceptual-hash Hamming distance grouped as near duplicates
     workers: int | None  # decoding processes; None = all cores
 
     def __post_init__(self) -> None:
-        _check_int(self.size, "size", low=8)
+        _check_int(self.image_px, "image_px", low=8)
         _check_int(self.near_duplicate_distance, "near_duplicate_distance", low=0)
         if self.workers is not None:
             _check_int(self.workers, "workers", low=1)
@@ -70,7 +70,7 @@ def build_cache(
     workers: int | None = None,
 ) -> Path:
     """Decode, letterbox, rasterise and group every image of ``release``; write the cache atomically."""
-    size = _check_int(size, "size", low=8)
+    size = _check_int(size, "image_px", low=8)
     near_duplicate_distance = _check_int(near_duplicate_distance, "near_duplicate_distance", low=0)
     if workers is not None:
         workers = _check_int(workers, "workers", low=1)

@@ -48,7 +48,7 @@ def render_model_card(data: ReportData) -> str:
 
 
 def _model_card_blocks(d: ReportData) -> list[Any]:
-    model, size = d.params["model"], d.params["prepare"]["size"]
+    model, size = d.params["model"], d.params["prepare"]["image_px"]
     names = ", ".join(d.class_names)
     hashes = "; ".join(f"{VARIANT_TITLES[v]} `{lookup(d.operating_points[v], 'model_sha256') or 'n/a'}`"
                        for v in VARIANTS)

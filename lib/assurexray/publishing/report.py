@@ -173,7 +173,7 @@ def _methods(d: ReportData) -> list[Any]:
     centers = {v: lookup(d.splits[v], "centers") or {} for v in VARIANTS}
     return [
         Heading(3, "Data"),
-        Para(f"Source `{p['data']['source']}`; images letterboxed to {fmt_param(p['prepare']['size'])} px "
+        Para(f"Source `{p['data']['source']}`; images letterboxed to {fmt_param(p['prepare']['image_px'])} px "
              "squares. Groups (below) are split as a whole. Audit summary below."),
         Bullets(tuple(f"{VARIANT_TITLES[v]}: {grouping_statement(d.splits[v])}" for v in VARIANTS)),
         Heading(3, "Splits"),

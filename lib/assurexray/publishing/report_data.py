@@ -28,7 +28,7 @@ __all__ = [
 #: The params the report stage reads: exactly its ``params:`` list in dvc.yaml (None = whole section), so
 #: a change DVC does not track can never alter the documents.
 TRACKED_PARAMS: dict[str, tuple[str, ...] | None] = {
-    "data": ("source",), "prepare": ("size",), "model": None, "train": None, "evaluate": None, "explain": None,
+    "data": ("source",), "prepare": ("image_px",), "model": None, "train": None, "evaluate": None, "explain": None,
 }
 #: Figures per variant: (plots sub-folder, file, caption).
 FIGURES: tuple[tuple[str, str, str], ...] = (
