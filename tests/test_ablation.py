@@ -249,8 +249,8 @@ def test_the_validation_difference_is_taken_seed_by_seed_and_counts_the_seeds_th
     assert pd.isna(summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]", "val_delta_mean"])
     text = render_markdown(summary.reset_index(), command="x", date="2026-12-04")
     lever_line = next(line for line in text.splitlines() if line.startswith("| train.augment.gamma=0.3 |"))
-    assert f"{np.mean(deltas):+.3f} ({sum(d > 0 for d in deltas)} of 3 seeds > 0)" in lever_line
-    assert "+0.000 (reference)" in next(line for line in text.splitlines() if line.startswith("| baseline |"))
+    assert f"{np.mean(deltas):+.4f} ({sum(d > 0 for d in deltas)} of 3 seeds > 0)" in lever_line
+    assert "+0.0000 (reference)" in next(line for line in text.splitlines() if line.startswith("| baseline |"))
 
 
 def test_the_validation_pointing_game_comes_from_the_explain_validation_block_or_else_the_chosen_layer():

@@ -401,8 +401,9 @@ def _val_delta(r: Mapping[str, Any]) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)) or not n:
         return "n/a (no paired seed)"
     if r.get("reference"):
-        return f"{value:+.3f} (reference)"
-    return f"{value:+.3f} ({int(r['val_delta_positive'])} of {n} seeds > 0)"
+        return f"{value:+.4f} (reference)"
+    # four decimals: the rules' bars (+0.005, -0.010) sit at the third, where rounding would hide a miss
+    return f"{value:+.4f} ({int(r['val_delta_positive'])} of {n} seeds > 0)"
 
 
 def main(argv: list[str] | None = None) -> int:
