@@ -269,6 +269,14 @@ def test_model_card_states_model_details_intended_use_and_no_date(tree):
         assert fact in card
 
 
+def test_model_card_lists_clahe_as_preprocessing_applied_at_inference_not_as_training_only(tree):
+    card = render_model_card(_data(tree))
+    pre = next(line for line in card.splitlines() if line.startswith("- Preprocessing"))
+    aug = next(line for line in card.splitlines() if line.startswith("- Augmentation (training only)"))
+    assert "inference" in pre and "`clahe` false" in pre
+    assert "clahe" not in aug and "`hflip` 0.45" in aug
+
+
 def test_report_has_methods_results_calibration_operating_point_localisation_audit_and_citation(tree):
     report = render_report_markdown(_data(tree))
     for fact in ("## Methods", "| Macro AUC (one-vs-rest) | 0.912 (0.871–0.948) | 0.781 (0.740–0.817) | "

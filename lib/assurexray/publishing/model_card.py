@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from assurexray import DISCLAIMER, __version__
 from assurexray.core.rendering import Alert, Bullets, Heading, Para, Table, fmt, fmt_ci, fmt_level, fmt_param, fmt_pct
@@ -103,7 +103,7 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
              "the Malignant threshold)."),
         Bullets(tuple(f"{VARIANT_TITLES[v]}: {grouping_statement(d.splits[v])}" for v in VARIANTS)),
         partition_table(d, ("train", "val")),
-        Bullets((f"Augmentation (training only): {flat_params(d.params['train'].get('augment', {}))}.",)),
+        Bullets(_preprocessing_and_augmentation(d.params['train'].get('augment', {}))),
         Heading(2, "Quantitative analyses"),
         Para(f"Test-set point estimates with {fmt_level(ci_level(d))} bootstrap intervals in brackets."),
         headline_table(d),
@@ -202,3 +202,15 @@ def _code_licence() -> str:
     except importlib.metadata.PackageNotFoundError:
         logger.warning("assurexray is not installed: the code licence is shown as 'see pyproject.toml'")
         return "see pyproject.toml"
+
+
+#: Augment keys that change the image at evaluation and inference too (they travel in the checkpoint).
+_PREPROCESSING_KEYS = ("clahe", "intensity")
+
+
+def _preprocessing_and_augmentation(augment: Mapping[str, Any]) -> tuple[str, ...]:
+    """Two bullets: CLAHE and intensity standardisation also apply at inference, so they must not read as training-only."""
+    pre = {k: v for k, v in augment.items() if k in _PREPROCESSING_KEYS}
+    aug = {k: v for k, v in augment.items() if k not in _PREPROCESSING_KEYS}
+    return (f"Preprocessing (training, evaluation and inference alike): {flat_params(pre)}.",
+            f"Augmentation (training only): {flat_params(aug)}.")
