@@ -275,3 +275,60 @@ def test_the_validation_pointing_game_comes_from_the_explain_validation_block_or
     scores = {"blocks.5": 0.25, "bn2": 0.5}
     assert older({"target_layer": "blocks.5", "layer_search": scores}) == 0.25
     assert older({"target_layer": "bn2", "layer_search": {}}) is None
+
+
+def _lock(*, center_epochs: int, prepared: str, center_prepared: str, seed: int = 1) -> str:
+    """A dvc.lock where ``prepare`` last wrote ``prepared`` and ``train@center`` ran on ``center_prepared``."""
+    params = lambda epochs: {"params.yaml": {"base": {"seed": seed}, "train": {"epochs": epochs}}}  # noqa: E731
+    return yaml.safe_dump({"stages": {
+        "prepare": {"params": {"params.yaml": {"prepare": {"image_px": 160}}},
+                    "outs": [{"path": "data/prepared", "md5": prepared}]},
+        "train@center": {"params": params(center_epochs), "deps": [{"path": "data/prepared", "md5": center_prepared}],
+                         "outs": [{"path": "models/center/model.pt", "md5": "m1"}]},
+        "explain@center": {"params": {"params.yaml": {"base": {"seed": seed}}},
+                           "deps": [{"path": "models/center/model.pt", "md5": "m1"}]},
+        "train@stratified": {"params": params(12), "deps": [{"path": "data/prepared", "md5": prepared}]}}})
+
+
+def test_centre_metrics_inherited_from_the_parent_are_not_reported():
+    """A lever run on the stratified variant only carries its parent's centre outputs: those columns are n/a."""
+    exp = experiments_from_exp_show(_exp_show(GRID))[0]
+    exp = type(exp)(exp.name, exp.rev, {**exp.params, "train.epochs": 12})
+
+    def reader_with(lock):
+        return lambda rev, path: lock if path == "dvc.lock" else _reader(rev, path)
+
+    fresh = measure(exp, reader_with(_lock(center_epochs=12, prepared="a.dir", center_prepared="a.dir")))
+    assert fresh["center_pooled"] is not None and fresh["val_macro_auc"] is not None
+    assert fresh["pointing_game_center"] is not None and fresh["stratified"] == 0.9
+    # the centre model was trained for 5 epochs, the experiment says 12: its centre files are the parent's
+    old_schedule = measure(exp, reader_with(_lock(center_epochs=5, prepared="a.dir", center_prepared="a.dir")))
+    # prepare reran (e.g. another image size) and train@center did not: same params, stale input
+    old_images = measure(exp, reader_with(_lock(center_epochs=12, prepared="b.dir", center_prepared="a.dir")))
+    for row in (old_schedule, old_images):
+        assert row["center_pooled"] is None and row["center_2"] is None and row["val_macro_auc"] is None
+        assert row["_test_predictions"] is None and row["_all_predictions"] is None
+        assert row["pointing_game_center"] is None and row["val_pointing_game"] is None  # explain ran on that model
+        assert row["stratified"] == 0.9  # the stratified variant is this experiment's own
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+    rows = [measure(e, _reader) for e in experiments]
+    for i in (3, 4, 5):  # the lever's centre columns inherited: no centre pair, no ensemble, stratified kept
+        rows[i].update(center_pooled=None, center_2=None, center_3=None, val_macro_auc=None,
+                       _test_predictions=None, _all_predictions=None)
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=20).set_index("config")
+    lever = summary.loc["train.augment.gamma=0.3"]
+    assert pd.isna(lever["paired_diff_center_value"]) and pd.isna(lever["val_delta_mean"])
+    assert lever["paired_diff_stratified_n_pairs"] == 3
+    assert "train.augment.gamma=0.3 [ensemble of 3 seeds]" not in summary.index
+
+
+def test_only_takes_several_globs(tmp_path, monkeypatch):
+    saved = tmp_path / "exp_show.json"
+    saved.write_text(json.dumps(_exp_show({**GRID, "other-s1": ({"gamma": 0.7}, 1)})))
+    monkeypatch.setattr("assurexray.assessment.ablation.git_reader",
+                        lambda repo: lambda rev, path: None if "other" in rev else _reader(rev, path))
+    assert main(["--baseline", "base-s1", "--exp-show-json", str(saved), "--out", str(tmp_path / "out"),
+                 "--resamples", "20", "--only", "base-*", "gamma-*"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "ablation.csv")
+    assert set(table["config"]) == {"baseline", "baseline [ensemble of 3 seeds]", "train.augment.gamma=0.3",
+                                    "train.augment.gamma=0.3 [ensemble of 3 seeds]"}

@@ -100,12 +100,17 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     explain = _json(read(exp.rev, _REPO.explain_metrics("center").as_posix()))
     predictions = read(exp.rev, _REPO.predictions("center").as_posix())
     strat_predictions = read(exp.rev, _REPO.predictions("stratified").as_posix())
+    # An experiment that reran only one variant still carries its parent's outputs for the other: n/a then.
+    lock_text = read(exp.rev, "dvc.lock")
+    lock = None if lock_text is None else yaml.safe_load(lock_text)
+    fresh = lock is None or not _stale(lock, "train@stratified", exp.params)
+    if lock is not None and _stale(lock, "train@center", exp.params):
+        center_eval = predictions = None
+    if lock is not None and _stale(lock, "explain@center", exp.params):
+        explain = None
     row["center_pooled"] = _value(center_eval, "headline", "macro_auc")
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")
-    # An experiment that reran only the centre variant still carries its parent's stratified metrics: n/a then.
-    lock = read(exp.rev, "dvc.lock")
-    fresh = lock is None or not _stale(yaml.safe_load(lock), "train@stratified", exp.params)
     row["stratified"] = _value(strat_eval, "headline", "macro_auc") if fresh else None
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
@@ -195,8 +200,9 @@ def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
              "images, with how many seeds agree); the test columns are for reporting. A paired difference is a cluster bootstrap of "
              "macro AUC on the same test images (configuration minus baseline, per seed, averaged): the "
              "centre-2/3 test set, and the case-grouped stratified test set of each seed; differences under "
-             "about 0.03 are noise for a single run. The stratified column is n/a for an experiment that did not "
-             "retrain the stratified variant. A row marked *ensemble* averages the probabilities of that "
+             "about 0.03 are noise for a single run. The stratified columns are n/a for an experiment that did not "
+             "retrain the stratified variant, and the centre columns (validation, centres 2 and 3, pointing game) "
+             "for one that did not retrain the centre variant. A row marked *ensemble* averages the probabilities of that "
              "configuration's seeds (its paired difference is against the baseline's ensemble; pointing game and "
              "stratified columns are n/a there, the seeds' stratified test sets differ)."),
         Para(f"Made by `{command}` on {date}."),
@@ -259,13 +265,31 @@ def _config_label(exp: Experiment, reference: Experiment) -> str:
 
 
 def _stale(lock: Mapping[str, Any], stage: str, params: Mapping[str, Any]) -> bool:
-    """True when ``stage``'s params recorded in dvc.lock differ from the experiment's (its outputs are a parent's)."""
-    recorded = ((lock.get("stages") or {}).get(stage) or {}).get("params", {}).get("params.yaml")
-    if recorded is None:
+    """True when ``stage``'s outputs in dvc.lock are not this experiment's (they are a parent's).
+
+    That is: the stage is not in the lock, its recorded params differ from the experiment's, or an input it was
+    run on differs from what the stage producing that input last wrote (an upstream stage such as ``prepare`` was
+    rerun and this one was not), checked up the pipeline."""
+    stages = lock.get("stages") or {}
+    if ((stages.get(stage) or {}).get("params") or {}).get("params.yaml") is None:
         return True
-    flat = _flatten(recorded)
-    return any(json.dumps(value, sort_keys=True) != json.dumps(params.get(key), sort_keys=True)
-               for key, value in flat.items() if key in params)
+    producers = {out.get("path"): (name, out.get("md5")) for name, entry in stages.items()
+                 for out in (entry or {}).get("outs") or []}
+    seen: dict[str, bool] = {}
+
+    def stale(name: str) -> bool:
+        if name not in seen:
+            entry = stages.get(name) or {}
+            recorded = _flatten(((entry.get("params") or {}).get("params.yaml")) or {})
+            seen[name] = any(json.dumps(value, sort_keys=True) != json.dumps(params.get(key), sort_keys=True)
+                             for key, value in recorded.items() if key in params)
+            for dep in entry.get("deps") or []:
+                producer = producers.get(dep.get("path"))
+                if producer is not None and producer[0] != name and not seen[name]:
+                    seen[name] = dep.get("md5") != producer[1] or stale(producer[0])
+        return seen[name]
+
+    return stale(stage)
 
 
 def _ensemble(label: str, members: list[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -421,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="the DVC/git repository (default: here)")
     parser.add_argument("--exp-show-json", help="read this saved `dvc exp show --json` output instead of running it")
     parser.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
-    parser.add_argument("--only", default="*", help="experiment names to include, a glob (e.g. 'scr-*'); default all")
+    parser.add_argument("--only", nargs="+", default=["*"], metavar="GLOB",
+                        help="experiment names to include, one or more globs (e.g. 'base-*' 'clahe-*'); default all")
     args = parser.parse_args(argv)
     if args.exp_show_json:
         data = json.loads(Path(args.exp_show_json).read_text(encoding="utf-8"))
@@ -431,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             raise SystemExit(f"error: `dvc exp show --json` failed in {args.repo}: {done.stderr.strip()}")
         data = json.loads(done.stdout)
-    experiments = [e for e in experiments_from_exp_show(data) if fnmatch.fnmatchcase(e.name, args.only)]
+    experiments = [e for e in experiments_from_exp_show(data)
+                   if any(fnmatch.fnmatchcase(e.name, pattern) for pattern in args.only)]
     if not experiments:
-        raise SystemExit(f"error: no experiment matches --only {args.only!r}; see `dvc exp show`.")
+        raise SystemExit(f"error: no experiment matches --only {' '.join(args.only)!r}; see `dvc exp show`.")
     read = git_reader(args.repo)
     rows = [measure(e, read) for e in experiments]
     summary = summarise(rows, experiments, baseline=args.baseline, resamples=args.resamples)
