@@ -95,23 +95,23 @@ def git_reader(repo: str | Path) -> Callable[[str, str], str | None]:
 def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str, Any]:
     """The table's numbers for one experiment, read from its committed metrics and predictions."""
     row: dict[str, Any] = {"name": exp.name, "rev": exp.rev, "seed": exp.params.get("base.seed")}
-    center_eval = _json(read(exp.rev, _REPO.eval_metrics("center").as_posix()))
-    strat_eval = _json(read(exp.rev, _REPO.eval_metrics("stratified").as_posix()))
-    explain = _json(read(exp.rev, _REPO.explain_metrics("center").as_posix()))
-    predictions = read(exp.rev, _REPO.predictions("center").as_posix())
-    strat_predictions = read(exp.rev, _REPO.predictions("stratified").as_posix())
     # An experiment that reran only one variant still carries its parent's outputs for the other: n/a then.
     lock_text = read(exp.rev, "dvc.lock")
     lock = None if lock_text is None else yaml.safe_load(lock_text)
-    fresh = lock is None or not _stale(lock, "train@stratified", exp.params)
-    if lock is not None and _stale(lock, "train@center", exp.params):
-        center_eval = predictions = None
-    if lock is not None and _stale(lock, "explain@center", exp.params):
-        explain = None
+
+    def own(stage: str, path: Path) -> str | None:
+        """The file at ``path`` when ``stage`` ran in this experiment, else None (it is a parent's)."""
+        return read(exp.rev, path.as_posix()) if lock is None or not _stale(lock, stage, exp.params) else None
+
+    center_eval = _json(own("train@center", _REPO.eval_metrics("center")))
+    predictions = own("train@center", _REPO.predictions("center"))
+    explain = _json(own("explain@center", _REPO.explain_metrics("center")))
+    strat_eval = _json(own("train@stratified", _REPO.eval_metrics("stratified")))
+    strat_predictions = own("train@stratified", _REPO.predictions("stratified"))
     row["center_pooled"] = _value(center_eval, "headline", "macro_auc")
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")
-    row["stratified"] = _value(strat_eval, "headline", "macro_auc") if fresh else None
+    row["stratified"] = _value(strat_eval, "headline", "macro_auc")
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
     row["val_pointing_game"] = _val_pointing_game(explain)
@@ -119,8 +119,7 @@ def measure(exp: Experiment, read: Callable[[str, str], str | None]) -> dict[str
     row["val_macro_auc"] = _macro_auc(frame[frame["partition"] == "val"]) if frame is not None else None
     row["_test_predictions"] = frame[frame["partition"] == "test"] if frame is not None else None
     row["_all_predictions"] = frame
-    strat = None if strat_predictions is None or not fresh else pd.read_csv(io.StringIO(strat_predictions),
-                                                                            dtype={"group": str})
+    strat = None if strat_predictions is None else pd.read_csv(io.StringIO(strat_predictions), dtype={"group": str})
     row["_strat_test_predictions"] = strat[strat["partition"] == "test"] if strat is not None else None
     return row
 
