@@ -87,7 +87,7 @@ def try_page(layout: webapp.Layout) -> None:
 
 def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, variant: str) -> None:
     """Training data, the Malignant decision and the top class (each labelled for what it is), probabilities
-    (chart and table), original beside Grad-CAM at the same size."""
+    (chart and table), original beside Grad-CAM at the same size, and a lesion-head model's lesion map."""
     training = webapp.training_text(prediction)
     if prediction.trained_on == "unknown" or (prediction.training_data or {}).get("synthetic"):
         st.warning(f"{training} Its outputs say nothing about real patients.", icon="⚠️")
@@ -97,13 +97,17 @@ def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, 
     st.subheader(decision)
     st.subheader(webapp.top_class_text(prediction))
     threshold = webapp.threshold_text(prediction, layout=layout, variant=variant)
-    if threshold:
-        st.caption(threshold)
+    if threshold:  # an unreliable threshold's caveat leads the text: shown as a warning, not small print
+        (st.warning if prediction.op.caveat else st.caption)(threshold)
     left, right = st.columns(2)
     left.image(webapp.original_panel(prediction), caption=f"{prediction.name} (decoded, grayscale)",
                width="stretch")
     right.image(prediction.overlay, caption="Grad-CAM of the most probable class (colour bar: relative, "
                 "min-max scaled per image)", width="stretch")
+    lesion = webapp.lesion_panel(prediction)  # the map and its caption come together, or not at all
+    if lesion is not None:
+        image, caption = lesion
+        st.columns(2)[0].image(image, caption=caption, width="stretch")
     probs = pd.DataFrame({"class": list(prediction.probs), "probability": list(prediction.probs.values())})
     chart, table = st.columns(2)
     with chart:
@@ -143,6 +147,8 @@ def results_page(layout: webapp.Layout) -> None:
         st.caption(str(results.compare["gap_method"]))
     st.subheader("Malignant operating point (threshold chosen on each variant's validation partition)")
     _table(webapp.operating_point_rows(results), index="quantity")
+    for caveat in webapp.threshold_caveats(results):
+        st.warning(caveat, icon="⚠️")
     st.subheader("Calibration")
     _table(webapp.calibration_rows(results), index="quantity")
     for title, paths in webapp.figure_pairs(results):

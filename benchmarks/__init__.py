@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["Figure", "best_of", "format_table", "synthetic_originals"]
+__all__ = ["Figure", "best_of", "format_table", "synthetic_originals", "run_training"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,24 @@ def synthetic_originals(folder: Path, n: int, *, width: int = 640, height: int =
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+#: The train settings every benchmark starts from (plain, deterministic, no augmentation); each overrides a few.
+_TRAIN_DEFAULTS = dict(epochs=1, batch_size=32, lr=1e-3, weight_decay=1e-4, warmup_epochs=0, grad_clip=1.0,
+                       class_weights="none", monitor="loss", patience=None, device="cpu", amp=False,
+                       channels_last=True, num_workers=0, augment=None, seg_weight=0.0, ema_decay=0.0)
+
+
+def run_training(images: np.ndarray, train_index, val_index, *, backbone: str, masks: np.ndarray | None = None,
+                 lesion_head: bool = False, dropout: float = 0.0, seed: int = 0, **train):
+    """``train_model`` on in-memory arrays with :data:`_TRAIN_DEFAULTS` overridden by ``train`` (params names)."""
+    from assurexray.core.params import BaseConfig
+    from assurexray.learning.model import ModelConfig
+    from assurexray.learning.train_config import TrainConfig
+    from assurexray.learning.training import TrainingData, train_model
+
+    classes = ("Normal", "Benign", "Malignant")
+    return train_model(
+        TrainingData(images, masks, train_index, val_index, list(classes)),
+        model_config=ModelConfig(backbone=backbone, pretrained="none", dropout=dropout, lesion_head=lesion_head),
+        train=TrainConfig(**{**_TRAIN_DEFAULTS, **train}), base=BaseConfig(seed=seed, class_names=classes))

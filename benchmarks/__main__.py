@@ -24,7 +24,7 @@ from benchmarks import Figure, format_table, readme
 
 #: Benchmark modules in run order (benchmarks/<name>.py, each with figures(quick, *, tiny)).
 MODULES = (
-    "training_overhead", "prepare_draft", "infer_overlap", "gradcam_cost", "bootstrap_speed", "grouping_scale",
+    "training_overhead", "lesion_cost", "prepare_draft", "infer_overlap", "gradcam_cost", "bootstrap_speed", "grouping_scale",
     "cache_read_speed", "dvc_noop", "peak_memory", "ddp_throughput",
 )
 

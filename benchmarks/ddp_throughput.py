@@ -68,19 +68,15 @@ def _worker(out: Path, steps: int) -> int:
 
     from assurexray.learning import distributed
     from assurexray.core.atomic import write_json
-    from assurexray.learning.training import train_model
+    from benchmarks import run_training
 
     n_train, n_val = steps * BATCH, 12
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_train + n_val, SIZE, SIZE), dtype=np.uint8)  # (N, S, S)
     labels = np.arange(n_train + n_val) % 3
     index = pd.DataFrame({"row": np.arange(n_train + n_val), "label_idx": labels})
-    result = train_model(
-        images=images, train_index=index.iloc[:n_train], val_index=index.iloc[n_train:], class_names=CLASSES,
-        backbone=BACKBONE, pretrained="none", dropout=0.0, epochs=2, batch_size=BATCH, lr=1e-3, weight_decay=1e-4,
-        warmup_epochs=0, grad_clip=1.0, class_weights="none", monitor="loss", patience=None, device="cpu",
-        amp=False, channels_last=True, num_workers=0, augment=None, seed=0, live_dir=None,
-    )
+    result = run_training(images, index.iloc[:n_train], index.iloc[n_train:], backbone=BACKBONE, epochs=2,
+                          batch_size=BATCH)
     if distributed.context_from_env().is_main:
         write_json(out, {"images_per_second": result.images_per_second})
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from assurexray.serving.infer import run_inference
-from assurexray.learning.model import FORMAT_VERSION, create_model, save_checkpoint
+from assurexray.learning.model import checkpoint_format, create_model, save_checkpoint
 from benchmarks import Figure, synthetic_originals
 
 MINI = Path(os.environ.get("BTXRD_MINI", Path(__file__).resolve().parents[1].parent / "shared" / "btxrd-mini"))
@@ -34,7 +34,7 @@ def _checkpoint(path: Path, backbone: str, size: int) -> Path:
         "backbone": backbone, "num_classes": 3, "class_names": ["Normal", "Benign", "Malignant"], "dropout": 0.0,
         "input_size": size, "in_chans": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "clahe": False, "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "loss", "best_score": 0.0,
-        "seed": 0, "format_version": FORMAT_VERSION,
+        "seed": 0, "format_version": checkpoint_format(lesion_head=False),  # a plain classifier: format 1
     }
     return save_checkpoint(path, net, meta)
 

@@ -44,22 +44,20 @@ pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
 _PREPARE = """
 import sys
 from assurexray.data.btxrd import load_release
-from assurexray.data.cache import build_cache
-build_cache(load_release(sys.argv[1]), sys.argv[2], size=64, near_duplicate_distance=4, workers=1)
+from assurexray.data.cache import PrepareConfig, build_cache
+build_cache(load_release(sys.argv[1]), sys.argv[2],
+            PrepareConfig(image_px=64, near_duplicate_distance=4, workers=1))
 """
 
 _TRAIN = """
 import sys
 from assurexray.data.cache import load_cache
-from assurexray.learning.training import train_model
+from benchmarks import run_training
 cache = load_cache(sys.argv[1])
 index = cache.index
 train, val = index.iloc[: int(0.85 * len(index))], index.iloc[int(0.85 * len(index)):]
-train_model(images=cache.images, masks=cache.masks, train_index=train, val_index=val,
-            class_names=["Normal", "Benign", "Malignant"], backbone="test_efficientnet", pretrained="none",
-            dropout=0.0, epochs=1, batch_size=64, lr=1e-3, weight_decay=0.0, warmup_epochs=0, grad_clip=None,
-            class_weights="none", monitor="loss", patience=None, device="cpu", amp=False, channels_last=False,
-            num_workers=0, augment=None, seed=0, live_dir=None)
+run_training(cache.images, train, val, masks=cache.masks, backbone="test_efficientnet", batch_size=64,
+             weight_decay=0.0, grad_clip=None, channels_last=False)
 """
 
 
@@ -76,7 +74,8 @@ def _max_rss_mb(code: str, *args: str) -> float:
               "if status.exists() else []\n"
               "print('MAXRSS', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + report, *args], check=True,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800,
+                          cwd=Path(__file__).resolve().parents[1])  # the repository root: `benchmarks` imports
     line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("MAXRSS "))
     return int(line.split()[1]) / 1024  # ru_maxrss is KiB on Linux
 

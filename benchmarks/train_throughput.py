@@ -14,7 +14,9 @@ input pipeline costs nothing; far below 1 means the GPU waits for data (raise --
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,10 @@ import torch
 
 from assurexray.learning import distributed
 from assurexray.learning.model import create_model, resolve_device
-from assurexray.learning.training import _amp_dtype, train_model
+from assurexray.learning.training import _amp_dtype
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root holds benchmarks
+from benchmarks import run_training  # noqa: E402
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 
@@ -47,14 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     images = rng.integers(0, 255, (n, args.size, args.size), dtype=np.uint8)
     labels = np.arange(n) % 3
     index = pd.DataFrame({"row": np.arange(n), "label_idx": labels})
-    result = train_model(
-        images=images, train_index=index.iloc[:args.images], val_index=index.iloc[args.images:],
-        class_names=CLASSES, backbone=args.backbone, pretrained="none", dropout=0.0, epochs=args.epochs,
-        batch_size=args.batch_size, lr=1e-3, weight_decay=1e-4, warmup_epochs=0, grad_clip=1.0,
-        class_weights="none", monitor="loss", patience=None, device=args.device, amp=args.amp,
-        channels_last=channels_last, num_workers=args.workers,
+    result = run_training(
+        images, index.iloc[:args.images], index.iloc[args.images:], backbone=args.backbone, epochs=args.epochs,
+        batch_size=args.batch_size, device=args.device, amp=args.amp, channels_last=channels_last,
+        num_workers=args.workers,
         augment={"hflip": 0.5, "rotate_deg": 7, "scale": 0.1, "translate": 0.05, "brightness_contrast": 0.2},
-        seed=0, live_dir=None,
     )
     loop = result.images_per_second  # all processes together
 

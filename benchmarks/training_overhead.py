@@ -20,16 +20,13 @@ import pandas as pd
 import torch
 
 from assurexray.learning.model import create_model
-from assurexray.learning.training import train_model
-from benchmarks import Figure
+from benchmarks import Figure, run_training
 
 BACKBONE, SIZE, BATCH = "tf_efficientnet_lite0", 128, 32
 TINY = ("test_efficientnet", 32, 4)  # tiny=True: backbone, px, batch (plumbing only)
 CLASSES = ["Normal", "Benign", "Malignant"]
 PARAMS = dict(
-    pretrained="none", dropout=0.2, epochs=1, lr=1e-3, weight_decay=1e-4,
-    warmup_epochs=0, grad_clip=1.0, class_weights="inverse_frequency", monitor="loss", patience=None, device="cpu",
-    amp=False, channels_last=True, num_workers=0,
+    dropout=0.2, class_weights="inverse_frequency",
     augment={"hflip": 0.5, "rotate_deg": 7, "scale": 0.1, "translate": 0.05, "brightness_contrast": 0.1},
 )
 
@@ -64,9 +61,8 @@ def _end_to_end_images_per_second(steps: int, backbone: str, size: int, batch: i
     labels = np.arange(n_train + n_val) % 3
     index = pd.DataFrame({"row": np.arange(n_train + n_val), "label_idx": labels,
                           "label": [CLASSES[k] for k in labels]})
-    result = train_model(images=images, train_index=index.iloc[:n_train], val_index=index.iloc[n_train:],
-                         class_names=CLASSES, seed=0, live_dir=None, backbone=backbone, batch_size=batch,
-                         **PARAMS)
+    result = run_training(images, index.iloc[:n_train], index.iloc[n_train:], backbone=backbone, batch_size=batch,
+                          **PARAMS)
     return result.images_per_second
 
 

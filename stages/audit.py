@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config(args.params, "audit", AuditConfig)
-    result = audit_dataset(args.raw, args.prepared, montage_groups=config.montage_groups)
+    result = audit_dataset(args.raw, args.prepared, config)
     write_audit(result, report_path=args.report, figures_dir=args.figures, metrics_path=args.metrics,
                 datasheet_path=args.datasheet)
     duplicates = result.metrics["duplicates"]

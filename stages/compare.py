@@ -6,7 +6,7 @@ import argparse
 
 from assurexray.core.atomic import write_json, write_text
 from assurexray.core.cli_errors import run_stage
-from assurexray.assessment.compare import compare_variants, load_variant, render_report
+from assurexray.assessment.compare import compare_variants, load_test_predictions, load_variant, render_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     stratified, stratified_explain = load_variant(args.stratified)
     center, center_explain = load_variant(args.center)
     comparison = compare_variants(
-        stratified, center, stratified_explain=stratified_explain, center_explain=center_explain
+        stratified, center, stratified_explain=stratified_explain, center_explain=center_explain,
+        stratified_predictions=load_test_predictions(args.stratified),
+        center_predictions=load_test_predictions(args.center),
     )
     write_json(args.out, comparison)
     write_text(args.report, render_report(comparison))

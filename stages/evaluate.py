@@ -22,20 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config(args.params, "evaluate", EvaluateConfig)
-    evaluation = evaluate_checkpoint(
-        prepared=args.prepared,
-        split_dir=args.split,
-        model_path=args.model,
-        resamples=config.bootstrap_resamples,
-        cluster=config.bootstrap_cluster,
-        ci_level=config.ci_level,
-        bins=config.calibration_bins,
-        target_sensitivity=config.malignant_target_sensitivity,
-        seed=config.bootstrap_seed,
-        batch_size=config.batch_size,
-        tta_flip=config.tta_flip,
-        device=train_device(args.params),
-    )
+    evaluation = evaluate_checkpoint(config, prepared=args.prepared, split_dir=args.split, model_path=args.model,
+                                     device=train_device(args.params))
     write_evaluation(evaluation, out_dir=args.out, figures_dir=args.figures, variant=args.variant)
     return 0
 

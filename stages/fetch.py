@@ -17,13 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load_config(args.params, "base", BaseConfig)
     data = load_config(args.params, "data", DataConfig)
-    fetch_data(
-        args.out,
-        source=data.source,
-        sample=dict(data.sample or {}),
-        btxrd=dict(data.btxrd or {}),
-        seed=base.seed,
-    )
+    fetch_data(args.out, data, seed=base.seed)
     return 0
 
 

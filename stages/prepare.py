@@ -21,14 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     class_names = list(load_config(args.params, "base", BaseConfig).class_names)
 
     release = load_release(args.raw, class_names=class_names)
-    out = build_cache(
-        release,
-        args.out,
-        size=config.image_px,
-        class_names=class_names,
-        near_duplicate_distance=config.near_duplicate_distance,
-        workers=config.workers,
-    )
+    out = build_cache(release, args.out, config, class_names=class_names)
     print(f"prepare: {len(release.table)} images -> {out}")
     return 0
 

@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.params, "base", BaseConfig)
     config = load_config(args.params, f"split.{args.variant}", SplitConfig)
     class_names = list(base.class_names)
-    parts, notes = split_partitions(
-        read_index(args.index), strategy=config.strategy, seed=base.seed, class_names=class_names,
-        **config.options(),
-    )
+    parts, notes = split_partitions(read_index(args.index), config, seed=base.seed, class_names=class_names)
     write_splits(parts, args.out)
     summary = split_summary(parts, class_names)
     record = {"variant": args.variant, "strategy": config.strategy, "seed": base.seed, **summary}

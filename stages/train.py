@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from assurexray.learning import resume
@@ -32,27 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     model_config = load_config(args.params, "model", ModelConfig)
     train_config = load_config(args.params, "train", TrainConfig)
     source = load_params(args.params, "data")["source"]  # provenance only; the fetch stage checks the section
-    loop = dataclasses.asdict(train_config)  # plain keyword arguments; augment becomes a plain dict
-    del loop["launcher"]  # read by dvc.yaml's cmd (python | torchrun ...), not by the training loop
 
-    data = load_training_data(args.prepared, args.split)
-    if list(data.class_names) != list(base.class_names):
-        raise ValueError(
-            f"{args.prepared}/meta.json class_names {data.class_names!r} differ from params base.class_names "
-            f"{list(base.class_names)!r}; rerun the prepare stage (dvc repro prepare)."
-        )
     result = train_model(
-        images=data.images,
-        masks=data.masks,
-        train_index=data.train_index,
-        val_index=data.val_index,
-        class_names=list(base.class_names),
-        seed=base.seed,
-        live_dir=args.live,
-        resume_dir=args.resume,
+        load_training_data(args.prepared, args.split), model_config=model_config, train=train_config, base=base,
+        live_dir=args.live, resume_dir=args.resume,
         data_info=training_data_info(args.prepared, args.split, source=source),
-        **dataclasses.asdict(model_config),
-        **loop,
     )
     if not is_main_process():
         return 0  # under torchrun only rank 0 writes

@@ -14,12 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_training import CLASSES, _cache  # noqa: E402  (the tiny fake cache of the training tests)
 
 from assurexray.learning import distributed, training  # noqa: E402
+from training_options import train  # noqa: E402
 
 
 class _RecordingSampler:
@@ -46,6 +48,7 @@ def main() -> int:
     parser.add_argument("--options", required=True, help="JSON: train_model keyword arguments")
     parser.add_argument("--n-train", type=int, default=16)
     parser.add_argument("--split-vote", action="store_true")
+    parser.add_argument("--masks", action="store_true", help="lesion masks on the tumour images' bright square")
     args = parser.parse_args()
     rank = distributed.context_from_env().rank
 
@@ -53,14 +56,18 @@ def main() -> int:
     make_sampler = training.train_sampler
     training.train_sampler = lambda *a, **k: _RecordingSampler(make_sampler(*a, **k), shards)
     if args.split_vote:
-        def scores(logits, labels, weight, num_classes, *, epoch):
+        def scores(shard, weight, num_classes, *, epoch, lesion):
             value = float(epoch) if rank == 0 else 1.0 / epoch  # rank 0: loss worsens; others: improves
             return {"loss": value, "macro_auc": 0.5, "balanced_accuracy": 0.5, "accuracy": 0.5}
-        training._val_scores = scores
+        training.val_scores = scores
 
     images, index = _cache(args.n_train + 8)
-    result = training.train_model(
-        images=images, train_index=index.iloc[:args.n_train], val_index=index.iloc[args.n_train:],
+    masks = None
+    if args.masks:
+        masks = np.zeros_like(images)
+        masks[index["row"][index["label_idx"] > 0], 8:24, 8:24] = 1
+    result = train(
+        images=images, masks=masks, train_index=index.iloc[:args.n_train], val_index=index.iloc[args.n_train:],
         class_names=CLASSES, live_dir=None, **json.loads(args.options),
     )
     out = Path(args.out)

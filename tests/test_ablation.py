@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,17 +13,12 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from assurexray.assessment.ablation import (
-    COLUMNS,
-    experiments_from_exp_show,
-    main,
-    measure,
-    plot,
-    render_markdown,
-    summarise,
-)
+from assurexray.assessment.ablation import COLUMNS, experiments_from_exp_show, main, measure, summarise
+from assurexray.assessment.ablation_report import INTERVALS, plot, render_markdown
 
-CLASSES = ["Normal", "Benign", "Malignant"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["Normal", "Benign", "Malignant"]  # the fake experiments' base.class_names
+PROBS = [f"prob_{name}" for name in CLASSES]
 
 
 def _predictions(seed: int, skill: float, first_test_row: int = 0) -> str:
@@ -34,9 +30,9 @@ def _predictions(seed: int, skill: float, first_test_row: int = 0) -> str:
         for i, y in enumerate(labels):
             logits = rng.normal(size=3) + skill * np.eye(3)[y]
             p = np.exp(logits) / np.exp(logits).sum()
-            rows.append({"row": first_test_row + i if partition == "test" else 100 + i, "image_id": f"IMG{i}", "partition": partition,
-                         "label": CLASSES[y], "label_idx": y, "prob_Normal": p[0], "prob_Benign": p[1],
-                         "prob_Malignant": p[2], "group": f"g{i // 2}", "center": 2 + i % 2})
+            rows.append({"row": first_test_row + i if partition == "test" else 100 + i, "image_id": f"IMG{i}",
+                         "partition": partition, "label": CLASSES[y], "label_idx": y, **dict(zip(PROBS, p)),
+                         "group": f"g{i // 2}", "center": 2 + i % 2})
     return pd.DataFrame(rows).to_csv(index=False)
 
 
@@ -56,13 +52,21 @@ def _files(seed: int, skill: float) -> dict[str, str]:
             "metrics/stratified/eval/predictions.csv": _predictions(seed + 10, skill, first_test_row=1000 * seed)}
 
 
+def _params(seed: int, **sections: dict) -> dict:
+    """An experiment's params.yaml (nested), as `dvc exp show` lists it."""
+    return {"base": {"seed": seed, "class_names": CLASSES}, **sections}
+
+
 def _exp_show(grid: dict[str, tuple[dict, int]]) -> list[dict]:
     """A `dvc exp show --json` document: a baseline commit with the experiments of ``grid`` under it."""
+    return _exp_show_of({name: _params(seed, train={"augment": augment}) for name, (augment, seed) in grid.items()})
+
+
+def _exp_show_of(params_by_name: dict[str, dict]) -> list[dict]:
     def node(name, rev, params):
         return {"rev": rev, "name": name, "data": {"rev": rev, "name": name, "status": "Success",
                                                    "params": {"params.yaml": {"data": params}}}}
-    exps = [{"revs": [node(name, f"rev-{name}", {"base": {"seed": seed}, "train": {"augment": augment}})]}
-            for name, (augment, seed) in grid.items()]
+    exps = [{"revs": [node(name, f"rev-{name}", params)]} for name, params in params_by_name.items()]
     return [{"rev": "workspace", "data": {}}, {"rev": "head", "data": {}, "experiments": exps}]
 
 
@@ -97,6 +101,7 @@ def test_the_report_quotes_the_summary_and_the_command(tmp_path):
     summary = summarise([measure(e, _reader) for e in experiments], experiments, baseline="base-s1", resamples=50)
     text = render_markdown(summary, command="python -m assurexray.assessment.ablation --baseline base-s1", date="2026-12-01")
     assert "NOT FOR CLINICAL USE" in text and "--baseline base-s1" in text
+    assert INTERVALS in text and "intervals cover test-set sampling, not seed variance" in text
     numbers = {f"{v:.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
     numbers |= {f"{v:+.3f}" for v in summary.select_dtypes("number").to_numpy().ravel() if not np.isnan(v)}
     table = text.split("| Configuration")[1]
@@ -133,7 +138,7 @@ def test_a_seed_ensemble_scores_the_averaged_probabilities_and_is_paired_with_th
     summary = summarise(rows, experiments, baseline="base-s1", resamples=200).set_index("config")
     frames = [pd.read_csv(io.StringIO(_files(seed, SKILL["gamma"])["metrics/center/eval/predictions.csv"]))
               for seed in (1, 2, 3)]
-    probs = np.mean([f[["prob_Normal", "prob_Benign", "prob_Malignant"]].to_numpy() for f in frames], axis=0)
+    probs = np.mean([f[PROBS].to_numpy() for f in frames], axis=0)
     labels = frames[0]["label_idx"].to_numpy()
     test, center3 = (frames[0]["partition"] == "test").to_numpy(), (frames[0]["center"] == 3).to_numpy()
     ensemble = summary.loc["train.augment.gamma=0.3 [ensemble of 3 seeds]"]
@@ -166,23 +171,17 @@ def test_only_selects_experiments_by_name(tmp_path, monkeypatch):
 
 def test_stratified_metrics_inherited_from_the_parent_commit_are_not_reported():
     experiments = experiments_from_exp_show(_exp_show(GRID))
-
-    def reader(rev, path):
-        if path == "dvc.lock":  # the stratified branch was trained with seed 42, not this experiment's seed
-            return yaml.safe_dump({"stages": {"train@stratified": {"params": {"params.yaml": {"base": {"seed": 42}}}}}})
-        return _reader(rev, path)
-
-    assert measure(experiments[0], reader)["stratified"] is None
-    assert measure(experiments[0], reader)["_strat_test_predictions"] is None  # nor a paired difference
+    params = _params(1, train={"augment": {"gamma": 0.0}})
+    parent = _params(42, train={"augment": {"gamma": 0.0}})  # the stratified branch was trained with seed 42
+    inherited = _lock(params, parent=parent, reran=_stages("center"))
+    assert measure(experiments[0], _with_lock(inherited))["stratified"] is None
+    assert measure(experiments[0], _with_lock(inherited))["_strat_test_predictions"] is None  # nor a paired difference
     assert measure(experiments[0], _reader)["stratified"] == 0.9  # no lock to contradict it
-
-    def fresh(rev, path):
-        seed = int(rev[-1])
-        if path == "dvc.lock":
-            return yaml.safe_dump({"stages": {"train@stratified": {"params": {"params.yaml": {"base": {"seed": seed}}}}}})
-        return _reader(rev, path)
-
-    assert measure(experiments[0], fresh)["stratified"] == 0.9
+    assert measure(experiments[0], _with_lock(_lock(params)))["stratified"] == 0.9
+    # a lock trimmed to the centre branch (README: a centre-only grid): no stage wrote the stratified files
+    trimmed = yaml.safe_load(_lock(params))
+    trimmed["stages"] = {k: v for k, v in trimmed["stages"].items() if not k.endswith("@stratified")}
+    assert measure(experiments[0], _with_lock(yaml.safe_dump(trimmed)))["stratified"] is None
 
 
 def test_queued_running_and_workspace_experiments_are_not_measured():
@@ -231,6 +230,47 @@ def test_the_stratified_split_gets_its_own_paired_difference_seed_by_seed():
         summarise(rows, experiments, baseline="base-s1", resamples=20)
 
 
+
+def _near_identical_runs(copies: int, *, per_image_groups: bool = False):
+    """A baseline and a lever whose test logits differ by tiny noise, on 45 cases of ``copies`` identical views
+    each (groups = cases, or one group per image); val rows are omitted. Returns (rows, experiments)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(45) % 3
+    base = rng.normal(size=(45, 3)) + np.eye(3)[labels]
+    near = base + 0.03 * rng.normal(size=base.shape)  # the same model up to noise
+
+    def csv(logits: np.ndarray) -> str:
+        p = np.repeat(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), copies, axis=0)
+        y = np.repeat(labels, copies)
+        groups = [f"img{i:04d}" for i in range(y.size)] if per_image_groups else \
+            [f"case{c:03d}" for c in np.repeat(np.arange(45), copies)]
+        return pd.DataFrame({"row": np.arange(y.size), "image_id": [f"IMG{i}" for i in range(y.size)],
+                             "partition": "test", "label": np.asarray(CLASSES)[y], "label_idx": y,
+                             **{f"prob_{c}": p[:, k] for k, c in enumerate(CLASSES)}, "group": groups,
+                             "center": 2}).to_csv(index=False)
+
+    files = {"rev-base-s1": csv(base), "rev-near-s1": csv(near)}
+    experiments = experiments_from_exp_show(_exp_show({"base-s1": ({"gamma": 0.0}, 1), "near-s1": ({"gamma": 0.3}, 1)}))
+    reader = lambda rev, path: files[rev] if path == "metrics/center/eval/predictions.csv" else None  # noqa: E731
+    return [measure(e, reader) for e in experiments], experiments
+
+
+def test_a_near_identical_lever_gets_a_narrow_paired_cluster_interval_around_zero():
+    """Paired: both arms are scored on the same resampled cases, so the noise between them is all that varies (an
+    unpaired resample would be ~10x wider). Clustered: four copies of each case add no evidence, so the interval
+    equals that of the cases alone (an image-level resample would be about half as wide)."""
+    def paired(copies: int, **kwargs) -> tuple[float, float, float]:
+        summary = summarise(*_near_identical_runs(copies, **kwargs), baseline="base-s1", resamples=400)
+        lever = summary.set_index("config").loc["train.augment.gamma=0.3"]
+        return tuple(float(lever[f"paired_diff_center_{k}"]) for k in ("value", "ci_low", "ci_high"))
+
+    value, low, high = paired(copies=4)
+    assert (value, low, high) == pytest.approx(paired(copies=1))  # clustered
+    _, image_low, image_high = paired(copies=4, per_image_groups=True)
+    assert high - low > 1.5 * (image_high - image_low)
+    assert low < 0.0 < high and abs(value) < 0.01  # paired
+    assert high - low < 0.05  # the arms' own macro AUC intervals are ~0.2 wide
+
 def test_the_validation_difference_is_taken_seed_by_seed_and_counts_the_seeds_that_agree():
     experiments = experiments_from_exp_show(_exp_show(GRID))
     rows = [measure(e, _reader) for e in experiments]
@@ -277,34 +317,58 @@ def test_the_validation_pointing_game_comes_from_the_explain_validation_block_or
     assert older({"target_layer": "bn2", "layer_search": {}}) is None
 
 
-def _lock(*, center_epochs: int, prepared: str, center_prepared: str, seed: int = 1) -> str:
-    """A dvc.lock where ``prepare`` last wrote ``prepared`` and ``train@center`` ran on ``center_prepared``."""
-    params = lambda epochs: {"params.yaml": {"base": {"seed": seed}, "train": {"epochs": epochs}}}  # noqa: E731
-    return yaml.safe_dump({"stages": {
-        "prepare": {"params": {"params.yaml": {"prepare": {"image_px": 160}}},
-                    "outs": [{"path": "data/prepared", "md5": prepared}]},
-        "train@center": {"params": params(center_epochs), "deps": [{"path": "data/prepared", "md5": center_prepared}],
-                         "outs": [{"path": "models/center/model.pt", "md5": "m1"}]},
-        "explain@center": {"params": {"params.yaml": {"base": {"seed": seed}}},
-                           "deps": [{"path": "models/center/model.pt", "md5": "m1"}]},
-        "train@stratified": {"params": params(12), "deps": [{"path": "data/prepared", "md5": prepared}]}}})
+#: The stages of dvc.yaml the ablation reads from: stage -> (params sections it records, inputs, outputs).
+PIPELINE = {"prepare": (("prepare",), (), ("data/prepared",))}
+for _v in ("stratified", "center"):
+    PIPELINE |= {
+        f"train@{_v}": (("base", "train"), ("data/prepared",), (f"models/{_v}/model.pt",)),
+        f"evaluate@{_v}": (("evaluate",), ("data/prepared", f"models/{_v}/model.pt"),
+                           (f"metrics/{_v}/eval/metrics.json", f"metrics/{_v}/eval/predictions.csv")),
+        f"explain@{_v}": (("base", "explain"), (f"models/{_v}/model.pt", f"metrics/{_v}/eval/predictions.csv"),
+                          (f"metrics/{_v}/explain/metrics.json",)),
+    }
+
+
+def _stages(*variants: str) -> set[str]:
+    return {s for s in PIPELINE if s.split("@")[-1] in variants}
+
+
+def _lock(params: dict, *, parent: dict | None = None, reran: set[str] | None = None, run: str = "exp") -> str:
+    """The dvc.lock `dvc exp run` leaves: the stages in ``reran`` (default all) ran with ``params``; the others
+    are the parent's, run with ``parent``'s params on the parent's inputs. Output hashes name the run that wrote
+    them (``run``, or "parent"), so an input a stage ran on matches its producer only when both ran together."""
+    reran = set(PIPELINE) if reran is None else reran
+    writer = {out: stage for stage, (_, _, outs) in PIPELINE.items() for out in outs}
+    tag = lambda stage: run if stage in reran else "parent"  # noqa: E731 (the run that last wrote its outputs)
+    stages = {}
+    for stage, (sections, deps, outs) in PIPELINE.items():
+        ran_with = params if stage in reran else parent
+        stages[stage] = {
+            "params": {"params.yaml": {k: ran_with.get(k, {}) for k in sections}},
+            "deps": [{"path": d, "md5": f"{d}@{tag(writer[d]) if stage in reran else 'parent'}"} for d in deps],
+            "outs": [{"path": o, "md5": f"{o}@{tag(stage)}"} for o in outs]}
+    return yaml.safe_dump({"stages": stages})
+
+
+def _with_lock(lock: str, reader=None):
+    return lambda rev, path: lock if path == "dvc.lock" else (reader or _reader)(rev, path)
 
 
 def test_centre_metrics_inherited_from_the_parent_are_not_reported():
     """A lever run on the stratified variant only carries its parent's centre outputs: those columns are n/a."""
     exp = experiments_from_exp_show(_exp_show(GRID))[0]
-    exp = type(exp)(exp.name, exp.rev, {**exp.params, "train.epochs": 12})
+    exp = type(exp)(exp.name, exp.rev, {**exp.params, "train.epochs": 12, "prepare.image_px": 160})
+    params = _params(1, train={"augment": {"gamma": 0.0}, "epochs": 12}, prepare={"image_px": 160})
 
-    def reader_with(lock):
-        return lambda rev, path: lock if path == "dvc.lock" else _reader(rev, path)
-
-    fresh = measure(exp, reader_with(_lock(center_epochs=12, prepared="a.dir", center_prepared="a.dir")))
+    fresh = measure(exp, _with_lock(_lock(params)))
     assert fresh["center_pooled"] is not None and fresh["val_macro_auc"] is not None
     assert fresh["pointing_game_center"] is not None and fresh["stratified"] == 0.9
     # the centre model was trained for 5 epochs, the experiment says 12: its centre files are the parent's
-    old_schedule = measure(exp, reader_with(_lock(center_epochs=5, prepared="a.dir", center_prepared="a.dir")))
-    # prepare reran (e.g. another image size) and train@center did not: same params, stale input
-    old_images = measure(exp, reader_with(_lock(center_epochs=12, prepared="b.dir", center_prepared="a.dir")))
+    five = _params(1, train={"augment": {"gamma": 0.0}, "epochs": 5}, prepare={"image_px": 160})
+    old_schedule = measure(exp, _with_lock(_lock(params, parent=five, reran=_stages("stratified"))))
+    # prepare reran (another image size) and the centre stages did not: same params, stale input
+    small = _params(1, train={"augment": {"gamma": 0.0}, "epochs": 12}, prepare={"image_px": 128})
+    old_images = measure(exp, _with_lock(_lock(params, parent=small, reran={"prepare", *_stages("stratified")})))
     for row in (old_schedule, old_images):
         assert row["center_pooled"] is None and row["center_2"] is None and row["val_macro_auc"] is None
         assert row["_test_predictions"] is None and row["_all_predictions"] is None
@@ -332,3 +396,103 @@ def test_only_takes_several_globs(tmp_path, monkeypatch):
     table = pd.read_csv(tmp_path / "out" / "ablation.csv")
     assert set(table["config"]) == {"baseline", "baseline [ensemble of 3 seeds]", "train.augment.gamma=0.3",
                                     "train.augment.gamma=0.3 [ensemble of 3 seeds]"}
+
+
+def _tta_grid(reran_by_tta: set[str]):
+    """base-s1/s2 (evaluate.tta_flip off, every stage run) and tta-s1/s2 (on), run from them on ``reran_by_tta``
+    only: the other stages' outputs in tta's revisions are the parents', byte for byte. Returns (experiments,
+    reader)."""
+    params = {f"{arm}-s{seed}": _params(seed, train={"augment": {"gamma": 0.0}}, evaluate={"tta_flip": arm == "tta"})
+              for arm in ("base", "tta") for seed in (1, 2)}
+    locks = {f"rev-{name}": _lock(p) if name.startswith("base") else
+             _lock(p, parent=params[name.replace("tta", "base")], reran=reran_by_tta) for name, p in params.items()}
+
+    def read(rev: str, path: str) -> str | None:
+        if path == "dvc.lock":
+            return locks[rev]
+        rerun = rev.startswith("rev-tta") and any(path in PIPELINE[stage][2] for stage in reran_by_tta)
+        return _files(int(rev[-1]), SKILL["gamma"] if rerun else SKILL["base"]).get(path)
+
+    return experiments_from_exp_show(_exp_show_of(params)), read
+
+
+def test_an_evaluate_only_lever_run_on_one_variant_is_n_a_on_the_other_not_a_zero_difference():
+    """evaluate.tta_flip rerun on the centre variant: the stratified evaluation in its revision is the parent's
+    (evaluate@stratified ran without the flip), so its stratified columns are n/a, not a paired +0.000."""
+    experiments, read = _tta_grid({"evaluate@center", "explain@center"})
+    rows = [measure(e, read) for e in experiments]
+    tta = next(r for r in rows if r["name"] == "tta-s1")
+    assert tta["stratified"] is None and tta["_strat_test_predictions"] is None
+    assert tta["center_pooled"] is not None and tta["val_macro_auc"] is not None
+    assert tta["pointing_game_center"] is not None  # explain@center reran on the new predictions
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=50).set_index("config")
+    lever = summary.loc["evaluate.tta_flip=True"]
+    assert pd.isna(lever["stratified_mean"]) and pd.isna(lever["paired_diff_stratified_value"])
+    assert lever["paired_diff_center_n_pairs"] == 2 and lever["paired_diff_center_value"] > 0
+    text = render_markdown(summary.reset_index(), command="x", date="2026-12-07")
+    line = next(t for t in text.splitlines() if t.startswith("| evaluate.tta_flip=True |"))
+    assert "+0.000 (+0.000 to +0.000" not in line and line.endswith("| n/a (no paired seed) |")
+    # re-evaluated but not re-explained: the pointing game in its revision was computed on the parent's predictions
+    experiments, read = _tta_grid({"evaluate@center"})
+    row = measure(next(e for e in experiments if e.name == "tta-s1"), read)
+    assert row["center_pooled"] is not None and row["stratified"] is None
+    assert row["pointing_game_center"] is None and row["val_pointing_game"] is None
+
+
+@pytest.mark.parametrize("again", ["gamma-again-s2", "base-again-s2"])
+def test_two_runs_of_one_configuration_with_the_same_seed_are_an_error_naming_both(again):
+    """A seed counts once: a second run would otherwise double-count in the mean, or (in the baseline) silently
+    replace the first as every lever's pair. One run listed twice (one dvc.lock) is not two runs."""
+    arm = again.split("-")[0]
+    grid = {**GRID, again: ({"gamma": 0.3 if arm == "gamma" else 0.0}, 2)}
+    params = {name: _params(seed, train={"augment": augment}) for name, (augment, seed) in grid.items()}
+    experiments = experiments_from_exp_show(_exp_show(grid))
+
+    def runs(tag):  # each experiment's dvc.lock; run=tag(rev) names the run that wrote its outputs
+        return lambda rev, path: _lock(params[rev.removeprefix("rev-")], run=tag(rev)) if path == "dvc.lock" \
+            else _reader(rev, path)
+
+    rows = [measure(e, runs(lambda rev: rev)) for e in experiments]
+    with pytest.raises(ValueError, match=rf"experiments '{arm}-s2' and '{again}' are two runs of one configuration "
+                                         rf"\((baseline|train\.augment\.gamma=0\.3)\) with the same base\.seed 2"):
+        summarise(rows, experiments, baseline="base-s1", resamples=20)
+    once = summarise(rows[:-1], experiments[:-1], baseline="base-s1", resamples=20)
+    # the same run under two names (a commit and the experiment applied to it): counted once
+    same = [measure(e, runs(lambda rev: "one")) for e in experiments]
+    pd.testing.assert_frame_equal(summarise(same, experiments, baseline="base-s1", resamples=20), once)
+    # an entry with nothing of its own (a commit from before the pipeline ran) gives way to the run
+    empty = [measure(e, lambda rev, path: None) if e.name == again else row for e, row in zip(experiments, same)]
+    pd.testing.assert_frame_equal(summarise(empty, experiments, baseline="base-s1", resamples=20), once)
+
+
+def test_probabilities_are_taken_in_the_order_of_base_class_names_not_the_file_columns():
+    """label_idx indexes base.class_names: a predictions file with its probability columns in another order
+    scores the same; one without a class's column, or params without the class order, is refused."""
+    exp = experiments_from_exp_show(_exp_show(GRID))[0]
+    path = "metrics/center/eval/predictions.csv"
+    frame = pd.read_csv(io.StringIO(_files(1, SKILL["base"])[path]))
+    reordered = frame[[c for c in frame.columns if c not in PROBS] + PROBS[::-1]].to_csv(index=False)
+    read = lambda rev, p: reordered if p == path else _reader(rev, p)  # noqa: E731
+    assert measure(exp, read)["val_macro_auc"] == pytest.approx(measure(exp, _reader)["val_macro_auc"])
+    renamed = type(exp)(exp.name, exp.rev, {**exp.params, "base.class_names": ["Normal", "Benign", "Sarcoma"]})
+    with pytest.raises(ValueError, match=r"metrics/center/eval/predictions.csv of experiment 'base-s1' has no "
+                                         r"column\(s\) \['prob_Sarcoma'\]"):
+        measure(renamed, _reader)
+    unnamed = type(exp)(exp.name, exp.rev, {k: v for k, v in exp.params.items() if k != "base.class_names"})
+    with pytest.raises(ValueError, match=r"experiment 'base-s1' has no base.class_names in its params"):
+        measure(unnamed, _reader)
+
+
+@pytest.mark.parametrize("report", ["ablation-clahe", "ablation-resolution-schedule",
+                                    "ablation-resolution-schedule-stratified"])
+def test_a_committed_report_renders_from_its_csv_with_the_same_table_and_the_intervals_sentence(report):
+    """The rows of the reports in reports/ are rendered as they were committed; only the sentence saying what the
+    intervals cover is new."""
+    folder = REPO_ROOT / "reports" / report
+    committed = (folder / "ablation.md").read_text(encoding="utf-8")
+    command, date = re.search(r"Made by `(.*)` on (\S+)\.", committed).groups()
+    summary = pd.read_csv(folder / "ablation.csv", dtype={"seeds": str})
+    text = render_markdown(summary.astype(object).where(summary.notna(), None), command=command, date=date)
+    table = lambda document: [line for line in document.splitlines() if line.startswith("|")]  # noqa: E731
+    assert len(table(committed)) == len(summary) + 2 and table(text) == table(committed)
+    assert INTERVALS in text

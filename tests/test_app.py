@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_infer import dicom_bytes
+from test_infer import CAVEAT, RELIABLE, UNRELIABLE, bright_lesion_model, dicom_bytes
 
 from assurexray import DISCLAIMER
 from assurexray.serving import webapp
@@ -43,17 +43,23 @@ def jpeg_bytes(array: np.ndarray | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "center"), operating_point=True) -> Path:
+def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "center"), operating_point=True,
+                  lesion_head: bool = False, threshold_record: dict | None = None) -> Path:
     """A project root with tiny random test_efficientnet models (32 px), an operating point for the
-    stratified one (none for center) and one sample image with its index.csv label."""
+    stratified one (none for center) and one sample image with its index.csv label. ``lesion_head``: the
+    stratified model has a lesion decoder whose map follows brightness (test_infer.bright_lesion_model).
+    ``threshold_record``: how the threshold was chosen (test_infer.UNRELIABLE / RELIABLE); None: not recorded."""
     for i, variant in enumerate(variants):
         torch.manual_seed(i)
-        net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+        lesion = lesion_head and variant == "stratified"
+        net = (bright_lesion_model() if lesion else
+               model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none"))
         meta = {
             "backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
             "input_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "clahe": False,
             "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
-            "seed": 0, "format_version": model_lib.FORMAT_VERSION,
+            "seed": 0, "format_version": model_lib.checkpoint_format(lesion_head=lesion),
+            **({"lesion_head": True} if lesion else {}),
         }
         if variant == "stratified":  # what the train stage records for a model trained on the synthetic sample
             meta["data"] = {"source": "sample", "synthetic": True, "index_sha256": "cd" * 32, "n_images": 3,
@@ -64,7 +70,7 @@ def build_project(root: Path, *, variants: tuple[str, ...] = ("stratified", "cen
             op.parent.mkdir(parents=True, exist_ok=True)
             op.write_text(json.dumps({
                 "temperature": TEMPERATURE, "malignant_threshold": THRESHOLD, "target_sensitivity": 0.9,
-                "val_sensitivity": 0.9, "model_sha256": model_lib.file_sha256(path),
+                "val_sensitivity": 0.9, "model_sha256": model_lib.file_sha256(path), **(threshold_record or {}),
             }), encoding="utf-8")
     images = root / "data" / "raw" / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -83,8 +89,9 @@ def ci(value: float, low: float, high: float) -> dict[str, float]:
     return {"value": value, "ci_low": low, "ci_high": high}
 
 
-def write_results(root: Path) -> Path:
-    """Evaluate/explain metrics of both variants, compare.json and one figure (stratified ROC)."""
+def write_results(root: Path, *, threshold_records: dict[str, dict] | None = None) -> Path:
+    """Evaluate/explain metrics of both variants, compare.json and one figure (stratified ROC).
+    ``threshold_records``: per variant, how its threshold was chosen (test_infer.UNRELIABLE / RELIABLE)."""
     for variant, auc in (("stratified", 0.9), ("center", 0.7)):
         eval_dir = root / "metrics" / variant / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +101,8 @@ def write_results(root: Path) -> Path:
             "calibration": {"temperature": 1.25, "ece_before": 0.1, "ece_after": 0.05, "bins": 10},
             "operating_point": {"class": "Malignant", "threshold": 0.25, "target_sensitivity": 0.9,
                                 "val_sensitivity": 0.92, "test_sensitivity": ci(0.8, 0.6, 0.95),
-                                "test_specificity": ci(0.7, 0.55, 0.85)},
+                                "test_specificity": ci(0.7, 0.55, 0.85),
+                                **(threshold_records or {}).get(variant, {})},
         }), encoding="utf-8")
         explain_dir = root / "metrics" / variant / "explain"
         explain_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +139,11 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture()
 def layout(project) -> webapp.Layout:
     return webapp.Layout(project)
+
+
+@pytest.fixture(scope="module")
+def lesion_project(tmp_path_factory) -> Path:
+    return build_project(tmp_path_factory.mktemp("lesion_project"), lesion_head=True)
 
 
 def run_app(root: Path, monkeypatch, *, page: str | None = None) -> AppTest:
@@ -308,6 +321,40 @@ def test_the_threshold_text_names_the_split_and_gives_specificity_beside_sensiti
     assert op_rows["Malignant sensitivity at the operating point (test)"]["center"] == "0.800 (0.600–0.950)"
 
 
+@pytest.mark.parametrize("reliable", [False, True], ids=["unreliable", "reliable"])
+def test_the_threshold_text_leads_with_an_unreliable_thresholds_caveat_and_claims_sensitivity_only_when_reliable(
+        tmp_path, reliable):
+    layout = webapp.Layout(build_project(tmp_path, threshold_record=RELIABLE if reliable else UNRELIABLE))
+    prediction = webapp.predict_file(webapp.held_out_images(layout, "stratified")[0].path, layout=layout,
+                                     variant="stratified")
+    text = webapp.threshold_text(prediction, layout=layout, variant="stratified")
+    threshold = "Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the validation partition"
+    claim = "its threshold was chosen so that a lower confidence bound on validation sensitivity reaches 0.90."
+    # 0.3 <= 1/3: every image with Malignant on top is flagged, whichever way the threshold was chosen
+    relation = ("The flag answers a different question from the most probable class: it is set for every image "
+                "whose most probable class is Malignant, and can also fire while another class has the highest "
+                "probability")
+    if reliable:
+        assert text.startswith(threshold) and "UNRELIABLE" not in text
+        assert text.endswith(f"{relation}; {claim}")
+    else:
+        assert text.startswith(f"{CAVEAT} {threshold}")
+        assert text.endswith(f"{relation}.") and "miss few" not in text and "lower confidence bound on val" not in text
+
+
+def test_the_threshold_text_does_not_say_every_malignant_top_class_is_flagged_above_one_over_k(tmp_path):
+    layout = webapp.Layout(build_project(tmp_path))
+    op = layout.operating_point("stratified")
+    op.write_text(op.read_text(encoding="utf-8").replace(f'"malignant_threshold": {THRESHOLD}',
+                                                         '"malignant_threshold": 0.5'), encoding="utf-8")
+    prediction = webapp.predict_file(webapp.held_out_images(layout, "stratified")[0].path, layout=layout,
+                                     variant="stratified")
+    text = webapp.threshold_text(prediction, layout=layout, variant="stratified")
+    assert text.startswith("Malignant flag when P(Malignant) >= 0.500")
+    assert text.endswith("it can fire while another class has the highest probability, and stay off while "
+                         "Malignant has it.")
+
+
 def test_the_training_data_is_named_synthetic_or_unknown(layout):
     sample = webapp.held_out_images(layout, "stratified")[0].path
     synthetic = webapp.predict_file(sample, layout=layout, variant="stratified")
@@ -316,6 +363,22 @@ def test_the_training_data_is_named_synthetic_or_unknown(layout):
     assert webapp.training_text(synthetic).startswith("Trained on the built-in SYNTHETIC sample")
     assert "cdcdcdcdcdcd" in webapp.training_text(synthetic)
     assert webapp.training_text(old).startswith("Training data unknown")
+
+
+def test_a_lesion_head_model_shows_its_map_with_the_words_and_a_box_in_the_images_own_pixels(lesion_project):
+    layout = webapp.Layout(lesion_project)
+    sample = webapp.held_out_images(layout, "stratified")[0].path  # the 64 x 48 ramp: bright on the right
+    prediction = webapp.predict_file(sample, layout=layout, variant="stratified")
+    image, caption = webapp.lesion_panel(prediction)
+    assert image is prediction.lesion_overlay and image.ndim == 3 and image.shape[1] == 256
+    x0, y0, x1, y1 = prediction.lesion.box
+    # letterboxed at 32 px the ramp's bright end would be x1 = 32 and y1 <= 28 (content rows 4..27)
+    assert (x1, 32 < x0 < 64, y1 > 40) == (64, True, True)
+    assert caption == (f"{webapp.LESION_CAPTION}. Lesion score (the map's maximum) {prediction.lesion.score:.2f}; "
+                       f"lesion box (p >= 0.50): x {x0}-{x1}, y {y0}-{y1} in the original image's pixels "
+                       "(x1, y1 exclusive).")
+    plain = webapp.predict_file(sample, layout=layout, variant="center")
+    assert webapp.lesion_panel(plain) is None and plain.lesion_overlay is None and plain.lesion is None
 
 
 def test_the_original_is_shown_at_the_overlays_size(layout):
@@ -390,6 +453,26 @@ def test_results_tables_put_the_variants_side_by_side(tmp_path):
     assert roc == {"stratified": tmp_path / "plots" / "stratified" / "eval" / "roc.png", "center": None}
 
 
+def test_the_operating_point_table_says_how_each_threshold_was_chosen_and_carries_an_unreliable_ones_caveat(
+        tmp_path):
+    root = write_results(tmp_path, threshold_records={"stratified": RELIABLE, "center": UNRELIABLE})
+    results = webapp.load_results(webapp.Layout(root))
+    rows = webapp.operating_point_rows(results)
+    assert [r["quantity"] for r in rows[:3]] == ["Threshold on P(Malignant), chosen on validation", "How chosen",
+                                                 "Threshold caveat"]
+    assert rows[1] == {
+        "quantity": "How chosen",
+        "stratified": "reliable: the lower confidence bound of validation sensitivity reaches the target",
+        "center": "UNRELIABLE: too few validation Malignant images; fallback rule (see below)"}
+    assert rows[2] == {"quantity": "Threshold caveat", "stratified": "none", "center": CAVEAT}
+    assert webapp.threshold_caveats(results) == [f"Centre hold-out: {CAVEAT}"]
+    unrecorded = webapp.load_results(webapp.Layout(write_results(tmp_path / "old")))
+    assert webapp.operating_point_rows(unrecorded)[1:3] == [
+        {"quantity": "How chosen", "stratified": "not recorded", "center": "not recorded"},
+        {"quantity": "Threshold caveat", "stratified": "n/a", "center": "n/a"}]
+    assert webapp.threshold_caveats(unrecorded) == []
+
+
 def test_a_corrupt_metrics_file_is_named(tmp_path):
     path = tmp_path / "metrics" / "compare.json"
     path.parent.mkdir(parents=True)
@@ -441,6 +524,32 @@ def test_a_test_image_gets_both_answers_labelled_and_the_synthetic_notice(projec
                         "Grad-CAM of the most probable class (colour bar: relative, min-max scaled per image)"]
 
 
+@pytest.mark.parametrize("reliable", [False, True], ids=["unreliable", "reliable"])
+def test_an_unreliable_threshold_is_shown_as_a_warning_led_by_its_caveat(tmp_path, monkeypatch, reliable):
+    at = run_app(build_project(tmp_path, threshold_record=RELIABLE if reliable else UNRELIABLE), monkeypatch)
+    at.radio(key="source").set_value("Test image").run()
+    assert not at.exception
+    threshold = "Malignant flag when P(Malignant) >= 0.300"
+    warned = [t for t in texts(at, "warning") if threshold in t]
+    captioned = [t for t in texts(at, "caption") if threshold in t]
+    if reliable:
+        assert warned == [] and len(captioned) == 1 and "UNRELIABLE" not in captioned[0]
+    else:
+        assert captioned == [] and len(warned) == 1 and warned[0].startswith(f"{CAVEAT} {threshold}")
+
+
+def test_a_lesion_head_model_shows_the_lesion_map_only_with_its_caption(lesion_project, monkeypatch):
+    at = run_app(lesion_project, monkeypatch)
+    at.radio(key="source").set_value("Test image").run()
+    assert not at.exception
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert captions[:2] == ["IMG000002.jpeg (decoded, grayscale)",
+                            "Grad-CAM of the most probable class (colour bar: relative, min-max scaled per image)"]
+    (lesion,) = captions[2:]  # the map is shown, once, and its caption carries the words, the score and the box
+    assert lesion.startswith(webapp.LESION_CAPTION + ". Lesion score (the map's maximum) 0.")
+    assert "; lesion box (p >= 0.50): x " in lesion and "in the original image's pixels" in lesion
+
+
 def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(project, monkeypatch):
     at = run_app(project, monkeypatch)
     at.file_uploader(key="upload").set_value(("cine.dcm", dicom_bytes(np.zeros((2, 8, 8)), frames=2),
@@ -460,3 +569,11 @@ def test_the_results_view_shows_metrics_side_by_side(tmp_path, monkeypatch):
     assert list(headline.columns) == ["stratified", "center", "gap (stratified - center)"]
     assert any(c == "Stratified split (stratified)" for image in at.get("image") for c in image.captions)
     assert len(at.code) == 0 and not texts(at, "warning")
+
+
+def test_the_results_view_warns_of_each_unreliable_threshold(tmp_path, monkeypatch):
+    root = write_results(tmp_path, threshold_records={"stratified": UNRELIABLE, "center": RELIABLE})
+    at = run_app(root, monkeypatch, page="Results")
+    table = at.table[1].value  # the operating point, after the headline
+    assert table.loc["Threshold caveat", "stratified"] == CAVEAT and table.loc["Threshold caveat", "center"] == "none"
+    assert [t for t in texts(at, "warning") if "UNRELIABLE" in t] == [f"Stratified split: {CAVEAT}"]

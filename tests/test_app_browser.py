@@ -22,6 +22,9 @@ import pytest
 
 from conftest import skip_or_fail
 from test_app import APP, CLASSES, REPO_ROOT, build_project, jpeg_bytes, write_results
+from test_infer import CAVEAT, UNRELIABLE
+
+from assurexray.serving.webapp import LESION_CAPTION
 
 pytestmark = pytest.mark.browser
 
@@ -39,14 +42,16 @@ RUN_FINISHED = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 @pytest.fixture()
 def server(tmp_path):
-    """A Streamlit server on a free loopback port, its root a tiny project; always stopped afterwards."""
+    """A Streamlit server on a free loopback port, its root a tiny project (its stratified model, the one an
+    upload goes to, with a lesion head and a threshold marked unreliable); always stopped afterwards."""
     if CHROMIUM is None:
         skip_or_fail("chromium not installed (apt-get install chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         skip_or_fail("playwright not installed (pip install playwright)")
-    root = write_results(build_project(tmp_path / "project"))
+    root = write_results(build_project(tmp_path / "project", lesion_head=True, threshold_record=UNRELIABLE),
+                         threshold_records={"stratified": UNRELIABLE})
     port = _free_port()
     env = {**os.environ, "ASSUREXRAY_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "streamlit.log").open("w")
@@ -98,6 +103,9 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             expect(page.get_by_text("Most probable class (argmax):")).to_be_visible()
             expect(page.get_by_text("Malignant flag at the operating point:")).to_be_visible()
             expect(page.get_by_text("Trained on the built-in SYNTHETIC sample")).to_be_visible()  # the notice
+            # the threshold is marked unreliable: its caveat leads the threshold text, drawn as a warning box
+            expect(page.get_by_test_id("stAlertContentWarning").filter(has_text=f"{CAVEAT} Malignant flag when")
+                   ).to_be_visible()
             expect(page.locator('[data-testid="stTable"] tbody tr')).to_have_count(len(CLASSES))
             rows = page.eval_on_selector_all(
                 '[data-testid="stTable"] tbody tr',
@@ -107,15 +115,21 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             assert math.isclose(sum(float(r[1]) for r in rows), 1.0, abs_tol=2e-4)
             expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)  # the probability bar chart
             expect(page.get_by_text("Grad-CAM of the most probable class")).to_be_visible()
+            expect(page.get_by_text(LESION_CAPTION)).to_be_visible()
             _run_finished(page)  # the run that drew the prediction is over: no stale element is left
-            expect(page.locator('[data-testid="stImage"] img')).to_have_count(2)
-            page.wait_for_function(  # original and overlay both decoded by the browser
+            expect(page.locator('[data-testid="stImage"] img')).to_have_count(3)
+            page.wait_for_function(  # original, Grad-CAM and lesion map all decoded by the browser
                 "() => Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
                 ".every(i => i.complete && i.naturalWidth > 0)"
             )
-            sizes = page.eval_on_selector_all(  # original and overlay drawn at the same size
+            sizes = page.eval_on_selector_all(  # original and Grad-CAM overlay drawn at the same size
                 '[data-testid="stImage"] img', "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
-            assert len(sizes) == 2 and sizes[0] == sizes[1]
+            assert len(sizes) == 3 and sizes[0] == sizes[1]
+            captions = page.eval_on_selector_all(  # each picture with its own caption (none may lack one)
+                '[data-testid="stImage"]',
+                "els => els.map(e => (e.querySelector('[data-testid=\"stImageCaption\"]') || {}).innerText || '')")
+            assert len(captions) == 3 and captions[2].startswith(LESION_CAPTION), captions
+            assert "Lesion score (the map's maximum)" in captions[2] and "lesion box" in captions[2]
             expect(page.get_by_text("Could not classify this file.")).to_have_count(0)
             page.screenshot(path=str(ARTIFACTS / "app_try.png"), full_page=True)
 
@@ -123,6 +137,8 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             expect(page.get_by_text("Headline metrics")).to_be_visible()
             _run_finished(page)
             expect(page.get_by_text("0.200 (0.050–0.350)")).to_be_visible()  # the gap from compare.json
+            expect(page.get_by_test_id("stAlertContentWarning").filter(has_text=f"Stratified split: {CAVEAT}")
+                   ).to_be_visible()
             expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
         finally:

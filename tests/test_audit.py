@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from assurexray import DISCLAIMER
+from assurexray.core.params import AuditConfig
 from assurexray.data.audit import audit_dataset
 from assurexray.data.audit_report import FIGURES, render_report, write_audit
 from assurexray.core.schema import RELEASE_COLUMNS
@@ -88,7 +89,7 @@ def dataset(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture()
 def result(dataset):
-    return audit_dataset(*dataset, montage_groups=12)
+    return audit_dataset(*dataset, AuditConfig(montage_groups=12))
 
 
 def _numbers(obj) -> list[float]:
@@ -218,8 +219,8 @@ def test_write_audit_writes_metrics_report_and_valid_figures(result, tmp_path):
 
 
 def test_montage_is_capped_at_montage_groups(dataset):
-    assert audit_dataset(*dataset, montage_groups=1).metrics["duplicates"]["groups_shown"] == 1
-    assert audit_dataset(*dataset, montage_groups=0).metrics["duplicates"]["groups_shown"] == 0
+    assert audit_dataset(*dataset, AuditConfig(montage_groups=1)).metrics["duplicates"]["groups_shown"] == 1
+    assert audit_dataset(*dataset, AuditConfig(montage_groups=0)).metrics["duplicates"]["groups_shown"] == 0
 
 
 def _edit_csv(path: Path, **changes) -> None:
@@ -251,18 +252,18 @@ def test_bad_prepared_inputs_are_reported_with_file_and_row(dataset, edit, error
     raw, prepared = dataset
     edit(prepared)
     with pytest.raises(error, match=match):
-        audit_dataset(raw, prepared)
+        audit_dataset(raw, prepared, AuditConfig(montage_groups=12))
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "12"])
 def test_montage_groups_must_be_a_non_negative_integer(dataset, bad):
     with pytest.raises(ValueError, match=rf"montage_groups must be a non-negative integer, got {re.escape(repr(bad))}"):
-        audit_dataset(*dataset, montage_groups=bad)
+        audit_dataset(*dataset, AuditConfig(montage_groups=bad))
 
 
 def test_montage_fails_naming_a_missing_radiograph(dataset, tmp_path):
     raw, prepared = dataset
-    result = audit_dataset(raw, prepared)
+    result = audit_dataset(raw, prepared, AuditConfig(montage_groups=12))
     (raw / "images" / "IMG000004.png").unlink()
     with pytest.raises(FileNotFoundError, match="no image file for 'IMG000004.png'"):
         write_audit(result, report_path=tmp_path / "r.md", figures_dir=tmp_path / "figs",
@@ -301,9 +302,9 @@ def test_audit_of_the_real_btxrd_excerpt(btxrd_mini, tmp_path):
     from assurexray.data import cache
     from assurexray.data.btxrd import load_release
 
-    prepared = cache.build_cache(load_release(btxrd_mini), tmp_path / "prepared", size=32,
-                                 near_duplicate_distance=4, workers=1)
-    result = audit_dataset(btxrd_mini, prepared, montage_groups=4)
+    prepared = cache.build_cache(load_release(btxrd_mini), tmp_path / "prepared",
+                                 cache.PrepareConfig(image_px=32, near_duplicate_distance=4, workers=1))
+    result = audit_dataset(btxrd_mini, prepared, AuditConfig(montage_groups=4))
     m = result.metrics
     assert m["n_images"] == 30 and m["class_counts"] == {"Normal": 10, "Benign": 10, "Malignant": 10}
     assert {c: v["total"] for c, v in m["class_by_center"].items()} == {"1": 23, "2": 6, "3": 1}

@@ -32,7 +32,7 @@ from test_infer import tiny_checkpoint
 from assurexray.serving import cli, webapp
 from assurexray.data.annotations import read_labelme
 from assurexray.data.btxrd import load_release, read_metadata
-from assurexray.data.cache import build_cache, load_cache
+from assurexray.data.cache import PrepareConfig, build_cache, load_cache
 from assurexray.data.fetch import extract_release, import_release
 from assurexray.data.imaging import letterbox, polygons_to_letterbox, rasterize_polygons
 from assurexray.data.decoding import read_gray, read_gray_bytes
@@ -426,7 +426,8 @@ def test_a_resized_or_border_clicked_annotation_is_mapped_exactly_and_logged(tmp
                                                                            json_size, points, log, meta_key):
     root = release(tmp_path / "raw", image_size=image_size, json_size=json_size, points=points)
     with caplog.at_level(logging.WARNING, logger="assurexray.data.cache"):
-        out = build_cache(load_release(root), tmp_path / "prepared", size=32, near_duplicate_distance=0, workers=1)
+        out = build_cache(load_release(root), tmp_path / "prepared",
+                          PrepareConfig(image_px=32, near_duplicate_distance=0, workers=1))
     assert any(log in r.getMessage() for r in caplog.records)
     cache = load_cache(out)
     assert cache.meta[meta_key] in (1, 2)

@@ -85,11 +85,11 @@ def _dvc_project(folder: Path) -> None:
 
 def _prepared_cache(folder: Path) -> None:
     from assurexray.data.btxrd import load_release
-    from assurexray.data.cache import build_cache
+    from assurexray.data.cache import PrepareConfig, build_cache
     from test_cache import synthetic_release
 
-    build_cache(load_release(synthetic_release(folder / "raw")), folder / "data" / "prepared", size=32,
-                near_duplicate_distance=4, workers=1)
+    build_cache(load_release(synthetic_release(folder / "raw")), folder / "data" / "prepared",
+                PrepareConfig(image_px=32, near_duplicate_distance=4, workers=1))
 
 
 @pytest.mark.parametrize("name", MODULES)

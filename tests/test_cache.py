@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from assurexray.data.btxrd import load_release, sheet_modified
-from assurexray.data.cache import INDEX_COLUMNS, build_cache, load_cache, read_index
+from assurexray.data.cache import INDEX_COLUMNS, PrepareConfig, build_cache, load_cache, read_index
 from assurexray.data.groups import PAIR_COLUMNS
 from assurexray.core.schema import RELEASE_COLUMNS
 
@@ -61,7 +61,7 @@ def synthetic_release(root: Path) -> Path:
 
 def test_cache_of_the_mini_release_has_one_row_per_image_and_masks_only_where_annotated(btxrd_mini, tmp_path):
     release = load_release(btxrd_mini)
-    out = build_cache(release, tmp_path / "prepared", size=64, near_duplicate_distance=4, workers=2)
+    out = build_cache(release, tmp_path / "prepared", PrepareConfig(image_px=64, near_duplicate_distance=4, workers=2))
     cache = load_cache(out)
     assert isinstance(cache.images, np.memmap) and isinstance(cache.masks, np.memmap)
     assert cache.images.shape == cache.masks.shape == (30, 64, 64) and cache.images.dtype == np.uint8
@@ -91,7 +91,7 @@ def test_cache_of_the_mini_release_has_one_row_per_image_and_masks_only_where_an
 
 def test_cache_of_a_synthetic_release_groups_duplicates_and_cases(tmp_path):
     release = load_release(synthetic_release(tmp_path / "raw"))
-    out = build_cache(release, tmp_path / "prepared", size=32, near_duplicate_distance=4, workers=1)
+    out = build_cache(release, tmp_path / "prepared", PrepareConfig(image_px=32, near_duplicate_distance=4, workers=1))
     cache = load_cache(out, mmap=False)
     index = cache.index.set_index("image_id")
     assert not isinstance(cache.images, np.memmap)
@@ -117,7 +117,8 @@ def test_an_annotation_drawn_on_a_wider_image_is_scaled_per_axis_and_counted(tmp
     raw = synthetic_release(tmp_path / "raw")
     ann = raw / "Annotations" / "IMG000001.json"
     ann.write_text(ann.read_text().replace('"imageWidth": 60', '"imageWidth": 120'))
-    out = build_cache(load_release(raw), tmp_path / "prepared", size=32, near_duplicate_distance=4, workers=1)
+    out = build_cache(load_release(raw), tmp_path / "prepared",
+                      PrepareConfig(image_px=32, near_duplicate_distance=4, workers=1))
     cache = load_cache(out)
     ys, xs = np.nonzero(cache.masks[0])  # x 10..20 of 120 px -> 5..10 of 60 px -> 2.7..5.3 prepared px
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (3, 5, 10, 21)
@@ -126,32 +127,33 @@ def test_an_annotation_drawn_on_a_wider_image_is_scaled_per_axis_and_counted(tmp
 
 def test_a_failed_rebuild_leaves_the_previous_cache_untouched_and_names_the_file(tmp_path):
     raw = synthetic_release(tmp_path / "raw")
-    out = build_cache(load_release(raw), tmp_path / "prepared", size=16, near_duplicate_distance=4, workers=1)
+    out = build_cache(load_release(raw), tmp_path / "prepared",
+                      PrepareConfig(image_px=16, near_duplicate_distance=4, workers=1))
     before = (out / "index.csv").read_bytes()
     (raw / "images" / "IMG000006.jpeg").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"IMG000006.jpeg: (not a readable|unreadable or corrupt) image"):
-        build_cache(load_release(raw), out, size=32, near_duplicate_distance=4, workers=1)
+        build_cache(load_release(raw), out, PrepareConfig(image_px=32, near_duplicate_distance=4, workers=1))
     assert (out / "index.csv").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]  # no temp dir left behind
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"size": 4}, r"prepare.image_px must be an integer >= 8, got 4"),
-    ({"size": 64.0}, r"prepare.image_px must be an integer >= 8, got 64.0"),
+    ({"image_px": 4}, r"prepare.image_px must be an integer >= 8, got 4"),
+    ({"image_px": 64.0}, r"prepare.image_px must be an integer >= 8, got 64.0"),
     ({"workers": 0}, r"prepare.workers must be an integer >= 1, got 0"),
     ({"near_duplicate_distance": 70}, r"near_duplicate_distance must be an integer in \[0, 64\]"),
 ])
 def test_build_cache_rejects_bad_options(tmp_path, options, message):
     release = load_release(synthetic_release(tmp_path / "raw"))
-    kwargs = {"size": 16, "near_duplicate_distance": 4, "workers": 1, **options}
+    kwargs = {"image_px": 16, "near_duplicate_distance": 4, "workers": 1, **options}
     with pytest.raises(ValueError, match=message):
-        build_cache(release, tmp_path / "prepared", **kwargs)
+        build_cache(release, tmp_path / "prepared", PrepareConfig(**kwargs))
     assert not (tmp_path / "prepared").exists()
 
 
 def test_load_cache_names_a_missing_file_and_refuses_inconsistent_arrays(tmp_path):
-    out = build_cache(load_release(synthetic_release(tmp_path / "raw")), tmp_path / "prepared", size=16,
-                      near_duplicate_distance=4, workers=1)
+    out = build_cache(load_release(synthetic_release(tmp_path / "raw")), tmp_path / "prepared",
+                      PrepareConfig(image_px=16, near_duplicate_distance=4, workers=1))
     np.save(out / "masks.npy", np.zeros((5, 16, 16), dtype=np.uint8))
     message = r"masks \(5, 16, 16\) do not match index.csv rows and meta size \(6, 16, 16\)"
     with pytest.raises(ValueError, match=message):

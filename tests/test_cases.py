@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from assurexray.data.cases import case_key, read_case_sheets
+from conftest import skip_or_fail
 
 AUTHORS = Path(__file__).resolve().parents[2] / "shared" / "btxrd-dev" / "authors"
 
@@ -80,7 +81,7 @@ def test_the_real_authors_sheets_group_views_into_cases():
     """On the real sheets: most tumour images belong to a multi-view case; normals bucket names stay alone."""
     sheets = [AUTHORS / "detection_task_train.xlsx", AUTHORS / "detection_task_val.xlsx"]
     if not all(p.is_file() for p in sheets):
-        pytest.skip(f"authors' sheets absent: {AUTHORS}")
+        skip_or_fail(f"authors' sheets absent: {AUTHORS}")
     table = read_case_sheets(sheets)
     with_case = table[table["case_id"] != ""]
     sizes = with_case.groupby("case_id").size()

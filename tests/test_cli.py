@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from test_infer import CAVEAT, RELIABLE, UNRELIABLE, read_rows, save_image, tiny_checkpoint, write_op
+
 from assurexray import __version__
 from assurexray.serving import cli
 
@@ -37,7 +39,8 @@ def test_console_script_help_lists_the_subcommands_and_the_disclaimer():
 def test_console_script_infer_help_lists_every_option():
     done = run_script("infer", "--help")
     assert done.returncode == 0, done.stderr
-    for option in ("--model", "--operating-point", "--output", "--gradcam", "--batch-size", "--device", "--max-pixels"):
+    for option in ("--model", "--operating-point", "--output", "--gradcam", "--lesion-map", "--batch-size", "--device",
+                   "--max-pixels"):
         assert option in done.stdout
     assert "models/stratified/model.pt" in done.stdout
     assert "NOT FOR CLINICAL USE" in done.stdout
@@ -117,3 +120,30 @@ def test_max_pixels_default_is_the_decoders_cap():
     from assurexray.data.decoding import DEFAULT_MAX_PIXELS
 
     assert cli.build_parser().parse_args(["infer", "x.png"]).max_pixels == DEFAULT_MAX_PIXELS
+
+
+#: What the infer header may say about sensitivity, and only for a threshold chosen by the lower-bound rule.
+SENSITIVITY_CLAIM = "its threshold was chosen so that a lower confidence bound on validation sensitivity reaches 0.90"
+RELATION = ("top_class is the most probable class (argmax); malignant_flag is set for every image whose top class is "
+            "Malignant, and can also be YES while another class is on top")
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["unreliable", "reliable"])
+def test_infer_header_and_output_lead_with_an_unreliable_thresholds_caveat_and_claim_sensitivity_only_when_reliable(
+        tmp_path, capsys, reliable):
+    model = tiny_checkpoint(tmp_path / "models" / "stratified" / "model.pt")
+    op = write_op(tmp_path / "op.json", model, threshold=0.3, record=RELIABLE if reliable else UNRELIABLE)
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["infer", str(save_image(tmp_path / "one.png")), "--model", str(model), "--operating-point",
+                     str(op), "--output", str(out)]) == 0
+    header = capsys.readouterr().out.split("\npath ", 1)[0]  # the lines above the table
+    threshold = "Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the model's validation partition"
+    (row,) = read_rows(out)
+    if reliable:
+        assert f"\n{threshold}" in header and "UNRELIABLE" not in header
+        assert f"{RELATION}; {SENSITIVITY_CLAIM}." in header
+        assert (row["malignant_threshold_reliable"], row["malignant_threshold_caveat"]) == (True, None)
+    else:  # the caveat leads the threshold sentence, and nothing is claimed about sensitivity
+        assert f"\n{CAVEAT} {threshold}" in header
+        assert f"{RELATION}." in header and "lower confidence bound on validation sensitivity reaches" not in header
+        assert row["malignant_threshold_reliable"] is False and row["malignant_threshold_caveat"] == CAVEAT

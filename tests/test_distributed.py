@@ -21,6 +21,8 @@ import yaml
 from test_training import CLASSES, _prepared_dirs
 
 from assurexray.learning.model import load_checkpoint
+from assurexray.learning.model import create_model
+from training_options import train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 #: A GroupNorm backbone (no BatchNorm: its per-process batch statistics would differ from one process's),
@@ -87,6 +89,24 @@ def test_two_ranks_train_disjoint_shards_into_the_weights_of_one_process_on_the_
     assert json.loads(two[0]["meta"])["params"]["train"]["world_size"] == 2
 
 
+def test_ddp_synchronises_the_lesion_decoder_across_ranks(tmp_path):
+    """The decoder sits inside the module DDP wraps: its gradients are averaged, so both ranks end with the same
+    decoder parameters although each trained on its own shard (a decoder outside DDP would drift apart). Its
+    BatchNorm running statistics are per rank, like any BatchNorm's under DDP: rank 0's are the ones saved."""
+    options = {**EXACT, "lesion_head": True, "seg_weight": 1.0}
+    two = _worker(2, tmp_path / "lesion", options, "--masks")
+    a, b = (rank["state_dict"] for rank in two)
+    decoder = [k for k in a if k.startswith("lesion_decoder.") and "running_" not in k and "num_batches" not in k]
+    assert len(decoder) >= 10 and all(torch.equal(a[k], b[k]) for k in decoder)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("lesion_decoder."))
+    history = json.loads(two[0]["history"])
+    assert all(row["train_seg_loss"] > 0 for row in history) and "val_lesion_dice" in history[0]
+    fresh = create_model(EXACT["backbone"], num_classes=3, lesion_head=True).state_dict()
+    moved = max((a[k].float() - fresh[k].float()).abs().max().item() for k in decoder if k.endswith("weight"))
+    assert moved > 1e-3  # the decoder trained (a frozen or unused decoder would trivially agree)
+    assert json.loads(two[0]["meta"])["lesion_head"] is True
+
+
 def test_when_rank_0_would_stop_early_both_ranks_stop_together(tmp_path):
     options = {**EXACT, "epochs": 5, "patience": 2}
     ranks = _worker(2, tmp_path / "vote", options, "--split-vote")
@@ -120,10 +140,8 @@ def test_train_stage_under_torchrun_with_two_processes_writes_one_loadable_check
 def test_a_global_batch_that_does_not_divide_over_the_processes_is_refused(tmp_path, monkeypatch):
     from test_training import _options
 
-    from assurexray.learning.training import train_model
-
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is joined
     monkeypatch.setenv("RANK", "0")
     message = r"train\.batch_size=7 is the global batch and must divide evenly over the 2 torchrun processes"
     with pytest.raises(ValueError, match=message):
-        train_model(**_options(tmp_path, batch_size=7))
+        train(**_options(tmp_path, batch_size=7))

@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import skip_or_fail
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 SHARED = REPO_ROOT.parent / "shared"
@@ -140,9 +142,7 @@ def split_statement(split: dict) -> str:
 @pytest.mark.slow
 def test_on_real_btxrd_with_the_authors_sheets_no_case_straddles_the_stratified_split(tmp_path):
     if not (BTXRD_DEV / "dataset.xlsx").is_file() or not (BTXRD_DEV / "authors").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the real-data fixture is absent: {BTXRD_DEV}")
-        pytest.skip(f"real-data fixture absent: {BTXRD_DEV}")
+        skip_or_fail(f"real-data fixture absent: {BTXRD_DEV} (dataset.xlsx and authors/)")
     repo = _repo(tmp_path, {("prepare", "workers"): 2})
     _run_documented(repo, lambda o: o.get("data.source") == "btxrd",
                     {"../shared/btxrd-dev": str(BTXRD_DEV)}, "split@stratified", "split@center")

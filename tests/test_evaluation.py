@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from assurexray.assessment.evaluation import evaluate_logits, load_partition
+from assurexray.assessment.evaluation import EvaluateConfig, evaluate_logits, load_partition
 from assurexray.assessment.metrics import HEADLINE_METRICS, PER_CLASS_METRICS
 from assurexray.learning.model import backbone_norm, create_model, file_sha256, load_checkpoint, save_checkpoint
 
@@ -32,6 +34,15 @@ def _frame(labels: np.ndarray, offset: int = 0) -> pd.DataFrame:
     })
 
 
+def _config(**overrides) -> EvaluateConfig:
+    """The evaluate section as the stage loads it: EVAL_PARAMS with ``overrides`` (params.yaml key names)."""
+    return EvaluateConfig(**{**EVAL_PARAMS, **overrides})
+
+
+#: The settings most logits-level tests use: 200 resamples, 10 calibration bins, target sensitivity 0.9.
+CONFIG = _config(bootstrap_resamples=200, calibration_bins=10, malignant_target_sensitivity=0.9)
+
+
 def _logits(labels: np.ndarray, seed: int, scale: float = 3.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return scale * (rng.normal(size=(labels.size, 3)) + 1.5 * np.eye(3)[labels])  # over-confident on purpose
@@ -40,9 +51,8 @@ def _logits(labels: np.ndarray, seed: int, scale: float = 3.0) -> np.ndarray:
 def _evaluate(cluster: bool = False):
     y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 30)
     return evaluate_logits(
-        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
-        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=200, cluster=cluster, ci_level=0.95, bins=10,
-        target_sensitivity=0.9, seed=0, model_sha256="abc",
+        replace(CONFIG, bootstrap_cluster=cluster), val_frame=_frame(y_val), val_logits=_logits(y_val, 0),
+        test_frame=_frame(y_test, 60), test_logits=_logits(y_test, 1), class_names=NAMES, model_sha256="abc",
     )
 
 
@@ -75,7 +85,8 @@ def test_operating_point_is_fitted_on_val_and_flags_match_it():
     assert op["val_sensitivity"] == pytest.approx((malignant_val.prob_Malignant >= op["malignant_threshold"]).mean())
     np.testing.assert_array_equal(preds.malignant_flag, (preds.prob_Malignant >= op["malignant_threshold"]).astype(int))
     assert ev.metrics["operating_point"]["threshold"] == op["malignant_threshold"]
-    assert set(op) == {"temperature", "malignant_threshold", "target_sensitivity", "val_sensitivity", "model_sha256"}
+    assert set(op) == {"temperature", "malignant_threshold", "target_sensitivity", "val_sensitivity", "model_sha256",
+                       "val_positives", "rule", "reliable", "reason"}
 
 
 def test_predictions_follow_the_contract_columns_and_probabilities_sum_to_one():
@@ -92,10 +103,42 @@ def test_plot_records_cover_every_class_and_one_confusion_row_per_test_image():
     assert len(ev.confusion) == 90 and set(ev.confusion[0]) == {"actual", "predicted"}
 
 
-def test_evaluation_is_deterministic_and_cluster_mode_is_recorded():
+def test_evaluation_is_deterministic():
     a, b = _evaluate().metrics, _evaluate().metrics
     assert a == b
-    assert _evaluate(cluster=True).metrics["bootstrap"]["cluster"] is True
+
+
+def _copied_views(frame: pd.DataFrame, logits: np.ndarray, copies: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each image repeated ``copies`` times in its own group: views of one case that add no information."""
+    views = frame.loc[frame.index.repeat(copies)].reset_index(drop=True)
+    views["row"] = np.arange(len(views))
+    views["image_id"] = [f"{image}-view{k}" for image, k in zip(views["image_id"], np.tile(range(copies), len(frame)))]
+    return views, np.repeat(logits, copies, axis=0)
+
+
+def test_cluster_bootstrap_intervals_of_copied_views_are_as_wide_as_the_cases_alone():
+    """Four identical views per case hold no more evidence than the cases: clustered, every interval (pooled
+    and per centre) equals that of the cases alone; an image-level resample would shrink it by about half."""
+    y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 30)
+    cases = _frame(y_test, 60).assign(group=[f"case{i:03d}" for i in range(y_test.size)])  # one image per case
+    views, view_logits = _copied_views(cases, _logits(y_test, 1), copies=4)
+    kwargs = dict(val_frame=_frame(y_val), val_logits=_logits(y_val, 0), class_names=NAMES, model_sha256="abc")
+    cluster, images = replace(CONFIG, bootstrap_cluster=True), replace(CONFIG, bootstrap_cluster=False)
+    alone = evaluate_logits(cluster, test_frame=cases, test_logits=_logits(y_test, 1), **kwargs).metrics
+    clustered = evaluate_logits(cluster, test_frame=views, test_logits=view_logits, **kwargs).metrics
+    by_image = evaluate_logits(images, test_frame=views, test_logits=view_logits, **kwargs).metrics
+    assert clustered["bootstrap"]["cluster"] is True and clustered["n_test"] == 4 * alone["n_test"] == 360
+
+    def blocks(m: dict) -> dict:
+        return {"pooled": m["headline"], **{f"centre {c}": m["by_center"][c]["headline"] for c in ("1", "2")}}
+
+    width = lambda ci: ci["ci_high"] - ci["ci_low"]  # noqa: E731
+    for where, got in blocks(clustered).items():
+        for name in ("macro_auc", "macro_ap", "accuracy", "balanced_accuracy", "macro_f1"):  # bootstrap intervals
+            want, narrow = blocks(alone)[where][name], blocks(by_image)[where][name]
+            assert (got[name]["ci_low"], got[name]["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"])), \
+                (where, name)
+            assert width(got[name]) > 1.5 * width(narrow), (where, name)
 
 
 def test_a_test_set_without_normal_images_is_scored_over_the_classes_present(tmp_path):
@@ -104,9 +147,8 @@ def test_a_test_set_without_normal_images_is_scored_over_the_classes_present(tmp
 
     y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([1, 2], 30)
     ev = evaluate_logits(
-        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
-        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=100, cluster=False, ci_level=0.95, bins=10,
-        target_sensitivity=0.9, seed=0, model_sha256="abc",
+        replace(CONFIG, bootstrap_resamples=100), val_frame=_frame(y_val), val_logits=_logits(y_val, 0),
+        test_frame=_frame(y_test, 60), test_logits=_logits(y_test, 1), class_names=NAMES, model_sha256="abc",
     )
     headline = ev.metrics["headline"]
     assert all(headline[m]["value"] is not None for m in HEADLINE_METRICS)
@@ -126,9 +168,8 @@ def test_label_names_disagreeing_with_the_class_order_are_rejected():
     frame = _frame(y)
     frame.loc[3, "label"] = "Malignant"
     with pytest.raises(ValueError, match=r"val.csv row 3: label 'Malignant' / label_idx 0 disagree"):
-        evaluate_logits(val_frame=frame, val_logits=_logits(y, 0), test_frame=_frame(y), test_logits=_logits(y, 1),
-                        class_names=NAMES, resamples=5, cluster=False, ci_level=0.95, bins=5,
-                        target_sensitivity=0.9, seed=0, model_sha256="x")
+        evaluate_logits(_config(bootstrap_resamples=5), val_frame=frame, val_logits=_logits(y, 0),
+                        test_frame=_frame(y), test_logits=_logits(y, 1), class_names=NAMES, model_sha256="x")
 
 
 # --- end to end on a tiny prepared cache and a tiny timm checkpoint --------------------------------------
@@ -270,28 +311,67 @@ def test_test_metrics_are_reported_per_centre_with_their_own_counts():
     assert {"tumour_vs_normal_auc", "benign_vs_malignant_auc"} <= set(m["diagnostics"])
 
 
-def test_a_threshold_fitted_on_few_validation_malignant_images_is_flagged_unreliable():
-    y_val, y_test = np.array([0] * 20 + [1] * 20 + [2] * 5), np.repeat([0, 1, 2], 30)
-    m = evaluate_logits(
-        val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
-        test_logits=_logits(y_test, 1), class_names=NAMES, resamples=50, cluster=False, ci_level=0.95, bins=10,
-        target_sensitivity=0.9, seed=0, model_sha256="abc",
-    ).metrics
-    assert m["operating_point"]["val_positives"] == 5
-    assert m["operating_point"]["reliable"] is False
-    assert _evaluate().metrics["operating_point"]["reliable"] is True  # 20 validation Malignant images
+def _malignant_val(n_malignant: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Validation with 20 Normal and 20 Benign images (noisy logits) and ``n_malignant`` Malignant images whose
+    calibrated P(Malignant) lies near 0.99 (so a plain fit of a 0.9 target sits near 0.99, as on the centre split)."""
+    y = np.array([0] * 20 + [1] * 20 + [2] * n_malignant)
+    logits = _logits(y, 0, scale=1.0)
+    logits[y == 2] = 0.0
+    logits[y == 2, 2] = 3.1 + np.linspace(0.0, 0.6, n_malignant)
+    return _frame(y), logits
+
+
+def test_a_threshold_fitted_on_5_validation_malignant_images_still_flags_every_image_whose_top_class_is_malignant():
+    """The centre model's case: 5 validation Malignant images put a plainly fitted 0.9-sensitivity threshold near
+    0.99, so a test image with Malignant on top at P = 0.97 went unflagged. The flag may never be less sensitive
+    than the argmax, and the threshold is marked unreliable with its reason."""
+    val_frame, val_logits = _malignant_val(5)
+    y_test = np.repeat([0, 1, 2], 30)
+    # Malignant on top at every strength from a near-tie (P ~ 0.35) to a sure call (P ~ 1), for every class.
+    strength = np.tile(np.linspace(0.05, 5.5, 30), 3)
+    test_logits = np.stack([np.zeros(90), np.zeros(90), strength], axis=1)
+    ev = evaluate_logits(_config(malignant_target_sensitivity=0.9), val_frame=val_frame, val_logits=val_logits,
+                         test_frame=_frame(y_test, 60), test_logits=test_logits, class_names=NAMES,
+                         model_sha256="abc")
+    op, preds = ev.metrics["operating_point"], ev.predictions
+    assert 0.98 < op["fitted_threshold"] < 0.99  # what a plain fit gives: above most test images' P(Malignant)
+    top_malignant = preds[preds.pred == "Malignant"]
+    test_top = top_malignant[top_malignant.partition == "test"]
+    assert len(test_top) == 90 and (test_top.prob_Malignant < op["fitted_threshold"]).sum() >= 45
+    assert test_top.prob_Malignant.min() < 0.4
+    assert (top_malignant.malignant_flag == 1).all()
+    assert ev.operating_point["malignant_threshold"] == op["threshold"] <= 1 / 3
+    assert op["test_sensitivity"]["value"] == 1.0  # every Malignant test image has Malignant on top
+    assert (op["reliable"], op["val_positives"], op["rule"]) == (False, 5, "capped_point_estimate")
+    assert re.search(r"chosen on 5 validation Malignant image\(s\), fewer than the 29 needed", op["reason"])
+    assert ev.operating_point["reliable"] is False and ev.operating_point["reason"] == op["reason"]
+
+
+def test_a_threshold_is_reliable_only_with_enough_validation_malignant_images_for_its_lower_bound():
+    """0.9 sensitivity at 95% needs >= 29 positives (0.05 ** (1/29) >= 0.9); 40 are enough, 20 are not."""
+    y_test = np.repeat([0, 1, 2], 30)
+    ops = {}
+    for n in (20, 40):
+        val_frame, val_logits = _malignant_val(n)
+        ops[n] = evaluate_logits(_config(malignant_target_sensitivity=0.9), val_frame=val_frame,
+                                 val_logits=val_logits, test_frame=_frame(y_test, 60),
+                                 test_logits=_logits(y_test, 1), class_names=NAMES,
+                                 model_sha256="abc").metrics["operating_point"]
+    assert (ops[20]["reliable"], ops[20]["min_val_positives"]) == (False, 29) and ops[20]["reason"]
+    assert (ops[40]["reliable"], ops[40]["rule"], ops[40]["reason"]) == (True, "sensitivity_lower_bound", None)
+    assert ops[40]["val_sensitivity_lower_bound"] >= 0.9 and ops[40]["threshold"] <= ops[40]["fitted_threshold"]
 
 
 def test_temperature_and_threshold_are_fitted_on_validation_only():
     """Perturb only the test partition (logits shuffled and rescaled): nothing fitted may move."""
     y_val, y_test = np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 30)
     kwargs = dict(val_frame=_frame(y_val), val_logits=_logits(y_val, 0), test_frame=_frame(y_test, 60),
-                  class_names=NAMES, resamples=50, cluster=False, ci_level=0.95, bins=10, target_sensitivity=0.9,
-                  seed=0, model_sha256="abc")
-    base = evaluate_logits(test_logits=_logits(y_test, 1), **kwargs)
+                  class_names=NAMES, model_sha256="abc")
+    config = _config(bootstrap_resamples=50, calibration_bins=10, malignant_target_sensitivity=0.9)
+    base = evaluate_logits(config, test_logits=_logits(y_test, 1), **kwargs)
     rng = np.random.default_rng(5)
     scrambled = 4.0 * rng.permutation(_logits(y_test, 2))
-    moved = evaluate_logits(test_logits=scrambled, **kwargs)
+    moved = evaluate_logits(config, test_logits=scrambled, **kwargs)
     assert moved.operating_point == base.operating_point  # temperature, threshold, val sensitivity
     assert moved.metrics["calibration"]["temperature"] == base.metrics["calibration"]["temperature"]
     val = lambda ev: ev.predictions[ev.predictions.partition == "val"].reset_index(drop=True)  # noqa: E731
@@ -305,8 +385,8 @@ def test_every_figure_title_names_the_variant_and_reliability_points_carry_their
 
     y = np.repeat([0, 1, 2], 20)
     ev = evaluate_logits(
-        val_frame=_frame(y), val_logits=_logits(y, 0), test_frame=_frame(y, 60), test_logits=_logits(y, 1),
-        class_names=NAMES, resamples=20, cluster=False, ci_level=0.95, bins=5, target_sensitivity=0.9, seed=0,
+        _config(bootstrap_resamples=20, malignant_target_sensitivity=0.9), val_frame=_frame(y),
+        val_logits=_logits(y, 0), test_frame=_frame(y, 60), test_logits=_logits(y, 1), class_names=NAMES,
         model_sha256="abc",
     )
     saved = {}

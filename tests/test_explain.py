@@ -196,6 +196,7 @@ def _write_inputs(root: Path, *, size: int = S) -> dict[str, Path]:
         "row": range(n), "image_id": [f"IMG{i:06d}.jpeg" for i in range(n)], "label": labels,
         "label_idx": [CLASSES.index(c) for c in labels], "has_mask": has_mask, "scale": size / 100,
         "pad_x": 0, "pad_y": 0, "orig_width": 100, "orig_height": 100,
+        "center": [1, 1, 1, 1, 2, 2, 1, 2, 1], "group": [f"G{i // 2}" for i in range(n)],
     })
     (root / "split").mkdir()
     for part in ("train", "val", "test"):

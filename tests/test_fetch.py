@@ -19,7 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from assurexray.data.fetch import download, extract_release, fetch_data, import_release, verify_archive
+from assurexray.data.fetch import (DataConfig, download, extract_release, fetch_data, import_release,
+                                   verify_archive)
 
 IMAGES = ("IMG000001.jpeg", "IMG000002.jpeg", "IMG000003.jpeg")
 
@@ -139,7 +140,7 @@ def _assert_release_layout(raw: Path, *, images=IMAGES, sheet="dataset.xlsx") ->
 
 
 def test_fetch_downloads_verifies_and_extracts_the_release_without_its_quirks(server, tmp_path):
-    raw = fetch_data(tmp_path / "raw", source="btxrd", sample={}, btxrd=_btxrd_params(server, tmp_path), seed=0)
+    raw = fetch_data(tmp_path / "raw", DataConfig(source="btxrd", btxrd=_btxrd_params(server, tmp_path)), seed=0)
     _assert_release_layout(raw)
     assert (raw / "images" / "IMG000002.jpeg").read_bytes() == _release_files()["BTXRD/images/IMG000002.jpeg"]
     assert server.ranges == [None]
@@ -188,7 +189,7 @@ def test_a_wrong_md5_moves_the_archive_to_bad_and_extracts_nothing(server, tmp_p
     btxrd = _btxrd_params(server, tmp_path, md5="0" * 32)
     with pytest.raises(ValueError, match=r"MD5 is [0-9a-f]{32}, expected '0{32}'.*moved to .*BTXRD\.zip\.bad"
                                          r".*rerun the fetch stage"):
-        fetch_data(tmp_path / "raw", source="btxrd", sample={}, btxrd=btxrd, seed=0)
+        fetch_data(tmp_path / "raw", DataConfig(source="btxrd", btxrd=btxrd), seed=0)
     assert not (tmp_path / "raw").exists()
     assert (tmp_path / "downloads" / "BTXRD.zip.bad").read_bytes() == server.payload
     assert not (tmp_path / "downloads" / "BTXRD.zip").exists()
@@ -197,7 +198,7 @@ def test_a_wrong_md5_moves_the_archive_to_bad_and_extracts_nothing(server, tmp_p
 def test_a_size_mismatch_reported_by_the_server_stops_before_downloading(server, tmp_path):
     btxrd = _btxrd_params(server, tmp_path, size_bytes=len(server.payload) + 1)
     with pytest.raises(ValueError, match=r"server reports \d+ bytes, expected \d+.*not the official BTXRD\.zip"):
-        fetch_data(tmp_path / "raw", source="btxrd", sample={}, btxrd=btxrd, seed=0)
+        fetch_data(tmp_path / "raw", DataConfig(source="btxrd", btxrd=btxrd), seed=0)
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "downloads").iterdir()) == []
 
@@ -341,7 +342,7 @@ def test_a_zip_with_an_escaping_member_path_is_refused(tmp_path):
 def test_a_missing_path_is_named_with_the_alternatives(tmp_path):
     btxrd = {"path": str(tmp_path / "nowhere"), "url": "", "md5": None, "size_bytes": None, "download_dir": None}
     with pytest.raises(FileNotFoundError, match=r"data\.btxrd\.path: '.*nowhere' does not exist.*set it to null"):
-        fetch_data(tmp_path / "raw", source="btxrd", sample={}, btxrd=btxrd, seed=0)
+        fetch_data(tmp_path / "raw", DataConfig(source="btxrd", btxrd=btxrd), seed=0)
 
 
 @pytest.mark.parametrize(
@@ -355,7 +356,7 @@ def test_a_missing_path_is_named_with_the_alternatives(tmp_path):
 )
 def test_bad_data_params_are_refused_with_the_valid_choices(tmp_path, source, btxrd, match):
     with pytest.raises(ValueError, match=match):
-        fetch_data(tmp_path / "raw", source=source, sample={}, btxrd=btxrd, seed=0)
+        fetch_data(tmp_path / "raw", DataConfig(source=source, btxrd=btxrd), seed=0)
 
 
 # --- sample source and the stage --------------------------------------------------------------------------
@@ -380,14 +381,14 @@ def test_the_sample_source_generates_into_out_atomically_with_the_seed(tmp_path,
     calls: list = []
     monkeypatch.setitem(sys.modules, "assurexray.data.sample", _fake_sample_module(calls))
     sample = {"n_cases": 5, "image_size": 64, "duplicate_fraction": 0.1}
-    fetch_data(tmp_path / "raw", source="sample", sample=sample, btxrd={}, seed=7)
+    fetch_data(tmp_path / "raw", DataConfig(source="sample", sample=sample), seed=7)
     assert calls == [sample | {"seed": 7}]
     assert (tmp_path / "raw" / "dataset.csv").read_text() == "cases,5\n"
     with pytest.raises(ValueError, match="n_cases must be"):
-        fetch_data(tmp_path / "raw", source="sample", sample=sample | {"n_cases": -1}, btxrd={}, seed=7)
+        fetch_data(tmp_path / "raw", DataConfig(source="sample", sample=sample | {"n_cases": -1}), seed=7)
     assert (tmp_path / "raw" / "dataset.csv").read_text() == "cases,5\n"
     with pytest.raises(ValueError, match=r"data\.sample: missing key\(s\) \['image_size'\]"):
-        fetch_data(tmp_path / "raw", source="sample", sample={"n_cases": 1, "duplicate_fraction": 0.0}, btxrd={},
+        fetch_data(tmp_path / "raw", DataConfig(source="sample", sample={"n_cases": 1, "duplicate_fraction": 0.0}),
                    seed=7)
 
 

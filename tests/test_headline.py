@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -37,13 +38,20 @@ def eval_metrics(auc=0.81, *, by_center=None, n_test=40):
     return metrics
 
 
-EXPLAIN = {"method": "gradcam", "model": {"overall": {"pointing_game": ci(0.44, 0.3, 0.58), "n": 52}},
-           "baseline": {"overall": {"pointing_game": ci(0.1, 0.02, 0.19), "n": 52}}}
+EXPLAIN = {"method": "gradcam",
+           "model": {"overall": {"pointing_game": ci(0.44, 0.3, 0.58), "dice@val": ci(0.21, 0.15, 0.27), "n": 52}},
+           "baseline": {"overall": {"pointing_game": ci(0.1, 0.02, 0.19), "dice@val": ci(0.08, 0.05, 0.11), "n": 52}},
+           "lesion_map": None}  # a model without a lesion head
+#: The same file for a model with a lesion head (explain.explain_variant's shape, the parts the headline reads).
+LESION_EXPLAIN = EXPLAIN | {
+    "lesion_map": {"overall": {"pointing_game": ci(0.83, 0.74, 0.9), "dice@val": ci(0.57, 0.5, 0.63), "n": 52}},
+    "comparisons": {"lesion_map_vs_gradcam": {"overall": {"dice@val": ci(0.36, 0.28, 0.44), "n": 52}}},
+}
 TRAIN = {"train": {"loss": 0.2}, "val": {"loss": 0.6, "macro_auc": 0.9}, "best_epoch": 7, "epochs_run": 11}
 
 
 def test_every_headline_number_is_copied_from_the_metrics_files():
-    head = headline_metrics(eval_metrics(by_center={"2": 0.7, "1": 0.95}), explain_metrics=EXPLAIN,
+    head = headline_metrics(eval_metrics(by_center={"2": 0.7, "1": 0.95}), explain_metrics=LESION_EXPLAIN,
                             train_metrics=TRAIN)
     assert list(head) == list(HEADLINE_KEYS)
     assert head == {
@@ -52,7 +60,8 @@ def test_every_headline_number_is_copied_from_the_metrics_files():
         "malignant_sensitivity_at_threshold": 0.875,  # at the operating point, not the argmax sensitivity
         "malignant_specificity_at_threshold": 0.625,
         "ece_calibrated": 0.04,
-        "pointing_game": {"model": 0.44, "baseline": 0.1},
+        "pointing_game": {"model": 0.44, "baseline": 0.1, "lesion_map": 0.83},
+        "lesion_dice": {"lesion_map": 0.57, "gradcam": 0.21},  # each map's own dice@val, not their difference
         "epochs_trained": 11,
         "best_epoch": 7,
         "macro_auc_by_center": {"1": 0.95, "2": 0.7},
@@ -60,9 +69,9 @@ def test_every_headline_number_is_copied_from_the_metrics_files():
 
 
 def test_a_headline_file_stays_small_enough_for_a_terminal():
-    head = headline_metrics(eval_metrics(by_center={"1": 0.9, "2": 0.8, "3": 0.7}), explain_metrics=EXPLAIN,
+    head = headline_metrics(eval_metrics(by_center={"1": 0.9, "2": 0.8, "3": 0.7}), explain_metrics=LESION_EXPLAIN,
                             train_metrics=TRAIN)
-    assert leaf_count(head) == 14  # 11 numbers + 3 centres: columns it adds to `dvc exp show` per variant
+    assert leaf_count(head) == 17  # 14 numbers + 3 centres: columns it adds to `dvc exp show` per variant
     assert len(json.dumps(head)) < 600
     assert leaf_count(eval_metrics(by_center={"1": 0.9, "2": 0.8, "3": 0.7})) > 3 * leaf_count(head)
 
@@ -84,8 +93,27 @@ def test_without_per_centre_results_or_explain_and_train_metrics_the_keys_stay_t
                         "center": {"eval": eval_metrics(by_center={}), "explain": EXPLAIN, "train": TRAIN}})
     assert list(result["stratified"]) == list(result["center"]) == list(HEADLINE_KEYS)
     assert result["stratified"]["macro_auc_by_center"] == {} == result["center"]["macro_auc_by_center"]
-    assert result["stratified"]["pointing_game"] == {"model": None, "baseline": None}
+    assert result["stratified"]["pointing_game"] == {"model": None, "baseline": None, "lesion_map": None}
+    assert result["stratified"]["lesion_dice"] == {"lesion_map": None, "gradcam": None}
     assert result["stratified"]["epochs_trained"] is None and result["center"]["epochs_trained"] == 11
+
+
+def test_a_variant_without_a_lesion_head_keeps_the_lesion_keys_as_null():
+    old_file = {k: v for k, v in EXPLAIN.items() if k != "lesion_map"}  # written before lesion maps were scored
+    result = headlines({"stratified": {"eval": eval_metrics(), "explain": LESION_EXPLAIN, "train": TRAIN},
+                        "center": {"eval": eval_metrics(0.7), "explain": EXPLAIN, "train": TRAIN}})
+    assert json.dumps(list(result["stratified"])) == json.dumps(list(result["center"]))
+    assert result["stratified"]["pointing_game"] == {"model": 0.44, "baseline": 0.1, "lesion_map": 0.83}
+    assert result["center"]["pointing_game"] == {"model": 0.44, "baseline": 0.1, "lesion_map": None}
+    assert result["center"]["lesion_dice"] == {"lesion_map": None, "gradcam": 0.21}
+    assert headline_metrics(eval_metrics(), explain_metrics=old_file)["lesion_dice"] == result["center"]["lesion_dice"]
+
+
+def test_a_lesion_map_missing_its_dice_is_refused_naming_the_key():
+    broken = copy.deepcopy(LESION_EXPLAIN)
+    del broken["lesion_map"]["overall"]["dice@val"]
+    with pytest.raises(ValueError, match=r"explain metrics.json lesion_map: key 'overall.dice@val' missing"):
+        headline_metrics(eval_metrics(), explain_metrics=broken)
 
 
 def test_an_eval_file_missing_a_key_is_refused_naming_the_key():

@@ -8,6 +8,7 @@ from PIL import Image
 
 from assurexray.data.imaging import (
     Letterbox,
+    box_to_original,
     decode_for_letterbox,
     decode_gray,
     decode_gray_array,
@@ -187,6 +188,43 @@ def test_to_original_keeps_dtypes_and_rejects_mismatched_sizes():
     assert heat.shape == (20, 40, 1) and heat.dtype == np.float16 and np.allclose(heat, 0.5)
     with pytest.raises(ValueError, match=r"array shape \(8, 8\) does not match the letterbox size 16"):
         to_original(np.zeros((8, 8)), geom, 40, 20)
+
+
+# 300 x 200 at 32 px: scale 32/300, content 32 x round(21.33) = 21 rows, pad_y (32 - 21) // 2 = 5, pad_x 0.
+# Per axis a content column spans 300/32 = 9.375 original columns and a content row 200/21 = 9.524 rows.
+# Portrait 200 x 300 is the same turned: content 21 columns from pad_x 5, 32 rows.
+BOXES = {
+    "inside": ((300, 200), (8, 10, 16, 20), (75, 47, 150, 143)),  # x 8*9.375, 16*9.375; y floor(5*9.524)=47.6->47,
+    #                                                               ceil(15*9.524)=142.9->143
+    "whole content": ((300, 200), (0, 5, 32, 26), (0, 0, 300, 200)),
+    "one pixel": ((300, 200), (31, 25, 32, 26), (290, 190, 300, 200)),  # floor(290.6), floor(190.5)
+    "reaching into the padding": ((300, 200), (4, 2, 6, 7), (37, 0, 57, 20)),  # y: (2-5) clipped to 0; ceil(19.05)
+    "portrait": ((200, 300), (5, 8, 10, 16), (0, 75, 48, 150)),  # x: 0, ceil(5 * 9.524) = 48
+    "wholly in the padding": ((300, 200), (0, 0, 32, 5), None),
+}
+
+
+@pytest.mark.parametrize("size,box,expected", BOXES.values(), ids=BOXES.keys())
+def test_a_letterboxed_box_maps_to_the_original_pixels_it_covers(size, box, expected):
+    width, height = size
+    assert box_to_original(box, letterbox_geometry(width, height, 32), width, height) == expected
+
+
+def test_a_box_maps_to_the_area_to_original_maps_it_to():
+    """The box of a block mask after :func:`to_original` is the mapped box: one geometry for boxes and arrays."""
+    geom = letterbox_geometry(300, 200, 32)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[10:20, 8:16] = 1
+    rows, cols = np.nonzero(to_original(mask, geom, 300, 200))
+    inner = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+    outer = box_to_original((8, 10, 16, 20), geom, 300, 200)
+    # nearest-neighbour keeps original pixels whose centre falls in the box: at most one pixel inside each edge
+    assert all(abs(a - b) <= 1 for a, b in zip(inner, outer)) and outer[0] <= inner[0] and outer[2] >= inner[2]
+
+
+def test_an_empty_box_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"box \(4, 4, 4, 8\): expected x0 < x1 and y0 < y1"):
+        box_to_original((4, 4, 4, 8), letterbox_geometry(300, 200, 32), 300, 200)
 
 
 def test_rasterize_polygons_fills_pixel_centres_inclusively_and_unions():

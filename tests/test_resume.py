@@ -10,6 +10,7 @@ import torch
 from assurexray.learning import resume, training
 from assurexray.learning.model import save_checkpoint
 from test_training import _options
+from training_options import train
 
 
 class _Killed(BaseException):
@@ -39,19 +40,19 @@ def _files(folder):
 
 def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
     settings = dict(epochs=4, patience=2)
-    reference = training.train_model(**_options(tmp_path, live_dir=tmp_path / "ref_live",
+    reference = train(**_options(tmp_path, live_dir=tmp_path / "ref_live",
                                                 resume_dir=tmp_path / "ref_resume", **settings))
     resume_dir = tmp_path / "resume"
     with monkeypatch.context() as patch:
         patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=3))
         with pytest.raises(_Killed):
-            training.train_model(**_options(tmp_path, resume_dir=resume_dir, **settings))
+            train(**_options(tmp_path, resume_dir=resume_dir, **settings))
     assert not (tmp_path / "live").exists()  # DVCLive output is atomic: nothing half-written
     state = torch.load(resume_dir / resume.STATE_FILE, weights_only=True)  # plain tensors + JSON-able values
     assert state["epoch"] == 2 and [row["epoch"] for row in state["history"]] == [1, 2]
 
     with caplog.at_level(logging.INFO, logger="assurexray.learning.resume"):
-        resumed = training.train_model(**_options(tmp_path, resume_dir=resume_dir, **settings))
+        resumed = train(**_options(tmp_path, resume_dir=resume_dir, **settings))
     assert "resuming after epoch 2" in caplog.text
     paths = [save_checkpoint(tmp_path / name, result.model, result.meta)
              for name, result in (("ref.pt", reference), ("resumed.pt", resumed))]
@@ -65,11 +66,11 @@ def test_a_resume_state_of_other_params_is_reported_and_never_resumed_from(tmp_p
     with monkeypatch.context() as patch:
         patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=2))
         with pytest.raises(_Killed):
-            training.train_model(**_options(tmp_path, resume_dir=resume_dir, live_dir=None))
+            train(**_options(tmp_path, resume_dir=resume_dir, live_dir=None))
     with caplog.at_level(logging.INFO, logger="assurexray.learning.resume"):
-        changed = training.train_model(**_options(tmp_path, resume_dir=resume_dir, live_dir=None, lr=1e-3))
+        changed = train(**_options(tmp_path, resume_dir=resume_dir, live_dir=None, lr=1e-3))
     assert "resume state belongs to other params or data" in caplog.text and "resuming" not in caplog.text
-    fresh = training.train_model(**_options(tmp_path, live_dir=None, lr=1e-3))
+    fresh = train(**_options(tmp_path, live_dir=None, lr=1e-3))
     a, b = changed.model.state_dict(), fresh.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and changed.history == fresh.history
 

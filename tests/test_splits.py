@@ -13,8 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from assurexray.core.params import config_from_mapping
 from assurexray.data.splits import (
-    PARTITIONS, grouping_summary, read_index, split_index, split_partitions, split_summary, write_splits,
+    PARTITIONS, SplitConfig, grouping_summary, read_index, split_index, split_partitions, split_summary,
+    write_splits,
 )
 
 CLASSES = ("Normal", "Benign", "Malignant")
@@ -50,8 +52,13 @@ OPTIONS = {"stratified": {"val_fraction": 0.15, "test_fraction": 0.15},
            "center": {"train_centers": [1, 2], "val_fraction": 0.2}}
 
 
+def _config(strategy: str, **options) -> SplitConfig:
+    """A ``split.<variant>`` block as the split stage loads it (unknown keys named, values checked)."""
+    return config_from_mapping(SplitConfig, {"strategy": strategy, **options}, where="split")
+
+
 def _split(index: pd.DataFrame, strategy: str, seed: int = 0, **options) -> pd.DataFrame:
-    return split_index(index, strategy=strategy, seed=seed, class_names=CLASSES, **(OPTIONS[strategy] | options))
+    return split_index(index, _config(strategy, **(OPTIONS[strategy] | options)), seed=seed, class_names=CLASSES)
 
 
 @pytest.mark.parametrize("strategy", ["stratified", "center"])
@@ -204,8 +211,9 @@ def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
     [
         ("random", {}, r"unknown strategy 'random'; valid strategies are \['center', 'published', 'stratified'\]"),
         ("center", {"val_fractoin": 0.2}, r"unknown key\(s\) \['val_fractoin'\]; valid keys are "
-                                          r"\['list_file', 'missing_test_classes', 'test_fraction', 'test_list', "
-                                          r"'train_centers', 'train_list', 'unlisted', 'val_fraction', 'val_list'\]"),
+                                          r"\['list_file', 'missing_test_classes', 'strategy', 'test_fraction', "
+                                          r"'test_list', 'train_centers', 'train_list', 'unlisted', 'val_fraction', "
+                                          r"'val_list'\]"),
         ("stratified", {"val_fraction": 1.5}, r"split\.val_fraction: expected a number in \[0, 1\), got 1\.5"),
         ("stratified", {"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction \(1\.0\) < 1"),
         ("center", {"train_centers": [9]}, r"train_centers: \[9\] names centre\(s\) \[9\] absent.*present: "
@@ -219,7 +227,7 @@ def test_a_class_missing_from_val_fails_even_when_test_may_lack_it():
 )
 def test_bad_split_params_are_refused_with_the_valid_choices(strategy, options, match):
     with pytest.raises(ValueError, match=match):
-        split_index(_index(BACKBONE), strategy=strategy, seed=0, class_names=CLASSES, **options)
+        split_index(_index(BACKBONE), _config(strategy, **options), seed=0, class_names=CLASSES)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +265,7 @@ def test_published_lists_are_replicated_exactly(tmp_path, fmt):
         pd.DataFrame(rows, columns=["image_id", "partition"]).to_csv(path, index=False)
     else:
         path.write_text("# authors' split\n" + "\n".join(f"{i}.jpeg {p.upper()}" for i, p in rows) + "\n")
-    parts = split_index(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path))
+    parts = split_index(index, _config("published", list_file=str(path)), seed=0, class_names=CLASSES)
     assert parts["partition"].tolist() == [p for _, p in rows]
 
 
@@ -268,11 +276,11 @@ def test_published_unlisted_images_go_to_test_or_fail_and_straddling_groups_are_
     listed, unlisted = rows[:-3], rows[-3]
     path = tmp_path / "split.csv"
     pd.DataFrame(listed + rows[-2:], columns=["image_id", "partition"]).to_csv(path, index=False)
-    parts = split_index(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path))
+    parts = split_index(index, _config("published", list_file=str(path)), seed=0, class_names=CLASSES)
     assert parts.loc[parts["image_id"] == f"{unlisted[0]}.jpeg", "partition"].item() == "test"
     assert split_summary(parts, CLASSES)["groups_straddling"] == 1
     with pytest.raises(ValueError, match=rf"1 image\(s\) of the index are not listed, e.g. \['{unlisted[0]}\.jpeg'\]"):
-        split_index(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path), unlisted="error")
+        split_index(index, _config("published", list_file=str(path), unlisted="error"), seed=0, class_names=CLASSES)
 
 
 @pytest.mark.parametrize(
@@ -288,17 +296,17 @@ def test_a_bad_published_list_is_refused_naming_the_ids(tmp_path, extra, match):
     path = tmp_path / "split.csv"
     path.write_text("image_id,partition\n" + "\n".join(f"{i},{p}" for i, p in _published_rows(index)) + "\n" + extra)
     with pytest.raises(ValueError, match=match):
-        split_index(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path))
+        split_index(index, _config("published", list_file=str(path)), seed=0, class_names=CLASSES)
 
 
 def test_a_missing_published_list_or_column_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"split\.list_file: '.*nope\.csv' not found"):
-        split_index(_index(BACKBONE), strategy="published", seed=0, class_names=CLASSES,
-                    list_file=str(tmp_path / "nope.csv"))
+        split_index(_index(BACKBONE), _config("published", list_file=str(tmp_path / "nope.csv")),
+                    seed=0, class_names=CLASSES)
     (tmp_path / "s.csv").write_text("image,split\nIMG000001,train\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['image_id', 'partition'\]"):
-        split_index(_index(BACKBONE), strategy="published", seed=0, class_names=CLASSES,
-                    list_file=str(tmp_path / "s.csv"))
+        split_index(_index(BACKBONE), _config("published", list_file=str(tmp_path / "s.csv")),
+                    seed=0, class_names=CLASSES)
 
 
 # --- files and the stage ----------------------------------------------------------------------------------
@@ -341,7 +349,7 @@ def test_listed_images_absent_from_the_index_are_reported_not_fatal(tmp_path):
     path = tmp_path / "split.csv"
     rows = "\n".join(f"{i},{p}" for i, p in _published_rows(index))
     path.write_text("image_id,partition\n" + rows + "\nIMG999999.jpeg,train\nIMG888888.jpeg,val\n")
-    parts, notes = split_partitions(index, strategy="published", seed=0, class_names=CLASSES, list_file=str(path))
+    parts, notes = split_partitions(index, _config("published", list_file=str(path)), seed=0, class_names=CLASSES)
     assert notes["listed_absent"] == 2 and notes["listed_absent_examples"] == ["IMG888888", "IMG999999"]
     assert len(parts) == len(index)
 
@@ -353,9 +361,9 @@ def test_the_authors_train_and_val_sheets_replicate_their_split_with_validation_
     test = [i for i, p in rows.items() if p == "test"]
     pd.DataFrame({"image_id": train}).to_excel(tmp_path / "train.xlsx", index=False)
     pd.DataFrame({"image_id": test}).to_excel(tmp_path / "val.xlsx", index=False)
-    parts, notes = split_partitions(index, strategy="published", seed=0, class_names=CLASSES,
-                                    train_list=str(tmp_path / "train.xlsx"), test_list=str(tmp_path / "val.xlsx"),
-                                    val_fraction=0.2)
+    config = _config("published", train_list=str(tmp_path / "train.xlsx"), test_list=str(tmp_path / "val.xlsx"),
+                     val_fraction=0.2)
+    parts, notes = split_partitions(index, config, seed=0, class_names=CLASSES)
     by_id = dict(zip(parts["image_id"].map(lambda s: Path(s).stem), parts["partition"]))
     assert all(by_id[i] == "test" for i in test)  # the authors' held-out sheet is our test, image for image
     assert all(by_id[i] in ("train", "val") for i in train)
@@ -367,8 +375,8 @@ def test_the_authors_train_and_val_sheets_replicate_their_split_with_validation_
 def test_a_published_sheet_without_an_image_id_column_is_named(tmp_path):
     pd.DataFrame({"name": ["IMG000001"]}).to_excel(tmp_path / "train.xlsx", index=False)
     with pytest.raises(ValueError, match=r"train\.xlsx: no image_id column; columns found: \['name'\]"):
-        split_index(_index(BACKBONE), strategy="published", seed=0, class_names=CLASSES,
-                    train_list=str(tmp_path / "train.xlsx"), val_fraction=0.2)
+        split_index(_index(BACKBONE), _config("published", train_list=str(tmp_path / "train.xlsx"),
+                                              val_fraction=0.2), seed=0, class_names=CLASSES)
 
 
 def test_grouping_summary_counts_cases_duplicates_and_what_straddles():

@@ -16,6 +16,7 @@ from torch.utils.data.distributed import DistributedSampler
 from assurexray.learning.model import load_checkpoint
 from assurexray.learning.batches import inverse_frequency_weights, train_sampler, warmup_cosine
 from assurexray.learning.training import load_training_data, train_model
+from training_options import train
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 S = 32
@@ -51,19 +52,19 @@ def _options(tmp_path, **overrides) -> dict:
 
 
 def test_two_cpu_runs_with_the_same_params_give_identical_weights_and_metrics(tmp_path):
-    first = train_model(**_options(tmp_path))
-    second = train_model(**_options(tmp_path, live_dir=tmp_path / "live2"))
+    first = train(**_options(tmp_path))
+    second = train(**_options(tmp_path, live_dir=tmp_path / "live2"))
     a, b = first.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first.history == second.history and first.meta == second.meta
     summaries = [(tmp_path / name / "metrics.json").read_text() for name in ("live", "live2")]
     assert summaries[0] == summaries[1]
-    other = train_model(**_options(tmp_path, seed=8, live_dir=None))
+    other = train(**_options(tmp_path, seed=8, live_dir=None))
     assert not all(torch.equal(a[k], other.model.state_dict()[k]) for k in a)
 
 
 def test_dvclive_writes_the_files_dvc_yaml_reads(tmp_path):
-    result = train_model(**_options(tmp_path))
+    result = train(**_options(tmp_path))
     live = tmp_path / "live"
     for name in ("train/loss", "val/loss", "val/macro_auc", "val/balanced_accuracy", "val/accuracy", "lr"):
         table = pd.read_csv(live / "plots" / "metrics" / f"{name}.tsv", sep="\t")
@@ -78,7 +79,7 @@ def test_dvclive_writes_the_files_dvc_yaml_reads(tmp_path):
 
 
 def test_returned_model_holds_the_best_epoch_weights(tmp_path):
-    result = train_model(**_options(tmp_path, epochs=3, monitor="loss", live_dir=None))
+    result = train(**_options(tmp_path, epochs=3, monitor="loss", live_dir=None))
     images, index = _cache()
     val = index.iloc[15:]
     from assurexray.learning.transforms import eval_transform
@@ -95,7 +96,7 @@ def test_returned_model_holds_the_best_epoch_weights(tmp_path):
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path):
     images, index = _cache(constant_val=True)
-    result = train_model(**_options(tmp_path, images=images, epochs=10, patience=2,
+    result = train(**_options(tmp_path, images=images, epochs=10, patience=2,
                                     monitor="balanced_accuracy", live_dir=None))
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert result.meta["best_epoch"] == 1
@@ -110,14 +111,14 @@ def test_a_class_absent_from_a_partition_is_named(tmp_path, partition):
     options[key] = options[key][options[key]["label_idx"] != 2]
     message = rf"class 'Malignant' \(label_idx 2\) has no images in the {partition} partition"
     with pytest.raises(ValueError, match=message):
-        train_model(**options)
+        train(**options)
 
 
 def test_a_diverging_run_stops_naming_the_epoch_and_step_and_suggesting_a_lower_lr(tmp_path):
     options = _options(tmp_path, lr=1e30, warmup_epochs=0, grad_clip=None, dropout=0.0, augment=None)
     message = r"training loss is (nan|inf) at epoch 1, step \d+.*Lower train\.lr"
     with pytest.raises(FloatingPointError, match=message):
-        train_model(**options)
+        train(**options)
     assert not (tmp_path / "live").exists() and not list(tmp_path.glob(".live.*"))  # no partial log
 
 
@@ -125,7 +126,7 @@ def test_a_diverging_run_stops_naming_the_epoch_and_step_and_suggesting_a_lower_
     ("override", "message"),
     [
         ({"monitor": "auc"},
-         r"train\.monitor: expected one of \['macro_auc', 'balanced_accuracy', 'loss'\], got 'auc'"),
+         r"train\.monitor: expected one of \['macro_auc', 'balanced_accuracy', 'loss', 'auc_dice'\], got 'auc'"),
         ({"class_weights": "balanced"}, r"train\.class_weights: expected one of .*got 'balanced'"),
         ({"device": "tpu"}, r"train\.device: expected one of \['cpu', 'cuda', 'auto'\], got 'tpu'"),
         ({"epochs": 0}, r"train\.epochs: expected an integer >= 1, got 0"),
@@ -137,14 +138,14 @@ def test_a_diverging_run_stops_naming_the_epoch_and_step_and_suggesting_a_lower_
 )
 def test_bad_training_options_are_named(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        train_model(**_options(tmp_path, **override))
+        train(**_options(tmp_path, **override))
 
 
 def test_rows_outside_the_cache_are_refused(tmp_path):
     options = _options(tmp_path)
     options["val_index"] = options["val_index"].assign(row=options["val_index"]["row"] + 100)
     with pytest.raises(ValueError, match=r"val split: row\(s\) \[115, .*outside images\.npy \(N=24\)"):
-        train_model(**options)
+        train(**options)
 
 
 def test_inverse_frequency_weights_are_n_over_k_times_class_count():
@@ -227,12 +228,12 @@ def test_a_git_repository_without_a_commit_gets_a_message_saying_to_commit(tmp_p
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError, match=r"no commit yet; run `git add -A && git commit -m 'pipeline'`"):
-        train_model(**_options(tmp_path, epochs=1))
+        train(**_options(tmp_path, epochs=1))
 
 
 def test_the_checkpoint_records_the_intensity_standardisation_it_was_trained_with(tmp_path):
     augment = {"hflip": 0.0, "rotate_deg": 0, "scale": 0.0, "translate": 0.0, "brightness_contrast": 0.0,
                "clahe": False, "intensity": "percentile", "gamma": 0.2, "jpeg_quality": 50}
-    result = train_model(**_options(tmp_path, epochs=1, augment=augment))
+    result = train(**_options(tmp_path, epochs=1, augment=augment))
     assert result.meta["intensity"] == "percentile"
     assert result.meta["params"]["train"]["augment"]["gamma"] == 0.2

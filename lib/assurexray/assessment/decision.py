@@ -2,10 +2,13 @@
 
 A prediction carries (1) the most probable class (argmax of the calibrated probabilities) and (2) the
 Malignant flag at the operating point: P(Malignant) >= a threshold chosen on the *validation* partition to
-reach a target sensitivity. The flag is deliberately sensitive, so it can fire while Normal or Benign is the
-most probable class; shown side by side without saying so, "Normal (p = 0.41)" and "FLAGGED as Malignant"
-read as a contradiction. Every number here comes from operating_point.json, evaluate's predictions.csv (the
-validation rows) or metrics.json; sensitivity is never shown without specificity. NOT FOR CLINICAL USE.
+reach a target sensitivity (:func:`assurexray.learning.calibration.choose_threshold`). The threshold never exceeds
+1/K, so every image with Malignant on top is flagged, and the flag can also fire while Normal or Benign is the most
+probable class; shown side by side without saying so, "Normal (p = 0.41)" and "FLAGGED as Malignant" read as a
+contradiction. A threshold chosen on too few validation Malignant images is marked unreliable in
+operating_point.json; its caveat (``OperatingPoint.caveat``) goes wherever the threshold is shown. Every number
+here comes from operating_point.json, evaluate's predictions.csv (the validation rows) or metrics.json;
+sensitivity is never shown without specificity. NOT FOR CLINICAL USE.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import pandas as pd
 
 from assurexray.core.project import MALIGNANT
 from assurexray.core.rendering import fmt_ci
+from assurexray.learning.calibration import argmax_cap
 
-__all__ = ["ValidationRates", "validation_rates", "threshold_sentence", "decision_sentence", "top_class_sentence"]
+__all__ = ["ValidationRates", "validation_rates", "threshold_sentence", "decision_sentence", "top_class_sentence",
+           "flags_every_top_malignant", "sensitivity_claim"]
 
 
 
@@ -61,11 +66,13 @@ def threshold_sentence(
     split: str | None,
     rates: ValidationRates | None,
     test: Mapping[str, Any] | None = None,
+    caveat: str | None = None,
 ) -> str:
     """Where the threshold comes from and how it did: validation sensitivity and specificity, test ones if given.
 
     ``split`` is the split variant whose validation partition chose it (the checkpoint's ``meta["data"]["split"]``);
-    ``test`` is metrics.json's ``operating_point`` block (``test_sensitivity``/``test_specificity`` CI values).
+    ``test`` is metrics.json's ``operating_point`` block (``test_sensitivity``/``test_specificity`` CI values);
+    ``caveat`` (``OperatingPoint.caveat``: an unreliable threshold's warning) is put first, so it cannot be missed.
     """
     where = f"the validation partition of the {split} split" if split else "the model's validation partition"
     target = f" to reach sensitivity >= {target_sensitivity:.2f}" if target_sensitivity is not None else ""
@@ -78,7 +85,24 @@ def threshold_sentence(
     if test and test.get("test_sensitivity") is not None:
         text += (f"; on test, sensitivity {fmt_ci(test.get('test_sensitivity'))} and specificity "
                  f"{fmt_ci(test.get('test_specificity'))}")
-    return text + "."
+    return f"{caveat} {text}." if caveat else text + "."
+
+
+def flags_every_top_malignant(threshold: float, n_classes: int) -> bool:
+    """True when every image whose most probable class is Malignant is flagged: the threshold is at most
+    :func:`~assurexray.learning.calibration.argmax_cap` (the top class has p >= 1/K). ``choose_threshold`` always
+    caps it so; an older or hand-written operating point may not be, and then the text must not say so."""
+    return threshold <= argmax_cap(n_classes)
+
+
+def sensitivity_claim(*, reliable: bool | None, target_sensitivity: float | None) -> str | None:
+    """What may be said about the flag's sensitivity, from how its threshold was chosen: a clause for a threshold
+    marked reliable (the lower-bound rule), None for an unreliable one or one whose record does not say, so no
+    "sensitive" or "misses few tumours" claim is ever made without the data that back it."""
+    if reliable is not True:
+        return None
+    target = f"{target_sensitivity:.2f}" if target_sensitivity is not None else "the target"
+    return f"its threshold was chosen so that a lower confidence bound on validation sensitivity reaches {target}"
 
 
 def top_class_sentence(probs: Mapping[str, float], pred: str) -> str:

@@ -10,6 +10,7 @@ centre blocks and the figures all fill one evaluation record.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,10 +26,10 @@ from assurexray import DISCLAIMER
 from assurexray.core.atomic import atomic_dir, atomic_path, write_json
 from assurexray.learning.calibration import (
     apply_temperature,
+    choose_threshold,
     expected_calibration_error,
     fit_temperature,
     reliability_data,
-    sensitivity_threshold,
 )
 from assurexray.data.manifests import open_images, read_split
 from assurexray.assessment.metrics import (
@@ -39,6 +40,8 @@ from assurexray.assessment.metrics import (
     roc_curves,
     suite_with_ci,
 )
+from assurexray.assessment.site_adaptation import adapt_centers, adapted_metrics, unseen_centers
+from assurexray.learning.adaptation import ADAPT_METHODS
 from assurexray.learning.model import resolve_device
 from assurexray.learning.prediction import (
     OperatingPoint,
@@ -63,9 +66,6 @@ __all__ = [
 ]
 
 POSITIVE_CLASS = MALIGNANT  # the class of the operating point (assurexray.core.project states it once)
-#: A sensitivity threshold fitted on fewer validation Malignant images than this is flagged unreliable: with
-#: 5 positives, "90% sensitivity" is the 5th-lowest score, and one image more or less moves it anywhere.
-MIN_THRESHOLD_POSITIVES = 20
 SPLIT_COLUMNS: tuple[str, ...] = ("row", "image_id", "label", "label_idx", "group", "center")
 
 
@@ -73,8 +73,8 @@ SPLIT_COLUMNS: tuple[str, ...] = ("row", "image_id", "label", "label_idx", "grou
 class EvaluateConfig:
     """The ``evaluate`` section of params.yaml (meanings and units are commented there); every key required.
 
-    The stage passes these to :func:`evaluate_checkpoint` as ``resamples``, ``cluster``, ``ci_level``, ``bins``,
-    ``target_sensitivity``, ``seed``, ``batch_size`` and ``tta_flip``.
+    The stage passes it whole to :func:`evaluate_checkpoint`, which hands it on to :func:`evaluate_logits`: a new
+    setting is one field here and its use, nothing in between.
     """
 
     bootstrap_resamples: int
@@ -85,6 +85,7 @@ class EvaluateConfig:
     bootstrap_seed: int
     batch_size: int
     tta_flip: bool
+    adapt: str = "none"  # none | bn: unseen centres also scored after BatchNorm adaptation (assessment.site_adaptation)
 
     def __post_init__(self) -> None:
         def integer(value: Any) -> bool:
@@ -104,6 +105,7 @@ class EvaluateConfig:
             ("bootstrap_seed", integer(self.bootstrap_seed), "an integer"),
             ("batch_size", integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             ("tta_flip", isinstance(self.tta_flip, bool), "true or false"),
+            ("adapt", self.adapt in ADAPT_METHODS, f"one of {list(ADAPT_METHODS)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -124,26 +126,20 @@ class Evaluation:
 
 
 def evaluate_checkpoint(
+    config: EvaluateConfig,
     *,
     prepared: str | os.PathLike,
     split_dir: str | os.PathLike,
     model_path: str | os.PathLike | Sequence[str | os.PathLike],
-    resamples: int,
-    cluster: bool,
-    ci_level: float,
-    bins: int,
-    target_sensitivity: float,
-    seed: int,
-    batch_size: int,
-    tta_flip: bool = False,
     device: str = "cpu",
 ) -> Evaluation:
     """Load ``model_path`` (one checkpoint, or several: a seed ensemble), predict the val and test partitions of
     ``split_dir`` through :class:`assurexray.learning.prediction.Predictor` (the engine infer and the app use) and
     evaluate them.
 
-    ``tta_flip`` averages the logits of each image and its mirror image (val and test alike, so the temperature
-    and threshold are fitted on what is scored); operating_point.json records it so inference does the same.
+    ``config.tta_flip`` averages the logits of each image and its mirror image (val and test alike, so the
+    temperature and threshold are fitted on what is scored); operating_point.json records it so inference does
+    the same.
     An ensemble's operating_point.json carries ``model_sha256`` = the ensemble's identity and its
     ``member_sha256s``, so ``assurexray infer --model A --model B --operating-point ...`` can check it.
     ``device``: cpu, cuda, cuda:N or auto (:func:`assurexray.learning.model.resolve_device`); the pipeline passes
@@ -153,7 +149,7 @@ def evaluate_checkpoint(
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first.")
-    predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=bool(tta_flip)),
+    predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=config.tta_flip),
                                device=resolve_device(device))
     frames, logits = {}, {}
     for partition in ("val", "test"):
@@ -163,19 +159,27 @@ def evaluate_checkpoint(
                 f"{prepared}: cached images are {images.shape[1:]!r} px but the checkpoint expects "
                 f"input_size {predictor.input_size!r}; re-run prepare and train with the same size."
             )
-        logits[partition] = predict_logits(predictor, images, batch_size=batch_size, desc=partition)
+        logits[partition] = predict_logits(predictor, images, batch_size=config.batch_size, desc=partition)
     evaluation = evaluate_logits(
-        val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"], test_logits=logits["test"],
-        class_names=predictor.class_names, resamples=resamples, cluster=cluster, ci_level=ci_level,
-        bins=bins, target_sensitivity=target_sensitivity, seed=seed, model_sha256=predictor.model_sha256,
+        config, val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"],
+        test_logits=logits["test"], class_names=predictor.class_names, model_sha256=predictor.model_sha256,
     )
     evaluation.operating_point.update(operating_point_record(
-        **evaluation.operating_point, tta_flip=bool(tta_flip),
+        **evaluation.operating_point, tta_flip=config.tta_flip,
         member_sha256s=predictor.member_sha256s if predictor.is_ensemble else None,
     ))
-    evaluation.metrics["tta_flip"] = bool(tta_flip)
+    evaluation.metrics["tta_flip"] = config.tta_flip
     if predictor.is_ensemble:
         evaluation.metrics["ensemble_size"] = len(predictor.models)
+    if config.adapt == "bn":  # unseen centres again, after BatchNorm adaptation on their own test pixels
+        test, (_, test_images) = frames["test"], load_partition(prepared, split_dir, "test")
+        adapted = adapt_centers(predictor, test_images, test["center"].to_numpy(), batch_size=config.batch_size,
+                                adapt=unseen_centers(split_dir, test["center"]))  # no label passed
+        op = evaluation.operating_point
+        evaluation.metrics["adapted"] = adapted_metrics(
+            config, adapted=adapted, test_frame=test, test_logits=logits["test"], temperature=op["temperature"],
+            score=functools.partial(_by_center, config=config, class_names=predictor.class_names,
+                                    threshold=op["malignant_threshold"]))
     return evaluation
 
 
@@ -197,21 +201,22 @@ def predict_logits(predictor: Predictor, images: np.ndarray, *, batch_size: int 
 
 
 def evaluate_logits(
+    config: EvaluateConfig,
     *,
     val_frame: pd.DataFrame,
     val_logits: np.ndarray,
     test_frame: pd.DataFrame,
     test_logits: np.ndarray,
     class_names: list[str],
-    resamples: int,
-    cluster: bool,
-    ci_level: float,
-    bins: int,
-    target_sensitivity: float,
-    seed: int,
     model_sha256: str,
 ) -> Evaluation:
-    """Calibrate and pick the operating point on val; the metric suite with bootstrap CIs on test."""
+    """Calibrate and pick the operating point on val; the metric suite with bootstrap CIs on test.
+
+    The Malignant threshold follows :func:`assurexray.learning.calibration.choose_threshold` (target
+    ``config.malignant_target_sensitivity``, bound at ``config.ci_level``): never above the argmax, and marked
+    unreliable, with its reason, when validation holds too few Malignant images. metrics.json's
+    ``operating_point`` block and operating_point.json both record the rule, ``reliable`` and ``reason``.
+    """
     if POSITIVE_CLASS not in class_names:
         raise ValueError(f"class_names {class_names!r} lack {POSITIVE_CLASS!r}; the operating point needs it.")
     pos = class_names.index(POSITIVE_CLASS)
@@ -219,51 +224,58 @@ def evaluate_logits(
     y_test = _labels(test_frame, class_names, "test", test_logits)
     temperature = fit_temperature(val_logits, y_val)
     p_val, p_test = apply_temperature(val_logits, temperature), apply_temperature(test_logits, temperature)
-    threshold, val_sens = sensitivity_threshold(y_val == pos, p_val[:, pos], target_sensitivity=target_sensitivity)
-    logger.info("temperature %.4f; Malignant threshold %.4f (val sensitivity %.3f)", temperature, threshold, val_sens)
+    choice = choose_threshold(y_val == pos, p_val[:, pos], n_classes=len(class_names),
+                              target_sensitivity=config.malignant_target_sensitivity, confidence=config.ci_level,
+                              positive_name=POSITIVE_CLASS)
+    threshold, val_sens = choice.threshold, choice.val_sensitivity
+    logger.info("temperature %.4f; Malignant threshold %.4f (val sensitivity %.3f, rule %s)", temperature, threshold,
+                val_sens, choice.rule)
 
     start = time.perf_counter()
-    groups = test_frame["group"].to_numpy() if cluster else None
-    weights = bootstrap_weights(y_test, resamples=resamples, seed=seed, groups=groups)
-    suite = suite_with_ci(y_test, p_test, weights, class_names=class_names, ci_level=ci_level,
+    groups = test_frame["group"].to_numpy() if config.bootstrap_cluster else None
+    weights = bootstrap_weights(y_test, resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
+                                groups=groups)
+    suite = suite_with_ci(y_test, p_test, weights, class_names=class_names, ci_level=config.ci_level,
                           positive_class=POSITIVE_CLASS)
-    rates = binary_rates_with_ci(y_test == pos, p_test[:, pos] >= threshold, weights, ci_level=ci_level)
-    by_center = _by_center(test_frame, y_test, p_test, class_names=class_names, threshold=threshold,
-                           resamples=resamples, seed=seed, cluster=cluster, ci_level=ci_level)
+    rates = binary_rates_with_ci(y_test == pos, p_test[:, pos] >= threshold, weights, ci_level=config.ci_level)
+    by_center = _by_center(test_frame, y_test, p_test, config, class_names=class_names, threshold=threshold)
     # Timing goes to the log, not to metrics.json: same params + data must give byte-identical metrics.
-    logger.info("bootstrap: %d resamples of the whole suite in %.3f s", resamples, time.perf_counter() - start)
-    raw_test = apply_temperature(test_logits, 1.0)
+    logger.info("bootstrap: %d resamples of the whole suite in %.3f s", config.bootstrap_resamples,
+                time.perf_counter() - start)
+    raw_test, bins = apply_temperature(test_logits, 1.0), config.calibration_bins
     calibration = {"temperature": temperature, "ece_before": expected_calibration_error(y_test, raw_test, bins=bins),
                    "ece_after": expected_calibration_error(y_test, p_test, bins=bins), "bins": bins}
     reliability = {"before": reliability_data(y_test, raw_test, bins=bins),
                    "after": reliability_data(y_test, p_test, bins=bins)}
-    val_positives = int((y_val == pos).sum())
-    op_block = {"class": POSITIVE_CLASS, "threshold": threshold, "target_sensitivity": target_sensitivity,
-                "val_sensitivity": val_sens, "val_positives": val_positives,
-                "reliable": val_positives >= MIN_THRESHOLD_POSITIVES,
-                "min_val_positives": MIN_THRESHOLD_POSITIVES,
+    op_block = {"class": POSITIVE_CLASS, "threshold": threshold,
+                "target_sensitivity": config.malignant_target_sensitivity, "val_sensitivity": val_sens,
+                "val_positives": choice.val_positives, "reliable": choice.reliable,
+                "min_val_positives": choice.min_val_positives, "rule": choice.rule, "reason": choice.reason,
+                "fitted_threshold": choice.fitted_threshold, "argmax_cap": choice.argmax_cap,
+                "val_sensitivity_lower_bound": choice.val_sensitivity_lower_bound,
                 "test_sensitivity": rates["sensitivity"], "test_specificity": rates["specificity"]}
-    if not op_block["reliable"]:
-        logger.warning("the Malignant threshold rests on %d validation Malignant image(s) (< %d): unreliable",
-                       val_positives, MIN_THRESHOLD_POSITIVES)
+    if not choice.reliable:
+        logger.warning("the Malignant threshold is unreliable: %s", choice.reason)
     metrics = {
         "n_test": int(y_test.size), "n_val": int(y_val.size), "class_names": list(class_names),
         "test_counts": {c: int((y_test == i).sum()) for i, c in enumerate(class_names)},
         "headline": suite["headline"], "per_class": suite["per_class"], "confusion": suite["confusion"],
-        "diagnostics": _binary_questions(y_test, p_test, weights, class_names=class_names, ci_level=ci_level),
+        "diagnostics": _binary_questions(y_test, p_test, weights, class_names=class_names, ci_level=config.ci_level),
         "by_center": by_center,
         "calibration": calibration, "operating_point": op_block,
-        "bootstrap": {"resamples": resamples, "ci_level": ci_level, "cluster": cluster,
-                      "stratified": True, "seed": seed, "standard_error": suite["standard_error"],
-                      "nan_resamples": suite["nan_resamples"]},
+        "bootstrap": {"resamples": config.bootstrap_resamples, "ci_level": config.ci_level,
+                      "cluster": config.bootstrap_cluster, "stratified": True, "seed": config.bootstrap_seed,
+                      "standard_error": suite["standard_error"], "nan_resamples": suite["nan_resamples"]},
     }
     predictions = pd.concat([
         _prediction_rows(val_frame, p_val, "val", class_names, threshold),
         _prediction_rows(test_frame, p_test, "test", class_names, threshold),
     ], ignore_index=True)
     operating_point = operating_point_record(temperature=temperature, malignant_threshold=threshold,
-                                             target_sensitivity=target_sensitivity, val_sensitivity=val_sens,
-                                             model_sha256=model_sha256)
+                                             target_sensitivity=config.malignant_target_sensitivity,
+                                             val_sensitivity=val_sens, model_sha256=model_sha256,
+                                             val_positives=choice.val_positives,
+                                             rule=choice.rule, reliable=choice.reliable, reason=choice.reason)
     roc = [{"class": name, "fpr": float(x), "tpr": float(t)}
            for name, c in zip(class_names, roc_curves(y_test, p_test)) for x, t in zip(c["fpr"], c["tpr"])]
     pr = [{"class": name, "recall": float(r), "precision": float(p)}
@@ -292,8 +304,8 @@ def _binary_questions(y: np.ndarray, p: np.ndarray, weights: np.ndarray, *, clas
     return out
 
 
-def _by_center(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, *, class_names: list[str], threshold: float,
-               resamples: int, seed: int, cluster: bool, ci_level: float) -> dict[str, Any]:
+def _by_center(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, config: EvaluateConfig, *, class_names: list[str],
+               threshold: float) -> dict[str, Any]:
     """The metric suite on each centre of the test set separately (centres differ in source and class mix).
 
     Each centre gets its own bootstrap (same seed), so its interval reflects its own size. Macro averages cover
@@ -305,17 +317,18 @@ def _by_center(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, *, class_names
     for center in sorted(pd.unique(centers).tolist()):
         mask = centers == center
         yc, pc = y[mask], p[mask]
-        groups = frame["group"].to_numpy()[mask] if cluster else None
-        w = bootstrap_weights(yc, resamples=resamples, seed=seed, groups=groups)
-        suite = suite_with_ci(yc, pc, w, class_names=class_names, ci_level=ci_level, positive_class=POSITIVE_CLASS)
-        rates = binary_rates_with_ci(yc == pos, pc[:, pos] >= threshold, w, ci_level=ci_level)
+        groups = frame["group"].to_numpy()[mask] if config.bootstrap_cluster else None
+        w = bootstrap_weights(yc, resamples=config.bootstrap_resamples, seed=config.bootstrap_seed, groups=groups)
+        suite = suite_with_ci(yc, pc, w, class_names=class_names, ci_level=config.ci_level,
+                              positive_class=POSITIVE_CLASS)
+        rates = binary_rates_with_ci(yc == pos, pc[:, pos] >= threshold, w, ci_level=config.ci_level)
         counts = {c: int((yc == i).sum()) for i, c in enumerate(class_names)}
         out[str(center)] = {
             "n": int(mask.sum()), "counts": counts, "classes_present": [c for c in class_names if counts[c]],
             "headline": suite["headline"],
             "per_class_auc": {c: suite["per_class"][c]["auc"] for c in class_names},
             "operating_point": {"test_sensitivity": rates["sensitivity"], "test_specificity": rates["specificity"]},
-            "diagnostics": _binary_questions(yc, pc, w, class_names=class_names, ci_level=ci_level),
+            "diagnostics": _binary_questions(yc, pc, w, class_names=class_names, ci_level=config.ci_level),
             "standard_error": suite["standard_error"],
         }
     return out

@@ -29,8 +29,10 @@ from assurexray.assessment.cam import (
     randomized_copy,
 )
 from assurexray.assessment.gallery import Panel, select_cases
+from assurexray.assessment.lesion_maps import compute_lesion_maps
 from assurexray.data.imaging import letterbox_geometry, to_original
 from assurexray.data.manifests import open_images, read_split
+from assurexray.learning.lesion_head import has_lesion_head
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +114,11 @@ def explain_variant(
 ) -> ExplainResult:
     """Heatmaps, localisation metrics with bootstrap CIs, the randomisation check and gallery panels.
 
-    Scored on every annotated tumour image of the test partition; the IoU threshold of ``iou@val`` is
+    Scored on every annotated tumour image of the test partition, whatever the classifier called it (the
+    figures are also split by correctly and incorrectly classified); the IoU threshold of ``iou@val`` is
     chosen on the annotated tumour images of validation. Tumour images without a mask are skipped and
-    counted (``n_skipped_no_mask``).
+    counted (``n_skipped_no_mask``). A model with a lesion head is scored twice, its lesion map beside its
+    Grad-CAM, and every map-vs-map comparison is a paired difference on the same case-group resamples.
     """
     images, masks, parts = _load_inputs(prepared_dir, split_dir, predictions_path, class_names)
     size = images.shape[1]
@@ -144,19 +148,39 @@ def explain_variant(
     )
     random_maps = heatmaps(random_model, test_images, test_targets)
     base_maps = _baselines(test, size, config.baseline_sigma)
+    lesion = has_lesion_head(model)
+    if lesion:  # class-agnostic: the map says where a tumour is, whatever the predicted class
+        lesion_maps = functools.partial(compute_lesion_maps, transform=transform, batch_size=config.batch_size)
+        val_lesion = lesion_maps(model, val_images)
+        lesion_thr = _val_threshold(val_lesion, val_masks, config)
+        test_lesion = lesion_maps(model, test_images)
 
-    per_image = test[["row", "image_id", "label", "pred"]].copy()
+    per_image = test[["row", "image_id", "label", "pred", "center", "group"]].copy()
+    per_image["correct"] = (test["label_idx"] == test["pred_idx"]).astype(int)
     per_image["target_class"] = [class_names[int(c)] for c in test_targets]
     per_image["target_kind"] = config.target
     per_image["prob"] = [float(test.at[i, f"prob_{c}"]) for i, c in enumerate(per_image["target_class"])]
     model_scores = _score_table(model_maps, test_masks, config, val_thr)
     base_scores = _score_table(base_maps, test_masks, config, base_thr).add_prefix("baseline_")
-    per_image = pd.concat([per_image, model_scores, base_scores], axis=1)
+    tables = [per_image, model_scores, base_scores]
+    if lesion:
+        tables.append(_score_table(test_lesion, test_masks, config, lesion_thr).add_prefix("lesion_"))
+    per_image = pd.concat(tables, axis=1)
     per_image["rank_correlation"] = [loc.rank_correlation(a, b) for a, b in zip(model_maps, random_maps)]
 
     boot = {"resamples": config.bootstrap_resamples, "seed": seed, "ci_level": config.ci_level}
     rho = per_image["rank_correlation"].to_numpy(dtype=np.float64)
-    sanity = loc.bootstrap_summary({"rho": rho[~np.isnan(rho)]}, **boot)
+    defined = ~np.isnan(rho)
+    sanity = loc.bootstrap_summary({"rho": rho[defined]}, groups=per_image["group"].to_numpy()[defined], **boot)
+    columns = list(model_scores.columns)
+    validation = {"pointing_game": _mean_pointing_game(val_maps, val_masks, config),
+                  "baseline_pointing_game": _mean_pointing_game(val_base_maps, val_masks, config),
+                  "n": int(len(val))}
+    comparisons = {"gradcam_vs_baseline": _paired_block(per_image, columns, "", "baseline_", boot)}
+    if lesion:
+        validation["lesion_pointing_game"] = _mean_pointing_game(val_lesion, val_masks, config)
+        comparisons["lesion_map_vs_baseline"] = _paired_block(per_image, columns, "lesion_", "baseline_", boot)
+        comparisons["lesion_map_vs_gradcam"] = _paired_block(per_image, columns, "lesion_", "", boot)
     metrics = {
         "method": config.method,
         "target": config.target,
@@ -167,13 +191,17 @@ def explain_variant(
         "n_val_images": int(len(val)),
         "val_threshold": val_thr,
         # what chooses among explain settings (method, layer search): never the test partition's figures
-        "validation": {"pointing_game": _mean_pointing_game(val_maps, val_masks, config),
-                       "baseline_pointing_game": _mean_pointing_game(val_base_maps, val_masks, config),
-                       "n": int(len(val))},
+        "validation": validation,
         "baseline_val_threshold": base_thr,
         "thresholds": list(config.thresholds),
-        "model": _loc_block(per_image, list(model_scores.columns), "", boot),
-        "baseline": _loc_block(per_image, list(model_scores.columns), "baseline_", boot),
+        "intervals": "case-clustered bootstrap (whole case groups resampled); paired: every map is scored on "
+                     "the same resamples",
+        "model": _loc_block(per_image, columns, "", boot),
+        "baseline": _loc_block(per_image, columns, "baseline_", boot),
+        # the lesion head's map, scored like Grad-CAM (None for a model without a lesion head)
+        "lesion_map": _loc_block(per_image, columns, "lesion_", boot) if lesion else None,
+        "lesion_val_threshold": lesion_thr if lesion else None,
+        "comparisons": comparisons,
         "sanity": {
             "randomized_rank_correlation": sanity["rho"],
             "randomization": config.randomization,
@@ -183,12 +211,12 @@ def explain_variant(
     }
     chosen = select_cases(parts["test"], class_names=class_names, top_k=config.gallery_top_k)
     panels = _gallery_panels(chosen, images, masks, class_names, heatmaps=heatmaps, model=model,
-                             target_col=target_col)
+                             target_col=target_col, lesion_maps=lesion_maps if lesion else None)
     return ExplainResult(metrics=metrics, per_image=per_image, panels=panels)
 
 
 _SPLIT_COLUMNS = ("row", "image_id", "label", "label_idx", "has_mask", "scale", "pad_x", "pad_y",
-                  "orig_width", "orig_height")
+                  "orig_width", "orig_height", "center", "group")
 
 
 def _load_inputs(
@@ -241,11 +269,36 @@ def _score_table(maps: np.ndarray, masks: np.ndarray, config: ExplainConfig, val
 
 
 def _loc_block(per_image: pd.DataFrame, columns: list[str], prefix: str, boot: dict[str, Any]) -> dict[str, Any]:
+    """One map's figures with cluster-bootstrap CIs: overall, per class, per centre, by classification outcome."""
     def summary(df: pd.DataFrame) -> dict[str, Any]:
-        return loc.bootstrap_summary({c: df[prefix + c].to_numpy(dtype=np.float64) for c in columns}, **boot)
+        return loc.bootstrap_summary({c: df[prefix + c].to_numpy(dtype=np.float64) for c in columns},
+                                     groups=df["group"].to_numpy(), **boot)
 
-    return {"overall": summary(per_image),
-            "per_class": {c: summary(per_image[per_image["label"] == c]) for c in LESION_CLASSES}}
+    return _breakdown(per_image, summary)
+
+
+def _paired_block(per_image: pd.DataFrame, columns: list[str], first: str, second: str,
+                  boot: dict[str, Any]) -> dict[str, Any]:
+    """Map ``first`` minus map ``second``, image by image, with paired cluster-bootstrap CIs, broken down
+    like :func:`_loc_block`."""
+    def summary(df: pd.DataFrame) -> dict[str, Any]:
+        return loc.paired_differences({c: df[first + c].to_numpy(dtype=np.float64) for c in columns},
+                                      {c: df[second + c].to_numpy(dtype=np.float64) for c in columns},
+                                      groups=df["group"].to_numpy(), **boot)
+
+    return _breakdown(per_image, summary)
+
+
+def _breakdown(per_image: pd.DataFrame, summary: Callable[[pd.DataFrame], dict[str, Any]]) -> dict[str, Any]:
+    """``summary`` over all images, per tumour class, per centre and split by correctly / incorrectly classified
+    (localisation is scored on the true lesion; the split shows how much misclassification it hides)."""
+    return {
+        "overall": summary(per_image),
+        "per_class": {c: summary(per_image[per_image["label"] == c]) for c in LESION_CLASSES},
+        "per_center": {str(c): summary(df) for c, df in per_image.groupby("center", sort=True)},
+        "by_outcome": {"correct": summary(per_image[per_image["correct"] == 1]),
+                       "incorrect": summary(per_image[per_image["correct"] == 0])},
+    }
 
 
 def _choose_layer(
@@ -302,14 +355,19 @@ def _baselines(df: pd.DataFrame, size: int, sigma: float) -> np.ndarray:
 def _gallery_panels(
     chosen: dict[str, pd.DataFrame], images: np.ndarray, masks: np.ndarray, class_names: Sequence[str], *,
     heatmaps: Callable[..., np.ndarray], model: nn.Module, target_col: str,
+    lesion_maps: Callable[..., np.ndarray] | None = None,
 ) -> dict[str, list[Panel]]:
-    """Heatmaps for the gallery's selected test cases (computed once per image)."""
+    """Heatmaps (and lesion maps) for the gallery's selected test cases (computed once per image)."""
     frames = [df for df in chosen.values() if len(df)]
     if not frames:
         return {key: [] for key in chosen}
     unique = pd.concat(frames).drop_duplicates("row")
     maps = heatmaps(model, images[unique["row"].to_numpy()], unique[target_col].to_numpy(), progress=False)
     by_row = dict(zip(unique["row"].tolist(), maps))
+    lesion_by_row = {}
+    if lesion_maps is not None:
+        lesion_by_row = dict(zip(unique["row"].tolist(),
+                                 lesion_maps(model, images[unique["row"].to_numpy()], progress=False)))
     panels: dict[str, list[Panel]] = {}
     for key, df in chosen.items():
         panels[key] = []
@@ -319,6 +377,7 @@ def _gallery_panels(
                 image_id=r["image_id"], image=np.asarray(images[r["row"]]), heatmap=by_row[r["row"]],
                 mask=mask if r["has_mask"] == 1 and mask.any() else None, true_class=r["label"],
                 pred_class=r["pred"], probs={c: float(r[f"prob_{c}"]) for c in class_names},
+                lesion_map=lesion_by_row.get(r["row"]),
             ))
     return panels
 

@@ -29,7 +29,8 @@ from assurexray.data.imaging import letterbox_geometry
 logger = logging.getLogger(__name__)
 
 __all__ = ["OUTCOMES", "Panel", "gallery_keys", "gallery_files", "select_cases", "write_gallery",
-           "render_overlay", "render_original", "write_overlay"]
+           "render_overlay", "render_original", "write_overlay", "LESION_MAP_TITLE", "render_lesion_overlay",
+           "write_lesion_overlay"]
 
 OUTCOMES: tuple[str, ...] = ("tp", "fp", "fn")
 _OUTCOME_TITLES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives"}
@@ -39,6 +40,11 @@ _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (original
 OVERLAY_DECODE_SIZE = _OVERLAY_MAX_SIDE
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
 _CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
+#: The title every lesion-map overlay carries, above its caption: no lesion map is drawn without it.
+LESION_MAP_TITLE = "lesion map: model's estimate, research only, NOT FOR CLINICAL USE"
+_GRADCAM_BAR = ("heatmap: low", "high (per-image max)")  # Grad-CAM is min-max scaled per image: relative
+_LESION_BAR = ("lesion probability: 0", "1")  # the lesion map is a probability: absolute
+_BOX_COLOUR = (255, 255, 255)  # the lesion box outline, white on the jet colours
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Panel:
     true_class: str
     pred_class: str
     probs: dict[str, float]
+    lesion_map: np.ndarray | None = None  # (S, S) lesion probability of a model with a lesion head
 
 
 def gallery_keys(class_names: Sequence[str]) -> list[str]:
@@ -123,20 +130,27 @@ def write_gallery(
 
 
 def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
-    """One column per case: the radiograph (top) and the heatmap overlay (bottom), contour on both."""
+    """One column per case: the radiograph, the lesion map (models with a lesion head) and the Grad-CAM
+    overlay, one above the other, with the radiologists' lesion outline on each."""
     n = max(1, len(cases))
-    fig = Figure(figsize=(max(6.5, 2.6 * n), 6.0), layout="constrained")
+    lesion = any(panel.lesion_map is not None for panel in cases)
+    rows = 3 if lesion else 2
+    fig = Figure(figsize=(max(6.5, 2.6 * n), 3.0 * rows), layout="constrained")
     fig.suptitle(f"{title}\n{DISCLAIMER}", fontsize=9)
     if not cases:
         ax = fig.add_subplot(1, 1, 1)
         _empty(ax)
         return fig
-    axes = fig.subplots(2, n, squeeze=False)
+    axes = fig.subplots(rows, n, squeeze=False)
     for j, panel in enumerate(cases):
-        _draw(axes[0, j], panel, overlay=False)
-        _draw(axes[1, j], panel, overlay=True)
+        _draw(axes[0, j], panel, heat=None)
+        if lesion:
+            _draw(axes[1, j], panel, heat=panel.lesion_map, label="lesion map (model's estimate)")
+        _draw(axes[-1, j], panel, heat=panel.heatmap, label="Grad-CAM")
         axes[0, j].set_title(_caption(panel), fontsize=7)
-    _colour_bar(fig, axes[1, :])
+    if lesion:
+        _colour_bar(fig, axes[1, :], label="lesion map: probability of lesion")
+    _colour_bar(fig, axes[-1, :])
     return fig
 
 
@@ -149,7 +163,7 @@ def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequenc
         for j, outcome in enumerate(OUTCOMES):
             ax, cases = axes[i, j], list(panels.get(f"{cls}_{outcome}", ()))
             if cases:
-                _draw(ax, cases[0], overlay=True)
+                _draw(ax, cases[0], heat=cases[0].heatmap)
                 ax.set_title(f"{cls} {outcome.upper()}\n{_caption(cases[0])}", fontsize=7)
             else:
                 _empty(ax, title=f"{cls} {outcome.upper()}")
@@ -157,20 +171,23 @@ def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequenc
     return fig
 
 
-def _colour_bar(fig: Figure, axes) -> None:
-    """The heatmap's scale beside the overlays: relative, because each map is min-max scaled per image."""
+def _colour_bar(fig: Figure, axes, *, label: str = "Grad-CAM (min-max scaled per image)") -> None:
+    """The map's scale beside the overlays: Grad-CAM's is relative (each map is min-max scaled per image), the
+    lesion map's an absolute probability."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=_CMAP), ax=axes, shrink=0.8, fraction=0.05)
-    bar.set_label("Grad-CAM (min-max scaled per image)", fontsize=7)
+    bar.set_label(label, fontsize=7)
     bar.ax.tick_params(labelsize=6)
 
 
-def _draw(ax, panel: Panel, *, overlay: bool) -> None:
+def _draw(ax, panel: Panel, *, heat: np.ndarray | None, label: str | None = None) -> None:
     ax.imshow(panel.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    if overlay:
-        ax.imshow(panel.heatmap, cmap=_CMAP, vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+    if heat is not None:
+        ax.imshow(heat, cmap=_CMAP, vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+    if label:
+        ax.text(0.02, 0.98, label, transform=ax.transAxes, fontsize=6, color="white", va="top")
     if panel.mask is not None and np.any(panel.mask):
         ax.contour(np.asarray(panel.mask, dtype=np.float32), levels=[0.5], colors="lime", linewidths=1.0)
     ax.text(0.02, 0.02, _STAMP, transform=ax.transAxes, fontsize=5, color="yellow", va="bottom")
@@ -195,10 +212,7 @@ def _empty(ax, *, title: str | None = None) -> None:
 def write_overlay(path: Path, gray: np.ndarray, heat: np.ndarray, *, caption: str,
                   original_size: tuple[int, int] | None = None) -> Path:
     """Write :func:`render_overlay` as a PNG, atomically."""
-    canvas = Image.fromarray(render_overlay(gray, heat, caption=caption, original_size=original_size))
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    return _write_png(path, render_overlay(gray, heat, caption=caption, original_size=original_size))
 
 
 def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str,
@@ -208,6 +222,53 @@ def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str,
     The long side is scaled into [256, 1024] px so text stays legible. Returns uint8 RGB (H, W, 3).
     ``original_size`` (width, height): the file's full size when ``gray`` is a reduced decode (at least
     :data:`OVERLAY_DECODE_SIZE` px is all the canvas shows); geometry and canvas follow it."""
+    image, _ = _blend(gray, heat, original_size)
+    return _under_banner(image, [caption], bar=_GRADCAM_BAR)
+
+
+def write_lesion_overlay(path: Path, gray: np.ndarray, lesion_map: np.ndarray, *, caption: str,
+                         box: tuple[int, int, int, int] | None = None,
+                         original_size: tuple[int, int] | None = None) -> Path:
+    """Write :func:`render_lesion_overlay` as a PNG, atomically."""
+    return _write_png(path, render_lesion_overlay(gray, lesion_map, caption=caption, box=box,
+                                                  original_size=original_size))
+
+
+def render_lesion_overlay(gray: np.ndarray, lesion_map: np.ndarray, *, caption: str,
+                          box: tuple[int, int, int, int] | None = None,
+                          original_size: tuple[int, int] | None = None) -> np.ndarray:
+    """:func:`render_overlay` for a lesion probability map (S, S): under the disclaimer always the title
+    :data:`LESION_MAP_TITLE`, then ``caption`` (score, box), and an absolute colour bar (0 to 1, not rescaled per
+    image); ``box`` (x0, y0, x1, y1 in original pixels, x1/y1 exclusive) is outlined on the radiograph."""
+    from PIL import ImageDraw
+
+    image, width = _blend(gray, lesion_map, original_size)
+    if box is not None:
+        k = image.size[0] / width  # display px per original px (the aspect is kept)
+        x0, y0, x1, y1 = box
+        outline = (round(x0 * k), round(y0 * k), max(round(x0 * k), round(x1 * k) - 1),
+                   max(round(y0 * k), round(y1 * k) - 1))  # PIL includes the right/bottom edge
+        ImageDraw.Draw(image).rectangle(outline, outline=_BOX_COLOUR, width=max(1, image.size[0] // 256))
+    return _under_banner(image, [LESION_MAP_TITLE, caption], bar=_LESION_BAR, wrap=True)  # the title in full
+
+
+def render_original(gray: np.ndarray, *, caption: str) -> np.ndarray:
+    """The radiograph alone on the canvas :func:`render_overlay` draws (same size, same banner), so the two
+    can be shown side by side at the same scale. Returns uint8 RGB (H, W, 3)."""
+    height, width = gray.shape
+    image = Image.fromarray(gray).resize(_display_size(width, height), Image.Resampling.BILINEAR).convert("RGB")
+    return _under_banner(image, [caption], bar=None)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+def _blend(gray: np.ndarray, heat: np.ndarray, original_size: tuple[int, int] | None) -> tuple[Image.Image, int]:
+    """The (S, S) letterboxed ``heat`` (in [0, 1]) blended in colour onto the radiograph at display size, and the
+    original width (the display's scale is ``image.size[0] / width``)."""
     from matplotlib import colormaps
 
     width, height = original_size or (gray.shape[1], gray.shape[0])
@@ -219,16 +280,7 @@ def render_overlay(gray: np.ndarray, heat: np.ndarray, *, caption: str,
     heat_big = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
     colour = colormaps[_CMAP](np.clip(heat_big, 0.0, 1.0))[..., :3]  # (H, W, 3) RGB in [0, 1]
     blend = 0.6 * base[..., None] + 0.4 * colour
-    image = Image.fromarray(np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8))
-    return _under_banner(image, caption, colour_bar=True)
-
-
-def render_original(gray: np.ndarray, *, caption: str) -> np.ndarray:
-    """The radiograph alone on the canvas :func:`render_overlay` draws (same size, same banner), so the two
-    can be shown side by side at the same scale. Returns uint8 RGB (H, W, 3)."""
-    height, width = gray.shape
-    image = Image.fromarray(gray).resize(_display_size(width, height), Image.Resampling.BILINEAR).convert("RGB")
-    return _under_banner(image, caption, colour_bar=False)
+    return Image.fromarray(np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8)), width
 
 
 def _display_size(width: int, height: int) -> tuple[int, int]:
@@ -237,31 +289,36 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _under_banner(image: Image.Image, caption: str, *, colour_bar: bool) -> np.ndarray:
-    """``image`` under three banner rows: the disclaimer, ``caption``, then the colour bar (or a note saying
-    there is no heatmap), sized so the disclaimer fits the width."""
+def _under_banner(image: Image.Image, captions: Sequence[str], *, bar: tuple[str, str] | None,
+                  wrap: bool = False) -> np.ndarray:
+    """``image`` under the banner: the disclaimer, the ``captions`` (one row each; with ``wrap`` word-wrapped
+    where even the smallest font is too wide, else cut at the edge), then a colour bar between ``bar``'s low and
+    high labels (None: a note that there is no heatmap), the font sized so the disclaimer fits the width.
+    Without ``wrap`` the banner's height depends on the width only, so an original and its Grad-CAM overlay
+    stay the same size side by side whatever their captions."""
     from matplotlib import colormaps
     from PIL import ImageDraw, ImageFont
 
     width = image.size[0]
-    third = "heatmap: low" if colour_bar else "original (no heatmap)"
-    lines = [_STAMP, caption, third]
+    third = "original (no heatmap)" if bar is None else bar[0]
     font_px = max(8, width // 24)
     font = ImageFont.load_default(size=font_px)
-    while font_px > 8 and max(font.getlength(line) for line in lines[:2]) > width - 8:
+    while font_px > 8 and max(font.getlength(line) for line in [_STAMP, *captions]) > width - 8:
         font_px -= 1  # shrink until the disclaimer fits the width
         font = ImageFont.load_default(size=font_px)
+    lines = [_STAMP, *(row for caption in captions
+                       for row in (_wrapped(caption, font, width - 8) if wrap else [caption]))]
     line_h = font_px + 4
-    top = 3 * line_h + 4
+    top = (len(lines) + 1) * line_h + 4
     canvas = Image.new("RGB", (width, image.size[1] + top), (0, 0, 0))
     canvas.paste(image, (0, top))
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines[:2]):
+    for i, line in enumerate(lines):
         draw.text((4, 2 + i * line_h), line, fill=(255, 255, 0), font=font)
-    y = 2 + 2 * line_h
+    y = 2 + len(lines) * line_h
     draw.text((4, y), third, fill=(255, 255, 0), font=font)
-    if colour_bar:
-        high = "high (per-image max)"
+    if bar is not None:
+        high = bar[1]
         left = 8 + int(font.getlength(third))
         right = width - 8 - int(font.getlength(high))
         if right - left > 8:
@@ -270,3 +327,14 @@ def _under_banner(image: Image.Image, caption: str, *, colour_bar: bool) -> np.n
             canvas.paste(Image.fromarray(strip), (left, y + 2))
         draw.text((max(left, right) + 4, y), high, fill=(255, 255, 0), font=font)
     return np.asarray(canvas)
+
+
+def _wrapped(text: str, font, width: int) -> list[str]:
+    """``text`` as rows no wider than ``width`` px (greedy, at spaces; a single long word keeps its row)."""
+    rows: list[str] = []
+    for word in text.split(" "):
+        if rows and font.getlength(f"{rows[-1]} {word}") <= width:
+            rows[-1] = f"{rows[-1]} {word}"
+        else:
+            rows.append(word)
+    return rows or [""]

@@ -27,7 +27,10 @@ HEADLINE_KEYS: dict[str, str] = {
                                           "validation; not the argmax sensitivity of eval metrics.json",
     "malignant_specificity_at_threshold": "Malignant specificity on test at that threshold",
     "ece_calibrated": "expected calibration error on test after temperature scaling",
-    "pointing_game": "Grad-CAM pointing game hit rate on test: model, and the centred-Gaussian baseline",
+    "pointing_game": "pointing game hit rate on test: model (Grad-CAM), the centred-Gaussian baseline and lesion_map "
+                     "(the lesion head's map; null for a model without a lesion head)",
+    "lesion_dice": "Dice against the lesion masks on test at each map's validation-chosen threshold (dice@val): "
+                   "lesion_map (null without a lesion head) and gradcam",
     "epochs_trained": "epochs the training loop ran (early stopping included)",
     "best_epoch": "epoch of the checkpoint kept (best validation monitor)",
     "macro_auc_by_center": "macro AUC on each centre's test images, keyed by centre id (null: none in test)",
@@ -78,7 +81,6 @@ def headline_metrics(
     by_center = eval_metrics.get("by_center") or {}
     if centers is None:
         centers = _center_order(by_center)
-    loc = (explain_metrics or {}).get
     return {
         "n_test": _get(eval_metrics, ("n_test",), source),
         "macro_auc": {k: _get(auc, (k,), f"{source} headline.macro_auc") for k in ("value", "ci_low", "ci_high")},
@@ -87,11 +89,10 @@ def headline_metrics(
         "malignant_specificity_at_threshold": _get(eval_metrics, ("operating_point", "test_specificity", "value"),
                                                    source),
         "ece_calibrated": _get(eval_metrics, ("calibration", "ece_after"), source),
-        "pointing_game": {
-            side: None if explain_metrics is None
-            else _get(loc(side) or {}, ("overall", "pointing_game", "value"), f"explain metrics.json {side}")
-            for side in ("model", "baseline")
-        },
+        "pointing_game": {side: _overall(explain_metrics, side, "pointing_game")
+                          for side in ("model", "baseline", "lesion_map")},
+        "lesion_dice": {"lesion_map": _overall(explain_metrics, "lesion_map", "dice@val"),
+                        "gradcam": _overall(explain_metrics, "model", "dice@val")},
         "epochs_trained": None if train_metrics is None else train_metrics.get("epochs_run"),
         "best_epoch": None if train_metrics is None else train_metrics.get("best_epoch"),
         "macro_auc_by_center": {
@@ -118,6 +119,14 @@ def headlines(variants: Mapping[str, Mapping[str, Mapping[str, Any] | None]]) ->
 def leaf_count(data: Mapping[str, Any]) -> int:
     """Number of scalar values in a nested dict: the columns it adds to ``dvc exp show``."""
     return sum(leaf_count(v) if isinstance(v, Mapping) else 1 for v in data.values())
+
+
+def _overall(explain_metrics: Mapping[str, Any] | None, side: str, metric: str) -> Any:
+    """``explain_metrics[side]["overall"][metric]["value"]``; None without explain metrics or, for the lesion map,
+    when the model has no lesion head (``"lesion_map": null``, or a file written before lesion maps existed)."""
+    if explain_metrics is None or (side == "lesion_map" and explain_metrics.get(side) is None):
+        return None
+    return _get(explain_metrics.get(side) or {}, ("overall", metric, "value"), f"explain metrics.json {side}")
 
 
 def _center_order(by_center: Mapping[str, Any]) -> list[str]:

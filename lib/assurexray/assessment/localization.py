@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from assurexray.assessment.metrics import bootstrap_weights
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "gaussian_baseline",
     "rank_correlation",
     "bootstrap_summary",
+    "paired_differences",
     "THRESHOLD_GRID",
 ]
 
@@ -199,22 +202,21 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bootstrap_summary(
-    values: Mapping[str, np.ndarray], *, resamples: int, seed: int, ci_level: float = 0.95
+    values: Mapping[str, np.ndarray], *, groups: np.ndarray | None, resamples: int, seed: int,
+    ci_level: float = 0.95,
 ) -> dict[str, dict[str, float | None] | int]:
     """Mean and percentile bootstrap CI of each per-image metric, plus ``n``.
 
-    All metrics share the same resampled image indices (paired), drawn at once as a (resamples, n)
-    matrix. With no images every value is None (JSON null), never NaN.
+    ``groups`` (one case group per image) makes it a cluster bootstrap: whole case groups are drawn, since
+    views and duplicates of one case are not independent; ``None`` draws images (only where no grouping
+    exists). All metrics share the same resamples (paired). With no images every value is None, never NaN.
     """
-    if resamples < 1:
-        raise ValueError(f"explain.bootstrap_resamples must be >= 1, got {resamples!r}.")
-    if not 0 < ci_level < 1:
-        raise ValueError(f"explain.ci_level must be in (0, 1), got {ci_level!r}.")
     names = list(values)
     table = np.column_stack([np.asarray(values[k], dtype=np.float64) for k in names]) if names else None
-    n = 0 if table is None else table.shape[0]
+    weights = _resample_weights(0 if table is None else table.shape[0], groups=groups, resamples=resamples,
+                                seed=seed, ci_level=ci_level)
     out: dict[str, dict[str, float | None] | int] = {}
-    if n == 0:
+    if weights is None:
         for k in names:
             out[k] = {"value": None, "ci_low": None, "ci_high": None}
         out["n"] = 0
@@ -222,14 +224,48 @@ def bootstrap_summary(
     if np.isnan(table).any():
         bad = [k for k, col in zip(names, table.T) if np.isnan(col).any()]
         raise ValueError(f"bootstrap_summary: NaN values in {bad}; drop undefined images before summarising.")
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    means = table[idx].mean(axis=1)  # (resamples, n_metrics)
+    means = (weights @ table) / weights.sum(axis=1, keepdims=True)  # (resamples, n_metrics)
     alpha = (1.0 - ci_level) / 2.0
     lows, highs = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
     for j, k in enumerate(names):
         out[k] = {"value": float(table[:, j].mean()), "ci_low": float(lows[j]), "ci_high": float(highs[j])}
-    out["n"] = int(n)
+    out["n"] = int(table.shape[0])
     return out
+
+
+def paired_differences(
+    first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray], *, groups: np.ndarray | None,
+    resamples: int, seed: int, ci_level: float = 0.95,
+) -> dict[str, dict[str, float | None] | int]:
+    """Mean of ``first[k] - second[k]`` per metric with a paired cluster-bootstrap CI, plus ``n``.
+
+    The two maps of one image are compared on the same resamples (the difference is resampled, not each arm
+    on its own), and whole case groups are drawn, so the interval covers test-set sampling of cases.
+    """
+    if set(first) != set(second):
+        raise ValueError(f"paired_differences: metrics differ ({sorted(first)} vs {sorted(second)}).")
+    diffs = {}
+    for k in first:
+        a, b = np.asarray(first[k], dtype=np.float64), np.asarray(second[k], dtype=np.float64)
+        if a.shape != b.shape:
+            raise ValueError(f"paired_differences: {k!r} has {a.shape} vs {b.shape} images; pair the same images.")
+        diffs[k] = a - b
+    return bootstrap_summary(diffs, groups=groups, resamples=resamples, seed=seed, ci_level=ci_level)
+
+
+def _resample_weights(n: int, *, groups: np.ndarray | None, resamples: int, seed: int,
+                      ci_level: float) -> np.ndarray | None:
+    """(resamples, n) counts of each image per resample (whole groups when ``groups``); None for n = 0."""
+    if not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"explain.bootstrap_resamples must be >= 1, got {resamples!r}.")
+    if not 0 < ci_level < 1:
+        raise ValueError(f"explain.ci_level must be in (0, 1), got {ci_level!r}.")
+    if n == 0:
+        return None
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"bootstrap: {len(groups)} group ids for {n} images; pass one case group per image.")
+    return bootstrap_weights(np.zeros(n, dtype=np.int64), resamples=resamples, seed=seed,
+                             groups=None if groups is None else np.asarray(groups), stratified=False)
 
 
 def _check_pair(heatmap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
 ``python -m assurexray.assessment.results_table --metrics metrics --command "..." --readme README.md`` rewrites the block
 between ``<!-- results:begin -->`` and ``<!-- results:end -->`` of the README with a table of both variants,
 pooled and per test centre, with intervals (in the one format of ``assurexray.core.rendering.fmt_ci``), the
-grouping each split guarantees, the command and the date.
+lesion map's pointing game and Dice beside the centred Gaussian's (``n/a`` for a model without a lesion head or
+explain metrics written before lesion maps), the grouping each split guarantees, the command and the date.
 NOT FOR CLINICAL USE.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 
 from assurexray.core.atomic import write_text
 from assurexray.core.project import MALIGNANT, VARIANTS, Layout, read_json
-from assurexray.core.rendering import fmt_ci, fmt_level, markdown_table
+from assurexray.core.rendering import fmt_ci, fmt_diff, fmt_level, markdown_table
 from assurexray.data.splits import grouping_statement
 
 __all__ = ["results_table", "update_readme", "BEGIN", "END"]
@@ -34,34 +35,48 @@ def results_table(metrics_dir: str | Path, *, command: str, date: str, commit: s
     header = (
         "Variant", "Test set", f"Images ({'/'.join(n[0] for n in names)})", f"Macro AUC ({fmt_level(level)} CI)",
         "Tumour vs normal AUC", f"{MALIGNANT} sens. / spec. at the val threshold",
+        "Pointing game: lesion map vs centred Gaussian", "Dice (val threshold): lesion map vs centred Gaussian",
     )
     rows, notes = [], []
+    explains = {v: _read(layout.explain_metrics(v)) if layout.explain_metrics(v).is_file() else None
+                for v in VARIANTS}
     for variant in VARIANTS:
-        title, e = _TITLES[variant], evals[variant]
+        title, e, x = _TITLES[variant], evals[variant], explains[variant]
         split = _read(layout.split_summary(variant))
-        blocks = [("all test", e)] + [(f"centre {c}", b) for c, b in (e.get("by_center") or {}).items()]
+        # (row label, eval block, where explain metrics.json holds the same test set's localisation)
+        blocks = [("all test", e, ("overall",))] + [(f"centre {c}", b, ("per_center", str(c)))
+                                                    for c, b in (e.get("by_center") or {}).items()]
         if variant == "stratified":
             blocks = blocks[:1]  # per-centre rows of the stratified test are small; the holdout is the question
-        for label, block in blocks:
+        for label, block, scope in blocks:
             counts = block.get("test_counts") or block.get("counts") or {}
             op = block.get("operating_point") or {}
             rows.append((
                 title, label, f"{block.get('n_test', block.get('n'))} ({'/'.join(str(counts.get(c, 0)) for c in names)})",
                 fmt_ci(_get(block, "headline", "macro_auc")), fmt_ci(_get(block, "diagnostics", "tumour_vs_normal_auc")),
                 f"{fmt_ci(op.get('test_sensitivity'))} / {fmt_ci(op.get('test_specificity'))}",
+                *(_lesion_cell(x, scope, m) for m in ("pointing_game", "dice@val")),
             ))
-        explain_path = layout.explain_metrics(variant)
-        if explain_path.is_file():
-            x = _read(explain_path)
+        if x is not None:
+            lesion = "" if _get(x, "lesion_map") is None else (
+                f"; lesion map minus Grad-CAM, paired on the same images: "
+                f"{fmt_diff(_get(x, 'comparisons', 'lesion_map_vs_gradcam', 'overall', 'pointing_game'))}")
             notes.append(f"- {title}: Grad-CAM pointing game on {_get(x, 'model', 'overall', 'n')} annotated test "
                          f"tumours {fmt_ci(_get(x, 'model', 'overall', 'pointing_game'))} against "
                          f"{fmt_ci(_get(x, 'baseline', 'overall', 'pointing_game'))} for a centred Gaussian "
-                         f"(layer `{x.get('target_layer')}`, chosen on validation).")
+                         f"(layer `{x.get('target_layer')}`, chosen on validation){lesion}.")
         notes.append(f"- {title}: {grouping_statement(split)}")
         op = e.get("operating_point") or {}
         if op.get("reliable") is False:
+            reason = f" ({op['reason']})" if op.get("reason") else ""
             notes.append(f"- {title}: the {MALIGNANT} threshold rests on {op.get('val_positives')} validation "
-                         f"{MALIGNANT} images and is flagged unreliable.")
+                         f"{MALIGNANT} images and is flagged unreliable{reason}.")
+    with_map = [x for x in explains.values() if _get(x, "lesion_map") is not None]
+    if with_map:
+        notes.append(f"- Lesion map: the model's own estimate of where the tumour is (research only), scored on the "
+                     f"annotated test tumours at its own validation-chosen threshold; intervals: "
+                     f"{with_map[0].get('intervals') or 'bootstrap (method not recorded)'}; n/a: no lesion head, or "
+                     "explain metrics written before lesion maps were scored.")
     made = f"Made by `{command}` on {date}" + (f" at commit {commit}" if commit else "") + "."
     return "\n".join([markdown_table(header, rows), "", *notes, "", made])
 
@@ -88,6 +103,14 @@ def _get(node: Mapping[str, Any] | None, *keys: str) -> Any:
             return None
         node = node.get(key)
     return node
+
+
+def _lesion_cell(explain: Mapping[str, Any] | None, scope: tuple[str, ...], metric: str) -> str:
+    """The lesion map's ``metric`` beside the centred Gaussian's on one test set; ``n/a`` without a lesion map."""
+    if _get(explain, "lesion_map") is None:
+        return "n/a"
+    lesion, baseline = (_get(explain, side, *scope, metric) for side in ("lesion_map", "baseline"))
+    return f"{fmt_ci(lesion)} vs {fmt_ci(baseline)}"
 
 
 def _class_names_and_level(evals: Mapping[str, Mapping[str, Any]], layout: Layout) -> tuple[list[str], float]:

@@ -4,7 +4,8 @@ One pattern for every stage: ``load_config("params.yaml", "evaluate", EvaluateCo
 are the accepted keys; a field without a default is required. Unknown keys fail with the key name and the valid
 keys, missing keys with their names and the file, so a typo never silently falls back to a default; type and
 range checks live in each dataclass's ``__post_init__`` (as :class:`assurexray.assessment.explain.ExplainConfig` does).
-Stages unpack the dataclass into the library's plain keyword arguments.
+Stages pass the dataclass whole to the library function that uses it (tests build one without DVC), so a new
+setting is one field and its use.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The ``audit`` section; ``audit.audit_dataset`` checks the value.
+    """The ``audit`` section, passed whole to ``audit.audit_dataset``.
 
     Kept here, not beside ``audit_dataset``, while audit.py is being split into computing and rendering.
     """
 
     montage_groups: int  # duplicate groups shown in the review montage
+
+    def __post_init__(self) -> None:
+        value = self.montage_groups
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"audit.montage_groups must be a non-negative integer, got {value!r}; "
+                             "set it in params.yaml (e.g. 12).")
 
 
 def load_config(path: str | os.PathLike, section: str, cls: type[T]) -> T:

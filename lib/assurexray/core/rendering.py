@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "Heading", "Para", "Bullets", "Table", "Figure", "Chart", "Image", "Alert", "Block",
     "to_markdown", "to_html", "markdown_table",
-    "fmt", "fmt_ci", "fmt_param", "fmt_pct", "fmt_level", "unavailable", "RERUN",
+    "fmt", "fmt_ci", "fmt_diff", "fmt_param", "fmt_pct", "fmt_level", "unavailable", "RERUN",
 ]
 
 #: How a reader gets a missing pipeline output back.
@@ -209,6 +209,19 @@ def fmt_ci(ci: Mapping[str, Any] | None) -> str:
     # A proportion over few images carries a Wilson interval (metrics.proportion_ci): say so, with its n.
     few = f", Wilson, n={ci['n']}" if ci.get("interval") == "wilson" else ""
     return f"{fmt(ci['value'])} ({fmt(ci['ci_low'])}–{fmt(ci['ci_high'])}{few})"
+
+
+def fmt_diff(ci: Mapping[str, Any] | None) -> str:
+    """A paired difference with its interval, the bounds joined by "to": ``-0.237 (-0.337 to -0.138)``.
+
+    Differences are often negative at both ends, and ``(-0.337–-0.138)`` puts a dash between two minus signs;
+    "to" cannot be misread. ``undefined`` without a value, ``(no interval)`` without bounds, as :func:`fmt_ci`.
+    """
+    if ci is None or ci.get("value") is None:
+        return "undefined"
+    if ci.get("ci_low") is None or ci.get("ci_high") is None:
+        return f"{fmt(ci['value'])} (no interval)"
+    return f"{fmt(ci['value'])} ({fmt(ci['ci_low'])} to {fmt(ci['ci_high'])})"
 
 
 def fmt_param(x: Any) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from assurexray.core.params import AuditConfig
 from assurexray.data.datasheet import build_datasheet
 from assurexray.core.schema import CLASS_NAMES, SITE_COLUMNS, SUBTYPE_COLUMNS
 from assurexray.data.splits import grouping_statement, grouping_summary
@@ -68,14 +69,12 @@ class AuditResult:
 
 
 def audit_dataset(
-    raw_dir: str | os.PathLike, prepared_dir: str | os.PathLike, *, montage_groups: int = 12
+    raw_dir: str | os.PathLike, prepared_dir: str | os.PathLike, config: AuditConfig
 ) -> AuditResult:
-    """Audit composition, sizes, views, annotations, missing values, duplicates and leakage routes."""
-    if isinstance(montage_groups, bool) or not isinstance(montage_groups, int) or montage_groups < 0:
-        raise ValueError(
-            f"audit.montage_groups must be a non-negative integer, got {montage_groups!r}; "
-            "set it in params.yaml (e.g. 12)."
-        )
+    """Audit composition, sizes, views, annotations, missing values, duplicates and leakage routes.
+
+    ``config``: the ``audit`` params section (``montage_groups``: duplicate groups shown in the montage).
+    """
     from assurexray.data import annotations, btxrd  # lazy: reading the release pulls in openpyxl
 
     raw_dir, prepared_dir = Path(raw_dir), Path(prepared_dir)
@@ -99,7 +98,7 @@ def audit_dataset(
     metrics.update(_views(index, class_names))
     metrics["annotations"] = _annotation_metrics(annotations, orphans)
     metrics.update(_missing_values(table))
-    metrics["duplicates"] = _duplicate_metrics(pair_table, group_table, montage_groups)
+    metrics["duplicates"] = _duplicate_metrics(pair_table, group_table, config.montage_groups)
     metrics["leakage"] = _leakage(index, table, class_names)
     metrics["case_source"] = _case_source(prepared_dir / "meta.json")
     metrics["grouping"] = grouping_summary(index)

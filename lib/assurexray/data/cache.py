@@ -47,7 +47,7 @@ class PreparedCache:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """The ``prepare`` section of params.yaml, passed to :func:`build_cache` key by key."""
+    """The ``prepare`` section of params.yaml, passed whole to :func:`build_cache`."""
 
     image_px: int  # side of the square cached images, px (not "size": dvc's run cache ignores keys so named)
     near_duplicate_distance: int  # max perceptual-hash Hamming distance grouped as near duplicates
@@ -63,17 +63,16 @@ class PrepareConfig:
 def build_cache(
     release: Release,
     out_dir: str | os.PathLike,
+    config: PrepareConfig,
     *,
-    size: int,
     class_names: Sequence[str] = CLASS_NAMES,
-    near_duplicate_distance: int,
-    workers: int | None = None,
 ) -> Path:
-    """Decode, letterbox, rasterise and group every image of ``release``; write the cache atomically."""
-    size = _check_int(size, "image_px", low=8)
-    near_duplicate_distance = _check_int(near_duplicate_distance, "near_duplicate_distance", low=0)
-    if workers is not None:
-        workers = _check_int(workers, "workers", low=1)
+    """Decode, letterbox, rasterise and group every image of ``release``; write the cache atomically.
+
+    ``config`` is the ``prepare`` section (checked when built): cached image side, near-duplicate distance,
+    decoding processes.
+    """
+    size, workers = config.image_px, config.workers
     class_names = list(class_names)
     table = release.table
     unknown = sorted(set(table["label"]) - set(class_names))
@@ -105,7 +104,7 @@ def build_cache(
         info = pd.DataFrame(records)
         grouping = group_images(
             list(table["image_id"]), [int(h, 16) for h in info["phash"]], list(table["case_id"]),
-            max_distance=near_duplicate_distance, digests=list(info["sha256"]),
+            max_distance=config.near_duplicate_distance, digests=list(info["sha256"]),
         )
         index = pd.DataFrame({
             "row": np.arange(n),
@@ -147,7 +146,7 @@ def build_cache(
             # the data's own date (the sheet's document properties), for the checkpoint's provenance record
             "sheet_modified": sheet_modified(release.metadata_path) if release.metadata_path else None,
             "format_version": FORMAT_VERSION,
-            "near_duplicate_distance": near_duplicate_distance,
+            "near_duplicate_distance": config.near_duplicate_distance,
             "class_counts": {c: int((index["label"] == c).sum()) for c in class_names},
             "n_with_mask": int(index["has_mask"].sum()),
             "n_stretched_annotations": len(stretched),

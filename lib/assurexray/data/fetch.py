@@ -57,8 +57,9 @@ _HASH_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The ``data`` section of params.yaml. ``sample`` and ``btxrd`` are plain mappings that
-    :func:`fetch_data` checks against ``SAMPLE_KEYS`` / ``BTXRD_KEYS`` (only the one ``source`` uses matters).
+    """The ``data`` section of params.yaml, passed whole to :func:`fetch_data`. ``sample`` and ``btxrd`` are
+    plain mappings that :func:`fetch_data` checks against ``SAMPLE_KEYS`` / ``BTXRD_KEYS`` (only the one
+    ``source`` uses matters; None = empty).
     """
 
     source: str  # sample | btxrd
@@ -74,19 +75,14 @@ class DataConfig:
                 raise TypeError(f"data.{name}: expected a block of keys, got {value!r}.")
 
 
-def fetch_data(
-    out_dir: str | os.PathLike,
-    *,
-    source: str,
-    sample: dict[str, Any],
-    btxrd: dict[str, Any],
-    seed: int,
-) -> Path:
-    """Write the raw dataset of ``source`` to ``out_dir`` (replaced whole, atomically); return ``out_dir``."""
-    if source not in SOURCES:
-        raise ValueError(f"data.source: unknown source {source!r}; valid sources are {list(SOURCES)}.")
+def fetch_data(out_dir: str | os.PathLike, config: DataConfig, *, seed: int) -> Path:
+    """Write the raw dataset of ``config.source`` to ``out_dir`` (replaced whole, atomically); return ``out_dir``.
+
+    ``seed`` (params ``base.seed``) draws the synthetic sample.
+    """
     out_dir = Path(out_dir)
-    if source == "sample":
+    sample, btxrd = dict(config.sample or {}), dict(config.btxrd or {})
+    if config.source == "sample":
         check_keys(sample, SAMPLE_KEYS, where="data.sample")
         missing = [key for key in SAMPLE_KEYS if key not in sample]
         if missing:

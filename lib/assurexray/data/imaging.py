@@ -37,6 +37,7 @@ __all__ = [
     "letterbox_geometry",
     "letterbox",
     "to_original",
+    "box_to_original",
     "rasterize_polygons",
     "polygons_to_letterbox",
 ]
@@ -326,6 +327,34 @@ def to_original(array: np.ndarray, geom: Letterbox, width: int, height: int) -> 
     rows = np.minimum(((np.arange(height) + 0.5) * geom.new_h / height).astype(np.int64), geom.new_h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * geom.new_w / width).astype(np.int64), geom.new_w - 1)
     return crop[rows[:, None], cols[None, :]]
+
+
+def box_to_original(
+    box: tuple[int, int, int, int], geom: Letterbox, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """Map a pixel box ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the letterboxed square to the smallest box of
+    the ``width`` x ``height`` original that covers the same area; None when it lies wholly in the padding.
+
+    Per axis, as :func:`to_original` maps arrays: the content's ``new_w`` columns span the ``width`` original
+    columns, so prepared column ``c`` covers original x in ``[(c - pad_x) * width / new_w, ...)``; the start is
+    floored, the end ceiled, both clipped to the image. Integer arithmetic, so the result is exact.
+    """
+    if geom.new_w < 1 or geom.new_h < 1:
+        raise ValueError(f"letterbox geometry {geom} has an empty content area.")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {tuple(box)!r}: expected x0 < x1 and y0 < y1 (x1, y1 exclusive).")
+    width, height = int(width), int(height)
+
+    def floor(v: int, pad: int, n: int, full: int) -> int:
+        return min(full, max(0, (v - pad) * full // n))
+
+    def ceil(v: int, pad: int, n: int, full: int) -> int:
+        return min(full, max(0, -((pad - v) * full // n)))
+
+    out = (floor(x0, geom.pad_x, geom.new_w, width), floor(y0, geom.pad_y, geom.new_h, height),
+           ceil(x1, geom.pad_x, geom.new_w, width), ceil(y1, geom.pad_y, geom.new_h, height))
+    return out if out[2] > out[0] and out[3] > out[1] else None
 
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], width: int, height: int) -> np.ndarray:

@@ -36,7 +36,6 @@ import pandas as pd
 
 from assurexray.core.atomic import atomic_dir
 from assurexray.data.manifests import read_index  # re-exported for stages/split.py: the one index reader
-from assurexray.core.params import check_keys
 from assurexray.data.sheets import image_ids, read_sheet
 
 __all__ = ["PARTITIONS", "STRATEGIES", "SplitConfig", "grouping_statement", "grouping_summary", "read_index", "split_index", "split_partitions",
@@ -61,32 +60,30 @@ class _Strategy:
 
 
 def split_index(
-    index: pd.DataFrame, *, strategy: str, seed: int, class_names: Sequence[str], **options: Any
+    index: pd.DataFrame, config: SplitConfig, *, seed: int, class_names: Sequence[str]
 ) -> pd.DataFrame:
     """Return a copy of ``index`` with ``partition`` (train/val/test) and ``moved`` (bool) columns.
 
-    ``options`` are the strategy's keys from ``split.<variant>``; ``None`` means the default. Fails if a class
-    ends up missing from a partition (the metrics of that partition would be undefined).
+    ``config`` is one ``split.<variant>`` block: the strategy and its keys (``None`` means the default). Fails
+    if a class ends up missing from a partition (the metrics of that partition would be undefined).
     """
-    return split_partitions(index, strategy=strategy, seed=seed, class_names=class_names, **options)[0]
+    return split_partitions(index, config, seed=seed, class_names=class_names)[0]
 
 
 def split_partitions(
-    index: pd.DataFrame, *, strategy: str, seed: int, class_names: Sequence[str], **options: Any
+    index: pd.DataFrame, config: SplitConfig, *, seed: int, class_names: Sequence[str]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """:func:`split_index` plus the strategy's notes for split.json (e.g. ``listed_absent`` of published)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"split.strategy: unknown strategy {strategy!r}; valid strategies are {sorted(STRATEGIES)}.")
-    spec = STRATEGIES[strategy]
+    strategy = config.strategy
+    spec = STRATEGIES[strategy]  # SplitConfig checked the name
     # A key of another strategy is ignored (with a warning), so `-S split.stratified.strategy=published` works
-    # without deleting val_fraction; a key no strategy knows is a typo and fails.
-    known = set().union(*(s.defaults for s in STRATEGIES.values()))
-    check_keys(options, known, where=f"split (strategy {strategy!r})")
-    ignored = sorted(key for key in set(options) - set(spec.defaults) if options[key] is not None)
+    # without deleting val_fraction; a key no strategy knows is not a SplitConfig field, so loading it failed.
+    ignored = sorted(f.name for f in dataclasses.fields(config)
+                     if f.name != "strategy" and f.name not in spec.defaults and getattr(config, f.name) is not None)
     if ignored:
         logger.warning("split: key(s) %s do not apply to strategy %r; ignored", ignored, strategy)
-    options = {key: value for key, value in options.items() if key in spec.defaults}
-    resolved = {key: default if options.get(key) is None else options[key] for key, default in spec.defaults.items()}
+    resolved = {key: default if getattr(config, key) is None else getattr(config, key)
+                for key, default in spec.defaults.items()}
     policy = resolved.pop("missing_test_classes")
     if policy not in MISSING_TEST_CLASS_POLICIES:
         raise ValueError(f"split.missing_test_classes: expected one of {list(MISSING_TEST_CLASS_POLICIES)}, "
@@ -284,7 +281,8 @@ MISSING_TEST_CLASS_POLICIES = ("error", "allow")
 # metrics are then computed over the classes present (macro averages included).
 @dataclass(frozen=True)
 class SplitConfig:
-    """One variant block under ``split`` in params.yaml (e.g. ``split.center``); ``None`` = the strategy's default.
+    """One variant block under ``split`` in params.yaml (e.g. ``split.center``), passed whole to
+    :func:`split_partitions`; ``None`` = the strategy's default.
 
     The fields are every key some strategy reads (``STRATEGIES[...].defaults``); a key of another strategy is
     accepted and ignored by :func:`split_partitions`, so ``-S split.stratified.strategy=published`` works alone.
@@ -305,11 +303,6 @@ class SplitConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"split.strategy: unknown strategy {self.strategy!r}; valid strategies are "
                              f"{sorted(STRATEGIES)}.")
-
-    def options(self) -> dict[str, Any]:
-        """The strategy's keyword options for :func:`split_partitions` (every key but ``strategy``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "strategy"}
-
 
 STRATEGIES: dict[str, _Strategy] = {
     "stratified": _Strategy(_stratified, {"val_fraction": 0.15, "test_fraction": 0.15,

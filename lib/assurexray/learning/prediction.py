@@ -28,8 +28,9 @@ import torch
 from scipy.special import softmax
 from tqdm import tqdm
 
-from assurexray.learning.calibration import apply_temperature
+from assurexray.learning.calibration import apply_temperature, threshold_caveat
 from assurexray.data.imaging import Fitted, letterbox
+from assurexray.learning.lesion_head import has_lesion_head, lesion_probabilities
 from assurexray.learning.model import file_sha256, load_checkpoint
 from assurexray.core.project import MALIGNANT, Layout
 from assurexray.learning.transforms import eval_transform
@@ -65,6 +66,16 @@ class OperatingPoint:
     source: Path | None = None
     tta_flip: bool = False  # average with the mirror image, as evaluate did when it fitted the threshold
     target_sensitivity: float | None = None  # what the threshold was chosen for, on validation (for display)
+    # How the threshold was chosen (assurexray.learning.calibration.choose_threshold); None: not recorded.
+    val_positives: int | None = None  # validation Malignant images it was chosen on
+    rule: str | None = None  # "sensitivity_lower_bound" (reliable) or "capped_point_estimate" (fallback)
+    reliable: bool | None = None  # False: show :attr:`caveat` wherever the threshold is shown
+    reason: str | None = None  # why it is unreliable and what the fallback did
+
+    @property
+    def caveat(self) -> str | None:
+        """``UNRELIABLE Malignant threshold: <reason>.`` for a threshold marked unreliable, else None."""
+        return threshold_caveat({"reliable": self.reliable, "reason": self.reason})
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,17 @@ class Predictor:
     def is_ensemble(self) -> bool:
         return len(self.models) > 1
 
+    @property
+    def lesion_members(self) -> tuple[bool, ...]:
+        """Per member: does it carry a lesion decoder (:mod:`assurexray.learning.lesion_head`)?"""
+        return tuple(has_lesion_head(m) for m in self.models)
+
+    @property
+    def has_lesion_maps(self) -> bool:
+        """True when every member has a lesion decoder: a map averaged over some members only would be a
+        different model's estimate from the one the probabilities come from."""
+        return all(self.lesion_members)
+
     @cached_property  # built once per predictor (a frozen dataclass still has an instance __dict__)
     def transform(self) -> Callable[..., dict[str, Any]]:
         """The checkpoint's albumentations eval preprocessing of one letterboxed uint8 (S, S) image."""
@@ -149,6 +171,20 @@ class Predictor:
         if len(member) == 1:
             return member[0]
         return np.log(np.mean([softmax(z.astype(np.float64), axis=1) for z in member], axis=0))
+
+    def lesion_maps(self, boxed: np.ndarray) -> np.ndarray:
+        """Lesion probability maps ``(B, S, S)`` float32 in [0, 1] of letterboxed uint8 images ``(B, S, S)``, in the
+        prepared geometry; an ensemble's is the mean of its members' maps. No mirror TTA: the maps are scored as
+        training validated them (the decoder's Dice), whatever the operating point says about the logits."""
+        if not self.has_lesion_maps:
+            raise ValueError(
+                f"lesion maps: {[str(p) for p, has in zip(self.model_paths, self.lesion_members) if not has]} have "
+                "no lesion decoder; use models trained with model.lesion_head: true.")
+        transform = self.transform
+        device = next(self.models[0].parameters()).device
+        batch = torch.stack([transform(image=img)["image"] for img in boxed]).to(device)  # (B, C, S, S)
+        maps = [lesion_probabilities(m, batch)[1].float().cpu().numpy() for m in self.models]  # each (B, S, S)
+        return np.mean(maps, axis=0).astype(np.float32)
 
     def logits_of(self, images: np.ndarray, *, batch_size: int = 64, desc: str = "predict",
                   progress: bool = True) -> np.ndarray:
@@ -239,15 +275,20 @@ def default_operating_point_path(model_path: str | os.PathLike) -> Path:
 
 def operating_point_record(
     *, temperature: float, malignant_threshold: float, target_sensitivity: float, val_sensitivity: float,
-    model_sha256: str, tta_flip: bool | None = None, member_sha256s: Sequence[str] | None = None,
+    model_sha256: str, val_positives: int | None = None, rule: str | None = None, reliable: bool | None = None,
+    reason: str | None = None, tta_flip: bool | None = None, member_sha256s: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The ``operating_point.json`` evaluate writes and :func:`load_operating_point` reads (keys in file order).
 
+    ``val_positives``, ``rule``, ``reliable`` and ``reason`` say how the threshold was chosen
+    (:class:`assurexray.learning.calibration.ThresholdChoice`); written together when ``rule`` is given.
     ``tta_flip`` None (not recorded) reads back as False; ``member_sha256s`` only for an ensemble.
     """
     record: dict[str, Any] = {"temperature": temperature, "malignant_threshold": malignant_threshold,
                               "target_sensitivity": target_sensitivity, "val_sensitivity": val_sensitivity,
                               "model_sha256": model_sha256}
+    if rule is not None:
+        record.update(val_positives=val_positives, rule=rule, reliable=reliable, reason=reason)
     if tta_flip is not None:
         record["tta_flip"] = bool(tta_flip)
     if member_sha256s is not None:
@@ -289,9 +330,14 @@ def load_operating_point(
             f"{list(class_names)!r}."
         )
     target = data.get("target_sensitivity")
+    reliable, positives = data.get("reliable"), data.get("val_positives")
+    if reliable is not None and not isinstance(reliable, bool):
+        raise ValueError(f"{path}: reliable must be true or false, got {reliable!r}; re-run the evaluate stage.")
     return OperatingPoint(temperature=temperature, malignant_threshold=threshold, source=path,
                           tta_flip=bool(data.get("tta_flip", False)),
-                          target_sensitivity=float(target) if isinstance(target, (int, float)) else None)
+                          target_sensitivity=float(target) if isinstance(target, (int, float)) else None,
+                          val_positives=positives if isinstance(positives, int) else None,
+                          rule=data.get("rule"), reliable=reliable, reason=data.get("reason"))
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

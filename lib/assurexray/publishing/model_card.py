@@ -22,11 +22,14 @@ from assurexray.publishing.report_sections import (
     gap_text,
     headline_table,
     keys_text,
+    lesion_localisation,
     loc_title,
     operating_point_table,
     pairs_text,
     partition_table,
     source_note,
+    THRESHOLD_RULE_TEXT,
+    threshold_notes,
     versus,
     weights_text,
 )
@@ -89,7 +92,8 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
             "**Out of scope**: clinical decision support of any kind; modalities other than plain radiographs "
             "(CT, MRI); scanners, centres or populations unlike the training data without new validation; "
             "commercial use (the data licence is non-commercial); lesion measurement or segmentation (Grad-CAM "
-            "maps are coarse explanations, not segmentations).",
+            "maps are coarse explanations, not segmentations; the lesion map is the model's estimate of where the "
+            "tumour is, for research only).",
         )),
         Heading(2, "Factors"),
         *_factors(d),
@@ -110,6 +114,7 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
         gap_text(d),
         Para("Malignant operating point (threshold chosen on validation, applied unchanged to test):"),
         operating_point_table(d),
+        *threshold_notes(d),
         Para("Calibration (temperature fitted on validation; expected calibration error on test):"),
         calibration_table(d),
         *_localisation_summary(d),
@@ -157,18 +162,21 @@ def _metrics_explained(d: ReportData) -> list[Any]:
     return [Bullets((
         "**Macro AUC** (one-vs-rest, primary): threshold-free and weighs each class equally, so a rare class "
         "counts as much as a common one.",
-        f"**Malignant sensitivity at an operating point**: threshold chosen on validation to reach sensitivity "
-        f"{fmt(lookup(e, 'operating_point', 'target_sensitivity'))}, reported with specificity: a missed malignancy "
-        "is the costliest error.",
+        f"**Malignant sensitivity at an operating point**: threshold chosen on validation for a target sensitivity "
+        f"of {fmt(lookup(e, 'operating_point', 'target_sensitivity'))}: {THRESHOLD_RULE_TEXT} Reported with "
+        "specificity: a missed malignancy is the costliest error.",
         f"**Calibration**: expected calibration error over {fmt(lookup(e, 'calibration', 'bins'))} bins before and "
         "after temperature scaling; probabilities are only meaningful when calibrated.",
         "**Also**: macro average precision, accuracy, balanced accuracy, macro F1, and per class AUC, AP, "
         "sensitivity, specificity, PPV, NPV and F1.",
         f"**Bootstrap CIs**: {fmt_level(boot.get('ci_level'))} percentile intervals from "
-        f"{fmt(boot.get('resamples'))} resamples of the test set; the gap between variants gets its interval "
-        "from the two independent bootstrap distributions.",
-        "**Localisation**: pointing game, energy inside the lesion, IoU and Dice of the Grad-CAM map against "
-        "lesion masks, compared with a centred-Gaussian baseline; a randomisation sanity check.",
+        f"{fmt(boot.get('resamples'))} resamples of the test set. The headline gap between variants (each model "
+        "on its own test set) treats the two test sets as independent, which they are not where they share "
+        "images; the paired gap scores both models on the test images both sets hold, with one bootstrap "
+        "for both, and is the like-for-like figure.",
+        "**Localisation**: pointing game, energy inside the lesion, IoU and Dice of the Grad-CAM map (and, for a "
+        "model with a lesion head, of its lesion map) against lesion masks, compared with a centred-Gaussian "
+        "baseline by paired differences on case-clustered bootstrap resamples; a randomisation sanity check.",
     ))]
 
 
@@ -182,8 +190,11 @@ def _localisation_summary(d: ReportData) -> list[Any]:
         for m in ("pointing_game", "iou@val"):
             model, base = lookup(x, "model", "overall", m), lookup(x, "baseline", "overall", m)
             rows.append((VARIANT_TITLES[v], loc_title(m), fmt_ci(model), fmt_ci(base), versus(model, base)))
+    lesion = [block for v in VARIANTS if d.explains[v] is not None
+              for block in (Para(f"**{VARIANT_TITLES[v]}**"),
+                            *lesion_localisation(d.explains[v], explain_name(d, v)))]
     return [Para("Grad-CAM localisation on annotated tumour test images, model versus centred-Gaussian baseline."),
-            Table(("Variant", "Metric", "Model", "Baseline", "Comparison"), tuple(rows))]
+            Table(("Variant", "Metric", "Model", "Baseline", "Comparison"), tuple(rows)), *lesion]
 
 
 def _burned_in(d: ReportData) -> str:

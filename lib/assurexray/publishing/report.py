@@ -56,15 +56,19 @@ from assurexray.publishing.report_sections import (
     gap_verdict,
     headline_table,
     keys_text,
+    lesion_localisation,
     loc_title,
     operating_point_table,
     partition_table,
     source_note,
+    THRESHOLD_RULE_TEXT,
+    threshold_notes,
     union_keys,
     versus,
     weights_text,
 )
 from assurexray.core.schema import DATASET_CITATION, DATASET_LICENSE
+from assurexray.learning.calibration import threshold_caveat
 from assurexray.data.splits import grouping_statement
 
 logger = logging.getLogger(__name__)
@@ -126,21 +130,22 @@ def _report_blocks(d: ReportData) -> list[Any]:
         Para("Temperature scaling is fitted on validation; ECE is the expected calibration error on test."),
         calibration_table(d),
         Heading(3, "Malignant operating point"),
-        Para("The threshold reaching the target sensitivity on validation, applied unchanged to test."),
+        Para("The threshold chosen on validation (rule under Methods), applied unchanged to test."),
         operating_point_table(d),
-        *_threshold_warnings(d),
+        *threshold_notes(d),
         _operating_point_gap(d),
         Heading(3, "Per centre (test)"),
         Para("Each test centre on its own (own bootstrap; macro averages over the classes it holds). Centres differ "
              "in source and class mix, so a pooled figure can hide a centre where the model fails."),
         *_center_results(d),
+        *threshold_notes(d),
     ]
     for v in VARIANTS:
         blocks += [Heading(3, f"Per-class metrics: {VARIANT_TITLES[v]}"), _per_class_table(d, v),
                    Heading(4, "Confusion matrix (test counts)"), _confusion_table(d, v)]
         blocks += [Figure(cap, d.figures[v][f"{sub}/{name}"], f"{d.plots_name}/{v}/{sub}/{name}", FIGURE_NOTE)
                    for sub, name, cap in FIGURES if sub == "eval"]
-    blocks += [Heading(3, "Grad-CAM localisation"), *_localisation_detail(d)]
+    blocks += [Heading(3, "Localisation: lesion map, Grad-CAM and centred Gaussian"), *_localisation_detail(d)]
     blocks += [Heading(2, "Data audit"), *_audit(d)]
     blocks += [Heading(2, "Limitations"), Bullets(caveats(d))]
     blocks += [Heading(2, "Dataset licence and citation"),
@@ -156,10 +161,11 @@ def _summary(d: ReportData) -> tuple[str, ...]:
         e = d.evals[v]
         centers = "; ".join(f"centre {c}: {fmt_ci(lookup(b, 'headline', 'macro_auc'))} (n={fmt(b['n'])})"
                             for c, b in (e.get("by_center") or {}).items())
+        caveat = threshold_caveat(e.get("operating_point"))  # an unreliable threshold's warning, beside its numbers
         items.append(f"{VARIANT_TITLES[v]}: macro AUC {fmt_ci(lookup(e, 'headline', 'macro_auc'))} on "
                      f"{fmt(e['n_test'])} test images ({centers}); Malignant sensitivity at the operating point "
                      f"{fmt_ci(lookup(e, 'operating_point', 'test_sensitivity'))}, specificity "
-                     f"{fmt_ci(lookup(e, 'operating_point', 'test_specificity'))}.")
+                     f"{fmt_ci(lookup(e, 'operating_point', 'test_specificity'))}." + (f" {caveat}" if caveat else ""))
     gap = lookup(d.compare, "headline", "macro_auc", "gap")
     items.append(f"Generalisation gap in macro AUC (stratified - centre): {fmt_ci(gap)}; {gap_verdict(gap)}."
                  if d.compare else unavailable("Generalisation gap", f"{d.metrics_name}/compare.json"))
@@ -195,15 +201,18 @@ def _methods(d: ReportData) -> list[Any]:
         Para(f"Percentile bootstrap over {fmt(boot.get('resamples'))} resamples of the test set "
              f"({'case groups' if boot.get('cluster') else 'images'} resampled), {fmt_level(boot.get('ci_level'))} "
              f"intervals. Calibration: temperature scaling on validation, ECE over "
-             f"{fmt(lookup(e, 'calibration', 'bins'))} bins. Malignant operating point: threshold reaching sensitivity "
-             f"{fmt(lookup(e, 'operating_point', 'target_sensitivity'))} on validation. Params `evaluate`: "
-             f"{flat_params(p['evaluate'])}."),
+             f"{fmt(lookup(e, 'calibration', 'bins'))} bins. Malignant operating point, chosen on validation for a "
+             f"target sensitivity of {fmt(lookup(e, 'operating_point', 'target_sensitivity'))}: {THRESHOLD_RULE_TEXT} "
+             f"Params `evaluate`: {flat_params(p['evaluate'])}."),
         Heading(3, "Explainability"),
         Para(f"Class activation maps (method `{x.get('method')}`, explaining the {x.get('target')} class) "
              "scored against the lesion masks of annotated tumour test images: pointing game, share of heatmap "
              "energy inside the lesion, IoU and Dice at fixed thresholds and at a threshold chosen on "
              "validation. Baseline: a centred Gaussian map that knows nothing about the image. Sanity check: "
              "rank correlation between the trained model's maps and those of a randomised copy. "
+             "A model with a lesion head (params `model.lesion_head`) also outputs a lesion map, its own estimate "
+             "of where the tumour is, scored the same way at its own validation-chosen threshold and compared "
+             "with Grad-CAM and the baseline by paired differences on the same case resamples. "
              f"Params `explain`: {flat_params(x)}."),
         Bullets((f"Grad-CAM: {GRADCAM_REFERENCE}.", f"Sanity check: {SANITY_REFERENCE}.")),
     ]
@@ -211,20 +220,12 @@ def _methods(d: ReportData) -> list[Any]:
 
 def _gap_method(d: ReportData) -> Para:
     method = lookup(d.compare, "gap_method")
-    return Para(f"Gap interval: {method}." if method else "Gap interval: from the two independent bootstrap "
-                "distributions (method not recorded in compare.json).")
-
-
-def _threshold_warnings(d: ReportData) -> list[Any]:
-    """Flag thresholds fitted on too few validation Malignant images (evaluation.MIN_THRESHOLD_POSITIVES)."""
-    out = []
-    for v in VARIANTS:
-        op = d.evals[v]["operating_point"]
-        if op.get("reliable") is False:
-            out.append(Para(f"**Unreliable threshold ({VARIANT_TITLES[v]})**: fitted on {fmt(op.get('val_positives'))} "
-                            f"validation Malignant image(s), fewer than {fmt(op.get('min_val_positives'))}; its test "
-                            "sensitivity and specificity can land far from the target."))
-    return out
+    text = (f"Gap interval: {method}." if method else "Gap interval: from the two independent bootstrap "
+            "distributions (method not recorded in compare.json).")
+    paired = lookup(d.compare, "like_for_like", "paired")
+    if paired and paired.get("method"):
+        text += f" Paired gap interval: {paired['method']}."
+    return Para(text)
 
 
 def _center_results(d: ReportData) -> list[Any]:
@@ -254,7 +255,10 @@ def _operating_point_gap(d: ReportData) -> Para:
     if not block:
         return Para(unavailable("Operating-point gap", f"{d.metrics_name}/compare.json"))
     gaps = "; ".join(f"{HEADLINE_TITLES.get(m, m)} {fmt_ci(lookup(entry, 'gap'))}" for m, entry in block.items())
-    return Para(f"Gap at the operating point (stratified - centre): {gaps}.")
+    unreliable = [VARIANT_TITLES[v] for v in VARIANTS if threshold_caveat(d.evals[v].get("operating_point"))]
+    warning = (f" The threshold of {' and '.join(unreliable)} is UNRELIABLE (above), and so is this gap."
+               if unreliable else "")
+    return Para(f"Gap at the operating point (stratified - centre): {gaps}.{warning}")
 
 
 def _per_class_table(d: ReportData, v: str) -> Table:
@@ -327,6 +331,7 @@ def _localisation_detail(d: ReportData) -> list[Any]:
                      f"{fmt_ci(sanity.get('randomized_rank_correlation'))} "
                      f"over {fmt(sanity.get('n'))} images ({fmt(sanity.get('n_undefined'))} undefined). A value "
                      "near one would mean the map ignores the learned weights."),
+                *lesion_localisation(x, explain_name(d, v)),
             ]
         blocks += [Figure(cap, d.figures[v][f"{sub}/{name}"], f"{d.plots_name}/{v}/{sub}/{name}", FIGURE_NOTE)
                    for sub, name, cap in FIGURES if sub == "gradcam"]

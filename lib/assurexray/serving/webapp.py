@@ -2,9 +2,10 @@
 
 Prediction goes through the engine of ``assurexray infer`` and evaluate (:func:`assurexray.serving.infer.predict_images`
 over :class:`assurexray.learning.prediction.Predictor`): the same decoding (``read_gray_bytes``, DICOM via
-``assurexray.data.dicom``), preprocessing, temperature, Malignant threshold and Grad-CAM overlay, so the page shows
-what the CLI would print. The results view only reads files the pipeline wrote, where
-:class:`assurexray.core.project.Layout` says they are (schemas in docs/ARCHITECTURE.md).
+``assurexray.data.dicom``), preprocessing, temperature, Malignant threshold, Grad-CAM overlay and, for a model with
+a lesion head, the lesion map with its score and box, so the page shows what the CLI would print. The results view
+only reads files the pipeline wrote, where :class:`assurexray.core.project.Layout` says they are (schemas in
+docs/ARCHITECTURE.md).
 
 Privacy: nothing about users is stored or written. An upload is decoded, classified and drawn in memory;
 no file is created. NOT FOR CLINICAL USE.
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from assurexray.assessment.decision import decision_sentence, threshold_sentence, top_class_sentence, validation_rates
+from assurexray.assessment.decision import (
+    decision_sentence,
+    flags_every_top_malignant,
+    sensitivity_claim,
+    threshold_sentence,
+    top_class_sentence,
+    validation_rates,
+)
 from assurexray.core.project import (  # one owner each: the CLI, report and pipeline read the same facts
     DATASET_SUFFIXES,
     INFER_SUFFIXES,
@@ -39,11 +47,13 @@ from assurexray.core.project import (  # one owner each: the CLI, report and pip
 )
 from assurexray.core.provenance import trained_on, training_data_sentence
 from assurexray.core.rendering import fmt, fmt_ci
-from assurexray.publishing.report_sections import HEADLINE_TITLES
+from assurexray.learning.calibration import threshold_caveat
+from assurexray.publishing.report_sections import HEADLINE_TITLES, THRESHOLD_RULE
 
 if TYPE_CHECKING:  # torch-heavy; imported on first use at run time (see decode_upload)
     from assurexray.data.decoding import Fitted
     from assurexray.serving.infer import Prediction
+    from assurexray.serving.lesion import LesionFinding
     from assurexray.learning.prediction import OperatingPoint
 
 __all__ = [
@@ -56,6 +66,7 @@ __all__ = [
     "MAX_PIXELS",
     "DISPLAY_MAX_SIDE",
     "RESULTS_COMMAND",
+    "LESION_CAPTION",
     "EVAL_FIGURES",
     "WIDE_FIGURES",
     "Layout",
@@ -75,12 +86,14 @@ __all__ = [
     "threshold_text",
     "training_text",
     "original_panel",
+    "lesion_panel",
     "thumbnail",
     "load_results",
     "missing_message",
     "format_ci",
     "headline_rows",
     "operating_point_rows",
+    "threshold_caveats",
     "calibration_rows",
     "localization_rows",
     "figure_pairs",
@@ -103,6 +116,8 @@ MAX_PIXELS = 50_000_000
 DISPLAY_MAX_SIDE = 1024
 #: The command that creates every file the app reads.
 RESULTS_COMMAND = "dvc repro"
+#: The words every lesion map on the page is shown with (:func:`lesion_panel` gives no map without them).
+LESION_CAPTION = "Lesion map: the model's estimate of where a tumour is (research only, NOT FOR CLINICAL USE)"
 #: Evaluation figures written by the evaluate stage into plots/<variant>/eval/, with their titles.
 EVAL_FIGURES: tuple[tuple[str, str], ...] = (
     ("ROC curves (one-vs-rest, test)", "eval/roc.png"),
@@ -129,6 +144,12 @@ class AppPrediction:
     gray: np.ndarray  # (H, W) uint8, the decoded radiograph
     overlay: np.ndarray  # (h, w, 3) uint8, Grad-CAM of the predicted class under the disclaimer banner
     training_data: dict[str, Any] | None = None  # the checkpoint's meta["data"] (assurexray.core.provenance)
+    lesion_overlay: np.ndarray | None = None  # (h, w, 3) uint8 lesion map of a lesion-head model; else None
+
+    @property
+    def lesion(self) -> LesionFinding | None:
+        """The lesion score and box (original pixels) of a model with a lesion head; None without one."""
+        return self.outcome.lesion
 
     @property
     def probs(self) -> dict[str, float]:
@@ -323,21 +344,32 @@ def top_class_text(prediction: AppPrediction) -> str:
 
 
 def threshold_text(prediction: AppPrediction, *, layout: Layout, variant: str) -> str:
-    """Where the threshold was chosen and its validation (and test) sensitivity and specificity; '' without one.
+    """Where the threshold was chosen and its validation (and test) sensitivity and specificity, led by an
+    unreliable threshold's caveat, then how the flag relates to the most probable class; '' without a threshold.
 
     Validation rates come from the val rows of ``metrics/<variant>/eval/predictions.csv``, test rates from
-    ``metrics.json`` (both written by the evaluate run that wrote the operating point).
+    ``metrics.json`` (both written by the evaluate run that wrote the operating point). A sensitivity claim is
+    made only for a threshold marked reliable (:func:`assurexray.assessment.decision.sensitivity_claim`).
     """
-    if prediction.malignant_threshold is None:
+    op = prediction.op
+    if op.malignant_threshold is None:
         return ""
     metrics_path = layout.eval_metrics(variant)
     test = _read_json(metrics_path).get("operating_point") if metrics_path.is_file() else None
     split = (prediction.training_data or {}).get("split") or variant
-    return threshold_sentence(
-        threshold=prediction.malignant_threshold, target_sensitivity=prediction.target_sensitivity, split=split,
-        rates=validation_rates(layout.predictions(variant)), test=test,
-    ) + (" The flag answers a different question from the most probable class: it is tuned to miss few "
-         "malignant tumours, so it can fire while Normal or Benign has the highest probability.")
+    text = threshold_sentence(
+        threshold=op.malignant_threshold, target_sensitivity=op.target_sensitivity, split=split,
+        rates=validation_rates(layout.predictions(variant)), test=test, caveat=op.caveat,
+    )
+    if flags_every_top_malignant(op.malignant_threshold, len(prediction.probs)):
+        relation = ("it is set for every image whose most probable class is Malignant, and can also fire while "
+                    "another class has the highest probability")
+    else:  # an operating point from before the 1/K cap
+        relation = ("it can fire while another class has the highest probability, and stay off while Malignant "
+                    "has it")
+    claim = sensitivity_claim(reliable=op.reliable, target_sensitivity=op.target_sensitivity)
+    return (f"{text} The flag answers a different question from the most probable class: {relation}"
+            + (f"; {claim}." if claim else "."))
 
 
 def training_text(prediction: AppPrediction) -> str:
@@ -350,6 +382,16 @@ def original_panel(prediction: AppPrediction) -> np.ndarray:
     from assurexray.assessment.gallery import render_original  # matplotlib; see decode_upload
 
     return render_original(prediction.gray, caption=f"{prediction.name} (decoded, grayscale)")
+
+
+def lesion_panel(prediction: AppPrediction) -> tuple[np.ndarray, str] | None:
+    """The lesion map overlay and its caption (:data:`LESION_CAPTION`, the score and the box), or None for a
+    model without a lesion head. One function gives both, so the page cannot show the map without the words."""
+    from assurexray.serving.lesion import finding_sentence  # torch-heavy; see decode_upload
+
+    if prediction.lesion_overlay is None or prediction.lesion is None:
+        return None
+    return prediction.lesion_overlay, f"{LESION_CAPTION}. {finding_sentence(prediction.lesion)}"
 
 
 def thumbnail(image: np.ndarray, *, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
@@ -415,11 +457,15 @@ def headline_rows(results: Results) -> list[dict[str, str]]:
 
 def operating_point_rows(results: Results) -> list[dict[str, str]]:
     """The Malignant operating point of each variant: threshold (chosen on that variant's validation partition),
-    validation sensitivity and specificity (specificity from the val rows of predictions.csv), test both."""
+    how it was chosen (metrics.json's ``rule``, in the report's words) and an unreliable one's caveat, validation
+    sensitivity and specificity (specificity from the val rows of predictions.csv), test both."""
     blocks = {v: (vr.eval_metrics or {}).get("operating_point", {}) for v, vr in results.variants.items()}
     rates = {v: validation_rates(Layout(results.root).predictions(v)) for v in blocks}
     rows = [
         ("Threshold on P(Malignant), chosen on validation", lambda v: format_ci(blocks[v].get("threshold"))),
+        ("How chosen", lambda v: THRESHOLD_RULE.get(blocks[v].get("rule"), "not recorded")),
+        ("Threshold caveat",
+         lambda v: threshold_caveat(blocks[v]) or ("none" if blocks[v].get("reliable") is True else "n/a")),
         ("Target sensitivity (validation)", lambda v: format_ci(blocks[v].get("target_sensitivity"))),
         ("Malignant sensitivity at the operating point (validation)",
          lambda v: format_ci(blocks[v].get("val_sensitivity"))),
@@ -429,6 +475,14 @@ def operating_point_rows(results: Results) -> list[dict[str, str]]:
         (HEADLINE_TITLES["test_specificity"] + " (test)", lambda v: format_ci(blocks[v].get("test_specificity"))),
     ]
     return [{"quantity": title, **{v: cell(v) for v in blocks}} for title, cell in rows]
+
+
+def threshold_caveats(results: Results) -> list[str]:
+    """``<variant title>: UNRELIABLE Malignant threshold: <reason>.`` for each variant whose metrics.json marks
+    its threshold unreliable, for the page to show as warnings beside :func:`operating_point_rows`."""
+    blocks = {v: (vr.eval_metrics or {}).get("operating_point") for v, vr in results.variants.items()}
+    caveats = {v: threshold_caveat(block) for v, block in blocks.items()}
+    return [f"{VARIANT_TITLES.get(v, v)}: {caveat}" for v, caveat in caveats.items() if caveat]
 
 
 def calibration_rows(results: Results) -> list[dict[str, str]]:
@@ -493,11 +547,11 @@ def _predict(gray: np.ndarray, fitted: Callable[[int], Fitted], *, name: str, la
     op_path = layout.operating_point(variant)
     result, overlays = predict_images(
         {name: fitted}, model_path=model_path, operating_point_path=op_path if op_path.is_file() else None,
-        gradcam=True, shown={name: gray},
+        gradcam=True, shown={name: gray}, lesion_map=True,
     )
     return AppPrediction(name=name, outcome=result.predictions[0], op=result.operating_point,
                          model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
-                         training_data=result.training_data)
+                         training_data=result.training_data, lesion_overlay=result.lesion_overlays.get(name))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
