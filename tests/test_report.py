@@ -704,3 +704,32 @@ def test_the_stage_fails_naming_missing_eval_metrics(tree, repo_root):
     assert done.returncode != 0
     assert "metrics/center/eval/metrics.json: evaluation metrics of variant 'center' not found" in done.stderr
     assert not (tree / "reports").exists()
+
+
+def test_the_adaptation_section_reads_each_centre_by_the_pre_registered_rule():
+    """Adapted beside unadapted, every number from the eval metrics, and the reading from the paired interval."""
+    from types import SimpleNamespace
+
+    from assurexray.core.rendering import to_markdown
+    from assurexray.publishing.report_sections import adaptation_section
+
+    def auc(value, low, high):
+        return {"headline": {"macro_auc": {"value": value, "ci_low": low, "ci_high": high}}}
+
+    center = {"by_center": {"2": auc(0.741, 0.678, 0.806), "3": auc(0.545, 0.451, 0.637), "4": auc(0.6, 0.5, 0.7),
+                            "5": auc(0.5, 0.4, 0.6)},
+              "adapted": {"method": "bn", "by_center": {
+                  "2": {**auc(0.775, 0.713, 0.832), "delta_macro_auc": {"value": 0.034, "ci_low": 0.007, "ci_high": 0.059},
+                        "adaptation": {"n_images": 262}},
+                  "3": {**auc(0.501, 0.42, 0.58), "delta_macro_auc": {"value": -0.044, "ci_low": -0.081, "ci_high": -0.012},
+                        "adaptation": {"n_images": 126}},
+                  "4": {**auc(0.61, 0.5, 0.7), "delta_macro_auc": {"value": 0.01, "ci_low": -0.02, "ci_high": 0.04},
+                        "adaptation": {"n_images": 90}},
+                  "5": {"skipped": "fewer than 32 test images", "adaptation": {"n_images": 12}}}}}
+    text = to_markdown(adaptation_section(SimpleNamespace(evals={"stratified": {"by_center": {}}, "center": center})))
+    assert "| 2 | 262 | 0.741 (0.678–0.806) | 0.775 (0.713–0.832) | 0.034 (0.007 to 0.059) | adaptation helped |" in text
+    assert "| 3 | 126 | 0.545 (0.451–0.637) | 0.501 (0.420–0.580) | -0.044 (-0.081 to -0.012) | adaptation hurt |" in text
+    assert "no difference measurable at this sample size" in text and "fewer than 32 test images" in text
+    assert "no label read" in text and "stay the result" in text
+    plain = to_markdown(adaptation_section(SimpleNamespace(evals={"stratified": {}, "center": {"by_center": {}}})))
+    assert "not run" in plain and "|" not in plain

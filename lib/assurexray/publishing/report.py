@@ -47,6 +47,7 @@ from assurexray.publishing.report_data import (
     lookup,
 )
 from assurexray.publishing.report_sections import (
+    adaptation_section,
     HEADLINE_TITLES,
     calibration_table,
     caveats,
@@ -139,6 +140,7 @@ def _report_blocks(d: ReportData) -> list[Any]:
              "in source and class mix, so a pooled figure can hide a centre where the model fails."),
         *_center_results(d),
         *threshold_notes(d),
+        *adaptation_section(d),
     ]
     for v in VARIANTS:
         blocks += [Heading(3, f"Per-class metrics: {VARIANT_TITLES[v]}"), _per_class_table(d, v),
