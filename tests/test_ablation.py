@@ -317,6 +317,29 @@ def test_the_validation_pointing_game_comes_from_the_explain_validation_block_or
     assert older({"target_layer": "bn2", "layer_search": {}}) is None
 
 
+def test_the_lesion_map_columns_come_from_the_explain_lesion_block_and_old_reports_render_without_them():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+
+    def measured(explain):
+        def read(rev, path):
+            files = _files(1, 1.0)
+            files["metrics/center/explain/metrics.json"] = json.dumps(explain)
+            return files.get(path)
+        row = measure(experiments[0], read)
+        return row["lesion_pointing_game_center"], row["lesion_dice_center"]
+
+    lesion = {"overall": {"pointing_game": {"value": 0.81}, "dice@val": {"value": 0.46}, "n": 250}}
+    assert measured({"lesion_map": lesion}) == (0.81, 0.46)
+    assert measured({"lesion_map": None}) == (None, None)  # a model without a lesion head
+    assert measured({}) == (None, None)  # explain written before lesion maps
+    rows = [measure(e, _reader) for e in experiments]
+    summary = summarise(rows, experiments, baseline="base-s1", resamples=20)
+    assert "Lesion-map pointing game (centres 2+3)" in render_markdown(summary, command="x", date="2026-12-07")
+    old = summary.drop(columns=[c for c in summary.columns if c.startswith("lesion_")])
+    text = render_markdown(old, command="x", date="2026-12-07")
+    assert "Lesion-map" not in text and "Centre-1 val pointing game" in text
+
+
 #: The stages of dvc.yaml the ablation reads from: stage -> (params sections it records, inputs, outputs).
 PIPELINE = {"prepare": (("prepare",), (), ("data/prepared",))}
 for _v in ("stratified", "center"):

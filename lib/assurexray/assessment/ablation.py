@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Columns of the ablation table, in the order people read them (validation first: it is what chooses).
 COLUMNS: tuple[str, ...] = ("val_macro_auc", "center_2", "center_3", "center_pooled", "stratified",
-                            "pointing_game_center", "pointing_game_baseline", "val_pointing_game")
+                            "pointing_game_center", "pointing_game_baseline", "val_pointing_game",
+                            "lesion_pointing_game_center", "lesion_dice_center")
 #: Test sets of the paired differences: column prefix -> row key of the test predictions.
 PAIRED: dict[str, str] = {"center": "_test_predictions", "stratified": "_strat_test_predictions"}
 _IGNORED_PARAMS = ("base.seed",)  # what distinguishes seeds of one configuration
@@ -64,6 +65,9 @@ def measure(exp: Experiment, read: Reader) -> dict[str, Any]:
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
     row["val_pointing_game"] = _val_pointing_game(explain)
+    # the lesion map's figures on the same unseen-centre tumours (None: no lesion head, or explain before lesion maps)
+    row["lesion_pointing_game_center"] = _value(explain, "lesion_map", "overall", "pointing_game")
+    row["lesion_dice_center"] = _value(explain, "lesion_map", "overall", "dice@val")
     frame = _predictions(exp, files, "center")
     row["val_macro_auc"] = _macro_auc(frame[frame["partition"] == "val"], row["_class_names"]) \
         if frame is not None else None

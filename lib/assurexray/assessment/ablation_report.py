@@ -26,6 +26,8 @@ COLUMN_TITLES = {
     "pointing_game_center": "Pointing game (centres 2+3)",
     "pointing_game_baseline": "Centred-Gaussian pointing game (same tumours)",
     "val_pointing_game": "Centre-1 val pointing game (chooses explain settings)",
+    "lesion_pointing_game_center": "Lesion-map pointing game (centres 2+3)",
+    "lesion_dice_center": "Lesion-map Dice at its val threshold (centres 2+3)",
 }
 #: Titles of the paired differences (``ablation.PAIRED``'s test sets).
 PAIRED_TITLES = {"center": "Paired Δ centres 2+3 vs baseline", "stratified": "Paired Δ stratified vs baseline"}
@@ -38,11 +40,12 @@ INTERVALS = ("Its intervals cover test-set sampling, not seed variance: the boot
 
 def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
     """The ablation report: every number in it comes from ``summary`` (mean ± sd over seeds)."""
-    head = ("Configuration", "Seeds", COLUMN_TITLES[COLUMNS[0]], VAL_DELTA_TITLE,
-            *(COLUMN_TITLES[c] for c in COLUMNS[1:]), *(PAIRED_TITLES[p] for p in PAIRED))
+    columns = _present(summary)
+    head = ("Configuration", "Seeds", COLUMN_TITLES[columns[0]], VAL_DELTA_TITLE,
+            *(COLUMN_TITLES[c] for c in columns[1:]), *(PAIRED_TITLES[p] for p in PAIRED))
     rows = tuple((str(r["config"]), f"{int(r['n_seeds'])} ({r['seeds']})",
-                  _mean_sd(r[f"{COLUMNS[0]}_mean"], r[f"{COLUMNS[0]}_sd"]), _val_delta(r),
-                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in COLUMNS[1:]), *(_diff(r, p) for p in PAIRED))
+                  _mean_sd(r[f"{columns[0]}_mean"], r[f"{columns[0]}_sd"]), _val_delta(r),
+                  *(_mean_sd(r[f"{c}_mean"], r[f"{c}_sd"]) for c in columns[1:]), *(_diff(r, p) for p in PAIRED))
                  for _, r in summary.iterrows())
     return to_markdown([
         Alert(DISCLAIMER),
@@ -67,10 +70,11 @@ def render_markdown(summary: pd.DataFrame, *, command: str, date: str) -> str:
 
 def plot(summary: pd.DataFrame, path: str | Path) -> None:
     """Dot plot, one panel per column: configuration mean with ±sd bars (the figure people would rather see)."""
-    fig = Figure(figsize=(3.2 * len(COLUMNS), 0.6 * len(summary) + 2.2))
-    axes = fig.subplots(1, len(COLUMNS), sharey=True, squeeze=False)[0]
+    columns = _present(summary)
+    fig = Figure(figsize=(3.2 * len(columns), 0.6 * len(summary) + 2.2))
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     y = np.arange(len(summary))
-    for ax, column in zip(axes, COLUMNS):
+    for ax, column in zip(axes, columns):
         mean = summary[f"{column}_mean"].astype(float).to_numpy()
         sd = summary[f"{column}_sd"].astype(float).fillna(0.0).to_numpy()
         ax.errorbar(mean, y, xerr=sd, fmt="o", color="#4C72B0", capsize=3)
@@ -84,6 +88,11 @@ def plot(summary: pd.DataFrame, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _present(summary: pd.DataFrame) -> list[str]:
+    """The columns this summary has: a CSV written before a column existed (the lesion map's) renders as it was."""
+    return [c for c in COLUMNS if f"{c}_mean" in summary.columns]
 
 
 def _mean_sd(mean: Any, sd: Any) -> str:
