@@ -519,3 +519,32 @@ def test_a_committed_report_renders_from_its_csv_with_the_same_table_and_the_int
     table = lambda document: [line for line in document.splitlines() if line.startswith("|")]  # noqa: E731
     assert len(table(committed)) == len(summary) + 2 and table(text) == table(committed)
     assert INTERVALS in text
+
+
+def test_centre_3_tumour_vs_normal_and_the_adapted_rows_come_from_the_centre_evaluation():
+    experiments = experiments_from_exp_show(_exp_show(GRID))
+
+    def reader(extra):
+        def read(rev, path):
+            files = _files(1, 1.0)
+            metrics = json.loads(files["metrics/center/eval/metrics.json"])
+            metrics["by_center"].update(extra.get("by_center", {}))
+            metrics.update({k: v for k, v in extra.items() if k != "by_center"})
+            files["metrics/center/eval/metrics.json"] = json.dumps(metrics)
+            return files.get(path)
+        return read
+
+    def measured(extra):
+        row = measure(experiments[0], reader(extra))
+        return row["center_3_tumour_vs_normal"], row["center_2_adapted"], row["center_3_adapted"]
+
+    three = {"diagnostics": {"tumour_vs_normal_auc": {"value": 0.61}}, "headline": {"macro_auc": {"value": 0.5}}}
+    adapted = {"by_center": {"2": {"headline": {"macro_auc": {"value": 0.77}}},
+                             "3": {"skipped": "12 test image(s); adaptation needs at least 32"}}}
+    extra = {"by_center": {"3": three}, "adapted": adapted}
+    assert measured(extra) == (0.61, 0.77, None)
+    assert measured({}) == (None, None, None)  # evaluated without adaptation, a centre-3 file without diagnostics
+    rows = [measure(e, reader(extra)) for e in experiments]
+    text = render_markdown(summarise(rows, experiments, baseline="base-s1", resamples=20), command="x",
+                           date="2026-12-08")
+    assert "Centre 3 tumour-vs-normal AUC" in text and "Centre 2 macro AUC, BN-adapted (same images)" in text

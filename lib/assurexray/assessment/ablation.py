@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: Columns of the ablation table, in the order people read them (validation first: it is what chooses).
 COLUMNS: tuple[str, ...] = ("val_macro_auc", "center_2", "center_3", "center_pooled", "stratified",
+                            "center_3_tumour_vs_normal", "center_2_adapted", "center_3_adapted",
                             "pointing_game_center", "pointing_game_baseline", "val_pointing_game",
                             "lesion_pointing_game_center", "lesion_dice_center")
 #: Test sets of the paired differences: column prefix -> row key of the test predictions.
@@ -62,6 +63,10 @@ def measure(exp: Experiment, read: Reader) -> dict[str, Any]:
     for center in ("2", "3"):
         row[f"center_{center}"] = _value(center_eval, "by_center", center, "headline", "macro_auc")
     row["stratified"] = _value(strat_eval, "headline", "macro_auc")
+    # the question the lesion fusion targets, and evaluate.adapt's rows beside the unadapted ones (None: not run)
+    row["center_3_tumour_vs_normal"] = _value(center_eval, "by_center", "3", "diagnostics", "tumour_vs_normal_auc")
+    for center in ("2", "3"):
+        row[f"center_{center}_adapted"] = _value(center_eval, "adapted", "by_center", center, "headline", "macro_auc")
     row["pointing_game_center"] = _value(explain, "model", "overall", "pointing_game")
     row["pointing_game_baseline"] = _value(explain, "baseline", "overall", "pointing_game")
     row["val_pointing_game"] = _val_pointing_game(explain)

@@ -41,7 +41,9 @@ from assurexray.assessment.metrics import (
     suite_with_ci,
 )
 from assurexray.assessment.site_adaptation import adapt_centers, adapted_metrics, unseen_centers
+from assurexray.assessment.fusion_effect import fusion_effect
 from assurexray.learning.adaptation import ADAPT_METHODS
+from assurexray.learning.lesion_fusion import FUSION_MODES, choose_fusion_weight, fuse_logits
 from assurexray.learning.model import resolve_device
 from assurexray.learning.prediction import (
     OperatingPoint,
@@ -50,7 +52,7 @@ from assurexray.learning.prediction import (
     malignant_flags,
     operating_point_record,
 )
-from assurexray.core.project import MALIGNANT
+from assurexray.core.project import MALIGNANT, NORMAL
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class EvaluateConfig:
     batch_size: int
     tta_flip: bool
     adapt: str = "none"  # none | bn: unseen centres also scored after BatchNorm adaptation (assessment.site_adaptation)
+    lesion_fusion: str = "none"  # none | score: the lesion map's tumour presence in Normal-vs-tumour (learning.lesion_fusion)
 
     def __post_init__(self) -> None:
         def integer(value: Any) -> bool:
@@ -106,6 +109,7 @@ class EvaluateConfig:
             ("batch_size", integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             ("tta_flip", isinstance(self.tta_flip, bool), "true or false"),
             ("adapt", self.adapt in ADAPT_METHODS, f"one of {list(ADAPT_METHODS)}"),
+            ("lesion_fusion", self.lesion_fusion in FUSION_MODES, f"one of {list(FUSION_MODES)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -151,7 +155,11 @@ def evaluate_checkpoint(
             raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first.")
     predictor = load_predictor(paths, operating_point=OperatingPoint(tta_flip=config.tta_flip),
                                device=resolve_device(device))
-    frames, logits = {}, {}
+    if config.lesion_fusion == "score" and not predictor.has_lesion_maps:
+        raise ValueError(f"evaluate.lesion_fusion: score needs a lesion decoder in every model, and "
+                         f"{[str(p) for p in paths]} lack one; train with model.lesion_head: true or set "
+                         "evaluate.lesion_fusion: none.")
+    frames, logits, presence = {}, {}, {}
     for partition in ("val", "test"):
         frames[partition], images = load_partition(prepared, split_dir, partition)
         if images.shape[1:] != (predictor.input_size, predictor.input_size):
@@ -160,6 +168,17 @@ def evaluate_checkpoint(
                 f"input_size {predictor.input_size!r}; re-run prepare and train with the same size."
             )
         logits[partition] = predict_logits(predictor, images, batch_size=config.batch_size, desc=partition)
+        if config.lesion_fusion == "score":
+            presence[partition] = predictor.tumour_presence_of(images, batch_size=config.batch_size,
+                                                               desc=f"lesion presence {partition}")
+    fusion = None
+    unfused = logits
+    if config.lesion_fusion == "score":  # the weight is chosen on validation; test only receives it
+        normal = predictor.class_names.index(NORMAL)
+        fusion = choose_fusion_weight(_labels(frames["val"], predictor.class_names, "val", logits["val"]),
+                                      logits["val"], presence["val"], normal_index=normal)
+        logger.info("lesion fusion: %s", fusion.reason)
+        logits = {k: fuse_logits(v, presence[k], weight=fusion.weight, normal_index=normal) for k, v in logits.items()}
     evaluation = evaluate_logits(
         config, val_frame=frames["val"], val_logits=logits["val"], test_frame=frames["test"],
         test_logits=logits["test"], class_names=predictor.class_names, model_sha256=predictor.model_sha256,
@@ -167,7 +186,13 @@ def evaluate_checkpoint(
     evaluation.operating_point.update(operating_point_record(
         **evaluation.operating_point, tta_flip=config.tta_flip,
         member_sha256s=predictor.member_sha256s if predictor.is_ensemble else None,
+        lesion_fusion_weight=None if fusion is None else fusion.weight,
     ))
+    if fusion is not None:
+        evaluation.metrics["lesion_fusion"] = _fusion_block(config, fusion, frames, unfused, logits,
+                                                            predictor.class_names)
+        predictor = predictor.with_operating_point(OperatingPoint(tta_flip=config.tta_flip,
+                                                                  lesion_fusion_weight=fusion.weight))
     evaluation.metrics["tta_flip"] = config.tta_flip
     if predictor.is_ensemble:
         evaluation.metrics["ensemble_size"] = len(predictor.models)
@@ -181,6 +206,17 @@ def evaluate_checkpoint(
             score=functools.partial(_by_center, config=config, class_names=predictor.class_names,
                                     threshold=op["malignant_threshold"]))
     return evaluation
+
+
+def _fusion_block(config: EvaluateConfig, fusion: Any, frames: dict[str, pd.DataFrame],
+                  unfused: dict[str, np.ndarray], fused: dict[str, np.ndarray], class_names: list[str]) -> dict:
+    """metrics.json's ``lesion_fusion``: the choice and the test effect, each model calibrated on its own val."""
+    y_val = _labels(frames["val"], class_names, "val", unfused["val"])
+    t_plain, t_fused = fit_temperature(unfused["val"], y_val), fit_temperature(fused["val"], y_val)
+    return fusion_effect(config, choice=fusion, test_frame=frames["test"],
+                         y_test=_labels(frames["test"], class_names, "test", unfused["test"]),
+                         p_plain=apply_temperature(unfused["test"], t_plain),
+                         p_fused=apply_temperature(fused["test"], t_fused), class_names=class_names)
 
 
 def load_partition(

@@ -26,6 +26,7 @@ __all__ = [
     "bootstrap_weights",
     "indices_to_weights",
     "weighted_suite",
+    "weighted_binary_auc",
     "point_metrics",
     "suite_with_ci",
     "binary_rates",
@@ -274,6 +275,12 @@ def binary_auc_with_ci(positive: np.ndarray, scores: np.ndarray, weights: np.nda
     (point,), _ = _ranking_metrics(positive, scores, np.ones((1, positive.size)))
     reps, _ = _ranking_metrics(positive, scores, np.asarray(weights, dtype=np.float64))
     return {**ci_value(point, reps, ci_level), "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
+
+
+def weighted_binary_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC ``(B,)`` of one binary question for each weight row ``(B, n)`` (a row of ones: the point value)."""
+    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    return _ranking_metrics(positive, scores, np.asarray(weights, dtype=np.float64))[0]
 
 
 def percentile_ci(replicates: np.ndarray, ci_level: float) -> tuple[float, float]:

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from assurexray.core.filetypes import DATASET_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, RASTER_SUFFIXES
 
 __all__ = [
-    "VARIANTS", "VARIANT_TITLES", "MALIGNANT", "RASTER_SUFFIXES", "DICOM_SUFFIXES", "INFER_SUFFIXES",
+    "VARIANTS", "VARIANT_TITLES", "MALIGNANT", "NORMAL", "RASTER_SUFFIXES", "DICOM_SUFFIXES", "INFER_SUFFIXES",
     "DATASET_SUFFIXES", "Layout", "read_json", "ROOT_ENV", "MODEL_ENV", "DEFAULT_MODEL", "resolve_model_path",
 ]
 
@@ -38,6 +38,8 @@ VARIANTS: tuple[str, ...] = ("stratified", "center")
 VARIANT_TITLES: dict[str, str] = {"stratified": "Stratified split", "center": "Centre hold-out"}
 #: The class of the operating point (the sensitivity-targeted threshold) and of every "flag".
 MALIGNANT = "Malignant"
+#: The no-tumour class: lesion fusion (assurexray.learning.lesion_fusion) lowers its logit.
+NORMAL = "Normal"
 
 # The suffix lists (RASTER_SUFFIXES, DICOM_SUFFIXES, INFER_SUFFIXES, DATASET_SUFFIXES) live in
 # assurexray.core.filetypes, re-exported here, so the data and training stages do not depend on this file.

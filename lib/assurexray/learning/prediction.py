@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from assurexray.learning.calibration import apply_temperature, threshold_caveat
 from assurexray.data.imaging import Fitted, letterbox
+from assurexray.learning.lesion_fusion import fuse_logits, tumour_presence
 from assurexray.learning.lesion_head import has_lesion_head, lesion_probabilities
 from assurexray.learning.model import file_sha256, load_checkpoint
-from assurexray.core.project import MALIGNANT, Layout
+from assurexray.core.project import MALIGNANT, NORMAL, Layout
 from assurexray.learning.transforms import eval_transform
 
 __all__ = [
@@ -71,6 +72,8 @@ class OperatingPoint:
     rule: str | None = None  # "sensitivity_lower_bound" (reliable) or "capped_point_estimate" (fallback)
     reliable: bool | None = None  # False: show :attr:`caveat` wherever the threshold is shown
     reason: str | None = None  # why it is unreliable and what the fallback did
+    # evaluate.lesion_fusion: the Normal logit minus this weight times logit(max lesion probability); 0 = unfused
+    lesion_fusion_weight: float = 0.0
 
     @property
     def caveat(self) -> str | None:
@@ -161,6 +164,9 @@ class Predictor:
 
         An ensemble's logits are the log of its members' mean probabilities (softmax at T = 1), so one
         temperature and one threshold apply to it just as to one model; a single model's are its own, unchanged.
+        With a lesion-fusion weight in the operating point, the Normal logit is then lowered by the weight times
+        the tumour-presence score of :meth:`lesion_maps` (:mod:`assurexray.learning.lesion_fusion`), as evaluate
+        fitted it.
         """
         transform = self.transform
         device = next(self.models[0].parameters()).device
@@ -169,8 +175,31 @@ class Predictor:
         with torch.inference_mode():
             member = [flip_averaged_logits(m, batch, tta_flip=tta) for m in self.models]  # each (B, K)
         if len(member) == 1:
-            return member[0]
-        return np.log(np.mean([softmax(z.astype(np.float64), axis=1) for z in member], axis=0))
+            logits = member[0]
+        else:
+            logits = np.log(np.mean([softmax(z.astype(np.float64), axis=1) for z in member], axis=0))
+        weight = self.operating_point.lesion_fusion_weight
+        if not weight:
+            return logits
+        return fuse_logits(logits, self.tumour_presence(boxed), weight=weight, normal_index=self._normal_index())
+
+    def tumour_presence(self, boxed: np.ndarray) -> np.ndarray:
+        """``logit(max lesion probability)`` ``(B,)`` of letterboxed images: the score lesion fusion uses."""
+        return tumour_presence(self.lesion_maps(boxed).reshape(len(boxed), -1).max(axis=1))
+
+    def tumour_presence_of(self, images: np.ndarray, *, batch_size: int = 64, desc: str = "lesion presence",
+                           progress: bool = True) -> np.ndarray:
+        """:meth:`tumour_presence` of many letterboxed images ``(n, S, S)``, ``batch_size`` at a time."""
+        starts = range(0, len(images), batch_size)
+        out = [self.tumour_presence(images[s:s + batch_size]) for s in tqdm(starts, desc=desc, unit="batch",
+                                                                             disable=not progress)]
+        return np.concatenate(out, axis=0) if out else np.zeros(0)
+
+    def _normal_index(self) -> int:
+        if NORMAL not in self.class_names:
+            raise ValueError(f"lesion fusion lowers the {NORMAL!r} logit, but the checkpoint's classes are "
+                             f"{self.class_names!r}; evaluate with evaluate.lesion_fusion: none.")
+        return self.class_names.index(NORMAL)
 
     def lesion_maps(self, boxed: np.ndarray) -> np.ndarray:
         """Lesion probability maps ``(B, S, S)`` float32 in [0, 1] of letterboxed uint8 images ``(B, S, S)``, in the
@@ -238,7 +267,12 @@ def load_predictor(
         _check_member(path, other, first=paths[0], meta=meta)
     predictor = Predictor(models=tuple(m for m, _ in loaded), meta=meta, model_paths=tuple(paths),
                           member_sha256s=tuple(file_sha256(p) for p in paths))
-    return predictor.with_operating_point(_resolve_operating_point(operating_point, predictor))
+    predictor = predictor.with_operating_point(_resolve_operating_point(operating_point, predictor))
+    op = predictor.operating_point
+    if op.lesion_fusion_weight and not predictor.has_lesion_maps:
+        raise ValueError(f"{op.source}: lesion_fusion_weight {op.lesion_fusion_weight:g} needs every model's lesion "
+                         "decoder, but these checkpoints lack one; use the operating point evaluated for them.")
+    return predictor
 
 
 def ensemble_sha256(member_sha256s: Sequence[str]) -> str:
@@ -277,12 +311,14 @@ def operating_point_record(
     *, temperature: float, malignant_threshold: float, target_sensitivity: float, val_sensitivity: float,
     model_sha256: str, val_positives: int | None = None, rule: str | None = None, reliable: bool | None = None,
     reason: str | None = None, tta_flip: bool | None = None, member_sha256s: Sequence[str] | None = None,
+    lesion_fusion_weight: float | None = None,
 ) -> dict[str, Any]:
     """The ``operating_point.json`` evaluate writes and :func:`load_operating_point` reads (keys in file order).
 
     ``val_positives``, ``rule``, ``reliable`` and ``reason`` say how the threshold was chosen
     (:class:`assurexray.learning.calibration.ThresholdChoice`); written together when ``rule`` is given.
-    ``tta_flip`` None (not recorded) reads back as False; ``member_sha256s`` only for an ensemble.
+    ``tta_flip`` None (not recorded) reads back as False; ``member_sha256s`` only for an ensemble;
+    ``lesion_fusion_weight`` only with ``evaluate.lesion_fusion: score`` (absent reads back as 0: unfused).
     """
     record: dict[str, Any] = {"temperature": temperature, "malignant_threshold": malignant_threshold,
                               "target_sensitivity": target_sensitivity, "val_sensitivity": val_sensitivity,
@@ -293,6 +329,8 @@ def operating_point_record(
         record["tta_flip"] = bool(tta_flip)
     if member_sha256s is not None:
         record["member_sha256s"] = list(member_sha256s)
+    if lesion_fusion_weight is not None:
+        record["lesion_fusion_weight"] = float(lesion_fusion_weight)
     return record
 
 
@@ -330,6 +368,9 @@ def load_operating_point(
             f"{list(class_names)!r}."
         )
     target = data.get("target_sensitivity")
+    fusion = _number(data.get("lesion_fusion_weight", 0.0), key="lesion_fusion_weight", path=path)
+    if fusion < 0:
+        raise ValueError(f"{path}: lesion_fusion_weight must be >= 0, got {fusion!r}; re-run the evaluate stage.")
     reliable, positives = data.get("reliable"), data.get("val_positives")
     if reliable is not None and not isinstance(reliable, bool):
         raise ValueError(f"{path}: reliable must be true or false, got {reliable!r}; re-run the evaluate stage.")
@@ -337,7 +378,8 @@ def load_operating_point(
                           tta_flip=bool(data.get("tta_flip", False)),
                           target_sensitivity=float(target) if isinstance(target, (int, float)) else None,
                           val_positives=positives if isinstance(positives, int) else None,
-                          rule=data.get("rule"), reliable=reliable, reason=data.get("reason"))
+                          rule=data.get("rule"), reliable=reliable, reason=data.get("reason"),
+                          lesion_fusion_weight=fusion)
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
