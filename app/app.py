@@ -25,7 +25,7 @@ PRIVACY_NOTE = (
 
 
 def main() -> None:
-    """Banner on every view, then the view chosen in the sidebar."""
+    """Banner and what trained each model on every view (before any number), then the view chosen in the sidebar."""
     st.set_page_config(page_title="AssureXRay (NOT FOR CLINICAL USE)", page_icon="⚠️", layout="wide")
     st.error(f"**{DISCLAIMER}**", icon="⚠️")
     st.title("AssureXRay: bone tumour radiograph classifier")
@@ -34,9 +34,13 @@ def main() -> None:
     except FileNotFoundError as err:
         st.error(str(err))
         return
+    for notice in webapp.training_notices(layout):  # read from each checkpoint's own record, never guessed
+        if notice.warn:
+            st.warning(notice.text, icon="⚠️")
+        else:
+            st.info(notice.text)
     page = st.sidebar.radio("View", PAGES, key="page")
-    st.sidebar.caption(PRIVACY_NOTE)
-    st.sidebar.caption(f"Project root: `{layout.root}`")
+    st.sidebar.caption(PRIVACY_NOTE)  # no server path here: the sidebar tells a visitor nothing about the host
     if page == PAGES[0]:
         try_page(layout)
     else:
@@ -93,6 +97,11 @@ def show_prediction(prediction: webapp.AppPrediction, *, layout: webapp.Layout, 
         st.warning(f"{training} Its outputs say nothing about real patients.", icon="⚠️")
     else:
         st.caption(training)
+    warn, familiarity = webapp.input_check_text(prediction)  # before the scores it qualifies
+    if warn:
+        st.warning(familiarity, icon="⚠️")
+    else:
+        st.caption(familiarity)
     decision = webapp.decision_text(prediction, layout=layout, variant=variant)
     st.subheader(decision)
     st.subheader(webapp.top_class_text(prediction))

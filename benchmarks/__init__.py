@@ -2,9 +2,9 @@
 
 Each module exposes ``figures(quick: bool = False, *, tiny: bool = False) -> list[Figure]``; ``__main__`` prints
 the table with the goals and writes ``metrics/bench.json`` (not a DVC metric: timings depend on the machine);
-``benchmarks.readme`` copies that table into README.md. ``tiny=True`` runs the same code on the smallest inputs
-(synthetic files, a tiny model) in seconds: it checks the plumbing (tests/test_benchmarks.py), its numbers mean
-nothing and the README never quotes them.
+``benchmarks.readme`` copies that table into docs/speed.md. ``tiny=True`` runs the same code on the smallest
+inputs (synthetic files, a tiny model) in seconds: it checks the plumbing (tests/test_benchmarks.py), its numbers
+mean nothing and docs/speed.md never quotes them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
 
 
 def format_table(figures: Sequence[Figure]) -> str:
-    """A markdown table: figure, value, goal, met?, detail (what the README quotes)."""
+    """A markdown table: figure, value, goal, met?, detail (what docs/speed.md quotes)."""
     rows = ["| figure | value | goal | met | detail |", "|---|---|---|---|---|"]
     for f in figures:
         value = "n/a" if f.value is None else f"{f.value:,.3g} {f.unit}".strip()

@@ -3,7 +3,7 @@
     python -m benchmarks            # all figures (peak memory on the full release size included)
     python -m benchmarks --quick    # fewer repeats and images, no peak-memory runs: a few minutes on 2 cores
     python -m benchmarks --only prepare_draft infer_overlap
-    python -m benchmarks --readme   # and rewrite README.md's table from the new results
+    python -m benchmarks --readme   # and rewrite docs/speed.md's table from the new results
     python -m benchmarks --tiny --out /tmp/bench.json   # seconds: checks the plumbing, the numbers mean nothing
 """
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true",
                         help="smallest inputs and a tiny model: checks that every benchmark runs, measures nothing")
     parser.add_argument("--out", default="metrics/bench.json", help="JSON results (default: %(default)s)")
-    parser.add_argument("--readme", action="store_true", help="then rewrite README.md's table from --out")
+    parser.add_argument("--readme", action="store_true", help=f"then rewrite {readme.PAGE}'s table from --out")
     args = parser.parse_args(argv)
     if args.tiny and (args.readme or args.out == parser.get_default("out")):
         parser.error("--tiny figures measure nothing: pass another --out and no --readme")
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(f"wrote {args.out}", file=sys.stderr)
     if args.readme:
-        readme.update(args.out, "README.md")
-        print("updated README.md", file=sys.stderr)
+        readme.update(args.out, readme.PAGE)
+        print(f"updated {readme.PAGE}", file=sys.stderr)
     return 0 if all(f.ok is not False for f in figures) else 1
 
 

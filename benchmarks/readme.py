@@ -1,10 +1,11 @@
-"""README.md's speed table, generated from metrics/bench.json (never typed by hand).
+"""The speed table of docs/speed.md, generated from metrics/bench.json (never typed by hand).
 
     python -m benchmarks.readme            # rewrite the block between the markers from metrics/bench.json
-    python -m benchmarks.readme --check    # exit 1 if README.md differs from what bench.json gives
+    python -m benchmarks.readme --check    # exit 1 if docs/speed.md differs from what bench.json gives
 
-The block between ``BEGIN`` and ``END`` in README.md is owned by :func:`render`; ``tests/test_benchmarks.py``
-checks that the committed README equals what the committed bench.json renders to.
+The block between ``BEGIN`` and ``END`` in ``PAGE`` is owned by :func:`render`; ``tests/test_benchmarks.py``
+checks that the committed page equals what the committed bench.json renders to. (The module keeps its name from
+when the table lived in README.md, so the command printed in the generated block still works.)
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any, Mapping
 from assurexray.core.atomic import write_text
 from benchmarks import Figure, format_table
 
-__all__ = ["BEGIN", "END", "render", "replace_block", "update"]
+__all__ = ["BEGIN", "END", "PAGE", "render", "replace_block", "update"]
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+#: The page holding the table, relative to the repository root (the README links to it).
+PAGE = "docs/speed.md"
 
 
 def render(bench: Mapping[str, Any]) -> str:
-    """The README block for one bench.json: how it was run (from the file itself), then the table."""
+    """The page's block for one bench.json: how it was run (from the file itself), then the table."""
     if bench.get("tiny"):
         raise ValueError("bench.json holds --tiny figures (plumbing checks, not measurements); "
                          "run `python -m benchmarks` and regenerate.")
@@ -37,7 +40,7 @@ def render(bench: Mapping[str, Any]) -> str:
            f"{run}\n\n{table}\n{END}"
 
 
-def replace_block(text: str, block: str, *, where: str = "README.md") -> str:
+def replace_block(text: str, block: str, *, where: str = PAGE) -> str:
     """``text`` with its one marked block replaced by ``block``."""
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise ValueError(f"{where}: expected one {BEGIN} ... {END} block (in that order); "
@@ -46,7 +49,7 @@ def replace_block(text: str, block: str, *, where: str = "README.md") -> str:
     return head + block + rest.split(END, 1)[1]
 
 
-def update(bench_path: str | os.PathLike, readme_path: str | os.PathLike) -> bool:
+def update(bench_path: str | os.PathLike, readme_path: str | os.PathLike = PAGE) -> bool:
     """Rewrite ``readme_path``'s block from ``bench_path``; True if it changed."""
     bench = json.loads(Path(bench_path).read_text(encoding="utf-8"))
     text = Path(readme_path).read_text(encoding="utf-8")
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", default="metrics/bench.json", help="results of python -m benchmarks")
-    parser.add_argument("--readme", default="README.md", help="file holding the marked block")
+    parser.add_argument("--readme", default=PAGE, help="file holding the marked block (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if the block is stale")
     args = parser.parse_args(argv)
     if args.check:

@@ -10,6 +10,7 @@ from assurexray.core.cli_errors import run_stage
 from assurexray.learning.model import ModelConfig, file_sha256, save_checkpoint
 from assurexray.core.params import BaseConfig, load_config, load_params
 from assurexray.core.provenance import training_data_info
+from assurexray.learning.pretraining import classifier_start
 from assurexray.learning.training import TrainConfig, is_main_process, load_training_data, train_model
 
 logger = logging.getLogger("assurexray.stages.train")
@@ -23,12 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", required=True, help="DVCLive output dir (metrics.json, plots/)")
     parser.add_argument("--resume", default=None,
                         help="folder for the last completed epoch's state (not a DVC out); omit to disable")
+    parser.add_argument("--pretrained", default=None,
+                        help="pretrain stage's output folder (pretrain.json): when it holds pretrained weights the "
+                             "backbone starts from them instead of model.pretrained; omit to use model.pretrained")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     base = load_config(args.params, "base", BaseConfig)
     model_config = load_config(args.params, "model", ModelConfig)
+    if args.pretrained is not None:
+        model_config = classifier_start(args.pretrained, model_config)
     train_config = load_config(args.params, "train", TrainConfig)
     source = load_params(args.params, "data")["source"]  # provenance only; the fetch stage checks the section
 

@@ -284,3 +284,38 @@ def test_an_unknown_adapt_setting_is_refused_by_name():
     with pytest.raises(ValueError, match=r"evaluate\.adapt: expected one of \['none', 'bn'\], got 'adabn'"):
         EvaluateConfig(**{**EVAL, "adapt": "adabn"})
     assert EvaluateConfig(**EVAL).adapt == "none"  # unset in an older params.yaml: no adaptation
+
+
+def test_the_adapted_model_inherits_the_source_operating_point_and_infer_uses_it(tmp_path, capsys):
+    """adapt writes site.operating_point.json bound to the adapted file: same temperature, threshold and fusion
+    weight, a record of where they came from; infer then calibrates and decides as for the source. Another
+    model's file is refused, and a source without one says so."""
+    from assurexray.learning.prediction import load_predictor, operating_point_record
+    from assurexray.serving.adapt import inherit_operating_point
+
+    project = tmp_path / "project"
+    source = _checkpoint(project / "models" / "center" / "model.pt")
+    site = _folder(tmp_path / "site", 32)
+    assert cli.main(["adapt", "--model", str(source), "--images", str(site), "-o", str(tmp_path / "plain.pt")]) == 0
+    assert "has no operating point" in capsys.readouterr().out and not (tmp_path / "plain.operating_point.json").exists()
+    op_file = project / "metrics" / "center" / "eval" / "operating_point.json"
+    op_file.parent.mkdir(parents=True)
+    op_file.write_text(json.dumps(operating_point_record(
+        temperature=1.7, malignant_threshold=0.31, target_sensitivity=0.9, val_sensitivity=0.92,
+        model_sha256=file_sha256(source), val_positives=40, rule="sensitivity_lower_bound", reliable=True,
+        reason=None, tta_flip=False)))
+    out = tmp_path / "site.pt"
+    assert cli.main(["adapt", "--model", str(source), "--images", str(site), "-o", str(out)]) == 0
+    assert "site.operating_point.json" in capsys.readouterr().out
+    inherited = json.loads((tmp_path / "site.operating_point.json").read_text())
+    assert inherited["model_sha256"] == file_sha256(out) != file_sha256(source)
+    assert (inherited["temperature"], inherited["malignant_threshold"]) == (1.7, 0.31)
+    assert inherited["inherited"]["source_model_sha256"] == file_sha256(source)
+    op = load_predictor(out).operating_point  # found beside the model, checked against its hash
+    assert (op.temperature, op.malignant_threshold) == (1.7, 0.31)
+    result = run_inference([site], model_path=out, max_pixels=None)
+    assert result.operating_point.temperature == 1.7
+    assert all(p.malignant_flag is not None for p in result.predictions)  # a decision, as for the source
+    other = _checkpoint(tmp_path / "other.pt", lesion=True)
+    with pytest.raises(ValueError, match="model_sha256 .* does not match"):
+        inherit_operating_point(other, out, operating_point=op_file)

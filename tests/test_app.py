@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -16,6 +17,9 @@ from streamlit.testing.v1 import AppTest
 from test_infer import CAVEAT, RELIABLE, UNRELIABLE, bright_lesion_model, dicom_bytes
 
 from assurexray import DISCLAIMER
+from assurexray.assessment import familiarity as fam
+from assurexray.data.decoding import read_bytes_for_letterbox
+from assurexray.learning.prediction import OperatingPoint, load_predictor
 from assurexray.serving import webapp
 from assurexray.learning import model as model_lib
 from assurexray.serving.infer import run_inference
@@ -157,6 +161,37 @@ def run_app(root: Path, monkeypatch, *, page: str | None = None) -> AppTest:
 
 def texts(at: AppTest, kind: str) -> list[str]:
     return [element.value for element in at.get(kind)]
+
+
+def page_texts(node) -> list[str]:
+    """The text of every element under ``node`` (``at.main``, ``at.sidebar``) in page order; a table as its cells."""
+    shown = []
+    for child in getattr(node, "children", {}).values():
+        if getattr(child, "children", None):
+            shown += page_texts(child)
+            continue
+        value = getattr(child, "value", None)
+        shown.append(value.to_string() if hasattr(value, "to_string") else str(value if value is not None else
+                                                                                getattr(child, "label", "")))
+    return shown
+
+
+def noise_jpeg() -> bytes:
+    return jpeg_bytes(np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8))
+
+
+def with_input_check(root: Path) -> Path:
+    """Give the stratified model of ``root`` an input check centred on the ramp upload (jpeg_bytes()) itself, with
+    identity metric and a tiny threshold: the ramp is familiar (distance 0), any other image is not."""
+    model = webapp.Layout(root).model("stratified")
+    predictor = load_predictor(model, operating_point=OperatingPoint())
+    ramp = predictor.letterbox([read_bytes_for_letterbox(jpeg_bytes(), predictor.input_size, name="'ramp.jpg'")])
+    features = fam.pooled_features(predictor, ramp).astype(np.float64)
+    check = fam.Familiarity(means=features, precision=np.eye(features.shape[1], dtype=np.float32), threshold=1e-4,
+                            quantile=0.99, model_sha256=model_lib.file_sha256(model), class_names=("Normal",),
+                            shrinkage=0.0, n_train=1, n_val=1)
+    fam.write_familiarity(webapp.Layout(root).operating_point("stratified").parent / fam.FAMILIARITY_FILE, check)
+    return root
 
 
 # --- page logic --------------------------------------------------------------------------------------------
@@ -568,7 +603,7 @@ def test_the_results_view_shows_metrics_side_by_side(tmp_path, monkeypatch):
     assert headline.loc["Macro AUC (one-vs-rest)", "gap (stratified - center)"] == "0.200 (0.050–0.350)"
     assert list(headline.columns) == ["stratified", "center", "gap (stratified - center)"]
     assert any(c == "Stratified split (stratified)" for image in at.get("image") for c in image.captions)
-    assert len(at.code) == 0 and not texts(at, "warning")
+    assert len(at.code) == 0 and texts(at, "warning") == [webapp.training_notices(webapp.Layout(tmp_path))[0].text]
 
 
 def test_the_results_view_warns_of_each_unreliable_threshold(tmp_path, monkeypatch):
@@ -577,3 +612,61 @@ def test_the_results_view_warns_of_each_unreliable_threshold(tmp_path, monkeypat
     table = at.table[1].value  # the operating point, after the headline
     assert table.loc["Threshold caveat", "stratified"] == CAVEAT and table.loc["Threshold caveat", "center"] == "none"
     assert [t for t in texts(at, "warning") if "UNRELIABLE" in t] == [f"Stratified split: {CAVEAT}"]
+
+
+@pytest.mark.parametrize("page", ["Try a radiograph", "Results"])
+@pytest.mark.parametrize("models", [True, False], ids=["models", "results-only"])
+def test_every_page_says_what_trained_the_models_before_any_number(tmp_path, monkeypatch, page, models):
+    root = write_results(build_project(tmp_path) if models else tmp_path)
+    at = run_app(root, monkeypatch, page=page)
+    shown = page_texts(at.main)
+    expected = ("Stratified split model: Trained on the built-in SYNTHETIC sample" if models else
+                "No trained model found, so what any result here was trained on cannot be checked")
+    notice = next(i for i, text in enumerate(shown) if text.startswith(expected))
+    first_number = next(i for i, text in enumerate(shown) if re.search(r"\d", text))
+    assert notice <= first_number, shown[:first_number + 1]  # a model's notice holds the page's first digits
+    if models:  # each model says its own; one without a record says so rather than borrowing another's
+        assert "Its numbers and predictions say nothing about real patients." in shown[notice]
+        assert shown[notice + 1].startswith("Centre hold-out model: Training data unknown")
+    assert DISCLAIMER in shown[0]
+
+
+def test_the_training_notice_comes_from_the_checkpoint_not_from_params(tmp_path):
+    root = build_project(tmp_path)
+    (root / "params.yaml").write_text("data:\n  source: btxrd\n", encoding="utf-8")  # must not be believed
+    notices = {n.variant: n for n in webapp.training_notices(webapp.Layout(root))}
+    assert notices["stratified"].warn and "SYNTHETIC" in notices["stratified"].text
+    assert notices["center"].warn and "Training data unknown" in notices["center"].text
+    (root / "models" / "center" / "model.pt").write_bytes(b"truncated")
+    notices = {n.variant: n for n in webapp.training_notices(webapp.Layout(root))}
+    assert notices["center"].text.startswith("Centre hold-out model: training data unknown (model.pt is not a "
+                                             "readable checkpoint: ") and notices["center"].warn
+
+
+def test_the_sidebar_shows_no_filesystem_path(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    shown = page_texts(at.sidebar)
+    assert any(text.startswith("Privacy:") for text in shown)
+    assert [t for t in shown if str(project) in t or re.search(r"(^|[\s`'\"(])/[\w.-]+/", t)] == []
+
+
+def test_an_unfamiliar_upload_is_warned_before_its_scores_and_a_familiar_one_is_not(tmp_path, monkeypatch):
+    at = run_app(with_input_check(build_project(tmp_path)), monkeypatch)
+    at.file_uploader(key="upload").set_value(("noise.jpg", noise_jpeg(), "image/jpeg")).run()
+    assert not at.exception
+    shown = page_texts(at.main)
+    warning = next(i for i, t in enumerate(shown) if fam.UNFAMILIAR_WARNING in t)
+    decision = next(i for i, t in enumerate(shown) if t.startswith("Malignant flag at the operating point:"))
+    assert warning < decision and shown[warning].startswith("This image is unlike the images this model was "
+                                                            "trained on: its scores mean little here (input distance")
+    at.file_uploader(key="upload").set_value(("ramp.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert not [t for t in texts(at, "warning") if fam.UNFAMILIAR_WARNING in t]
+    assert any(t.startswith("Input check: this image is within the range") for t in texts(at, "caption"))
+
+
+def test_a_model_without_an_input_check_says_so_and_still_predicts(layout):
+    prediction = webapp.predict_upload("noise.jpg", noise_jpeg(), layout=layout, variant="stratified")
+    assert prediction.outcome.input_distance is None and prediction.input_check_threshold is None
+    warn, text = webapp.input_check_text(prediction)
+    assert warn and text.startswith("No input check for this model (metrics/<variant>/eval/familiarity.npz absent)")
+    assert math.isclose(sum(prediction.probs.values()), 1.0, abs_tol=1e-6)

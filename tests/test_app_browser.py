@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,8 @@ SERVER_HANG_GUARD_S = 600  # /_stcore/health is polled until it answers; this on
 HANG_GUARD_MS = 600_000  # each page state is awaited as an event; this only stops a hung page (ms)
 #: The app's root element while no script run is in progress (Streamlit sets the attribute for its own e2e tests).
 RUN_FINISHED = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+#: What the stratified model of build_project was trained on, as every page says before any number.
+NOTICE = "Stratified split model: Trained on the built-in SYNTHETIC sample"
 
 
 @pytest.fixture()
@@ -93,6 +96,9 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             page.goto(server)
             expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
             _run_finished(page)
+            _notice_before_any_number(page)
+            sidebar = page.get_by_test_id("stSidebar").inner_text()
+            assert "Privacy:" in sidebar and str(tmp_path) not in sidebar and "project" not in sidebar, sidebar
 
             page.locator('input[type="file"]').set_input_files(str(broken))
             expect(page.get_by_text("Could not classify this file.")).to_be_visible()
@@ -102,7 +108,9 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             page.locator('input[type="file"]').set_input_files(str(good))
             expect(page.get_by_text("Most probable class (argmax):")).to_be_visible()
             expect(page.get_by_text("Malignant flag at the operating point:")).to_be_visible()
-            expect(page.get_by_text("Trained on the built-in SYNTHETIC sample")).to_be_visible()  # the notice
+            # the prediction's own notice (the page-top one starts with the model's name)
+            expect(page.get_by_text(re.compile(r"^Trained on the built-in SYNTHETIC sample"))).to_be_visible()
+            expect(page.get_by_text("No input check for this model")).to_be_visible()  # no familiarity.npz here
             # the threshold is marked unreliable: its caveat leads the threshold text, drawn as a warning box
             expect(page.get_by_test_id("stAlertContentWarning").filter(has_text=f"{CAVEAT} Malignant flag when")
                    ).to_be_visible()
@@ -137,12 +145,24 @@ def test_upload_prediction_and_results_in_a_real_browser(server, tmp_path):
             expect(page.get_by_text("Headline metrics")).to_be_visible()
             _run_finished(page)
             expect(page.get_by_text("0.200 (0.050–0.350)")).to_be_visible()  # the gap from compare.json
+            _notice_before_any_number(page)
             expect(page.get_by_test_id("stAlertContentWarning").filter(has_text=f"Stratified split: {CAVEAT}")
                    ).to_be_visible()
             expect(page.get_by_text("NOT FOR CLINICAL USE").first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "app_results.png"), full_page=True)
         finally:
             browser.close()
+
+
+def _notice_before_any_number(page) -> None:
+    """The training-data notice is drawn, and no digit stands above it in the page body (banner and title hold
+    none; the notice's own image counts are the first)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(NOTICE)).to_be_visible()
+    text = page.get_by_test_id("stMain").inner_text()
+    first_digit = re.search(r"\d", text)
+    assert first_digit is not None and text.index(NOTICE) <= first_digit.start(), text[:600]
 
 
 def _run_finished(page) -> None:

@@ -1,4 +1,4 @@
-"""The benchmarks run and report well-formed figures; README's speed table is the committed bench.json's.
+"""The benchmarks run and report well-formed figures; docs/speed.md's table is the committed bench.json's.
 
 Every module runs with ``tiny=True`` (seconds: tiny model, synthetic files), so this checks the plumbing, never a
 speed: no timing threshold here. What is checked is that each figure is well formed and that its ``ok`` agrees
@@ -27,7 +27,7 @@ if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a top-level package beside 
 
 from benchmarks import Figure  # noqa: E402
 from benchmarks.__main__ import MODULES  # noqa: E402
-from benchmarks.readme import BEGIN, END, render, replace_block  # noqa: E402
+from benchmarks.readme import BEGIN, END, PAGE, render, replace_block, update  # noqa: E402
 
 _COMPARISONS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _GOAL = re.compile(r"^(>=|<=|>|<)\s*([0-9][0-9,]*(?:\.[0-9]+)?)\s*(\S*)$")
@@ -137,11 +137,11 @@ def test_tiny_figures_can_never_overwrite_the_committed_results():
         render({"tiny": True, "figures": []})
 
 
-def test_the_readme_speed_table_is_the_one_generated_from_the_committed_bench_json():
+def test_the_speed_page_table_is_the_one_generated_from_the_committed_bench_json():
     bench = json.loads((REPO_ROOT / "metrics" / "bench.json").read_text(encoding="utf-8"))
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index(BEGIN):readme.index(END) + len(END)]
-    assert block == render(bench), "README.md's speed table is stale: run `python -m benchmarks.readme`"
+    page = (REPO_ROOT / PAGE).read_text(encoding="utf-8")
+    block = page[page.index(BEGIN):page.index(END) + len(END)]
+    assert block == render(bench), f"{PAGE}'s speed table is stale: run `python -m benchmarks.readme`"
     for figure in bench["figures"]:  # every figure quoted, as the file has it
         assert f"| {figure['name']} |" in block
 
@@ -149,14 +149,24 @@ def test_the_readme_speed_table_is_the_one_generated_from_the_committed_bench_js
 def test_replace_block_swaps_only_the_marked_block_and_names_missing_markers():
     text = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert replace_block(text, f"{BEGIN}\nnew\n{END}") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
-    with pytest.raises(ValueError, match="README.md: expected one"):
+    with pytest.raises(ValueError, match="docs/speed.md: expected one"):
         replace_block("no markers here", "x")
     with pytest.raises(ValueError, match="expected one"):
         replace_block(f"{END}\n{BEGIN}", "x")
 
 
+def test_update_rewrites_the_page_block_once_and_the_readme_holds_no_second_copy(tmp_path):
+    committed = REPO_ROOT / "metrics" / "bench.json"
+    page = tmp_path / "speed.md"
+    page.write_text(f"# Speed\n\n{BEGIN}\nold\n{END}\nafter\n", encoding="utf-8")
+    assert update(committed, page) is True
+    assert page.read_text(encoding="utf-8") == f"# Speed\n\n{render(json.loads(committed.read_text()))}\nafter\n"
+    assert update(committed, page) is False  # already up to date: not rewritten
+    assert BEGIN not in (REPO_ROOT / "README.md").read_text(encoding="utf-8")  # the table has one home: PAGE
+
+
 def test_the_standalone_training_throughput_script_runs_on_cpu(capsys):
-    """benchmarks/train_throughput.py is documented in the README (GPU figures): it must at least run here."""
+    """benchmarks/train_throughput.py is documented in docs/gpus-and-machines.md: it must at least run here."""
     from benchmarks import train_throughput
 
     assert train_throughput.main(["--images", "8", "--batch-size", "4", "--size", "32", "--epochs", "1",

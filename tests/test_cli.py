@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -39,8 +40,8 @@ def test_console_script_help_lists_the_subcommands_and_the_disclaimer():
 def test_console_script_infer_help_lists_every_option():
     done = run_script("infer", "--help")
     assert done.returncode == 0, done.stderr
-    for option in ("--model", "--operating-point", "--output", "--gradcam", "--lesion-map", "--batch-size", "--device",
-                   "--max-pixels"):
+    for option in ("--model", "--operating-point", "--output", "--json", "--runtime", "--gradcam", "--lesion-map",
+                   "--batch-size", "--device", "--max-pixels"):
         assert option in done.stdout
     assert "models/stratified/model.pt" in done.stdout
     assert "NOT FOR CLINICAL USE" in done.stdout
@@ -124,8 +125,8 @@ def test_max_pixels_default_is_the_decoders_cap():
 
 #: What the infer header may say about sensitivity, and only for a threshold chosen by the lower-bound rule.
 SENSITIVITY_CLAIM = "its threshold was chosen so that a lower confidence bound on validation sensitivity reaches 0.90"
-RELATION = ("top_class is the most probable class (argmax); malignant_flag is set for every image whose top class is "
-            "Malignant, and can also be YES while another class is on top")
+RELATION = ("pred is the most probable class (argmax); malignant_flag is 1 for every image whose pred is Malignant, "
+            "and can also be 1 while another class is on top")
 
 
 @pytest.mark.parametrize("reliable", [False, True], ids=["unreliable", "reliable"])
@@ -147,3 +148,58 @@ def test_infer_header_and_output_lead_with_an_unreliable_thresholds_caveat_and_c
         assert f"\n{CAVEAT} {threshold}" in header
         assert f"{RELATION}." in header and "lower confidence bound on validation sensitivity reaches" not in header
         assert row["malignant_threshold_reliable"] is False and row["malignant_threshold_caveat"] == CAVEAT
+
+
+def test_infer_help_lists_every_file_type_the_reader_accepts():
+    from assurexray.data.decoding import IMAGE_SUFFIXES  # what a folder walk picks up and infer decodes
+
+    done = run_script("infer", "--help")
+    assert done.returncode == 0, done.stderr
+    listed = set(re.findall(r"\.[a-z]+\b", done.stdout.split("positional arguments")[0]))
+    assert listed >= set(IMAGE_SUFFIXES), sorted(set(IMAGE_SUFFIXES) - listed)
+
+
+def test_runtime_and_export_format_choices_are_the_librarys():
+    from assurexray.serving.export import EXPORT_FORMATS
+    from assurexray.serving.onnx_runtime import RUNTIMES
+
+    assert cli._RUNTIMES == RUNTIMES and cli._EXPORT_FORMATS == EXPORT_FORMATS
+
+
+def test_infer_json_prints_one_json_document_holding_the_output_files_records(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "models" / "stratified" / "model.pt")
+    op = write_op(tmp_path / "op.json", model, threshold=0.3, record=UNRELIABLE)
+    images = [save_image(tmp_path / "a.png"), save_image(tmp_path / "b.png")]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out.jsonl"
+    code = cli.main(["infer", *map(str, images), str(tmp_path / "bad.png"), "--model", str(model),
+                     "--operating-point", str(op), "--output", str(out), "--json"])
+    assert code == 1  # one input failed
+    printed = capsys.readouterr()
+    document = json.loads(printed.out)  # stdout is the JSON document alone: no table, no "wrote" line
+    assert document["disclaimer"].startswith("NOT FOR CLINICAL USE")
+    assert document["predictions"] == read_rows(out)
+    assert [r["path"] for r in document["predictions"]] == [*map(str, images), str(tmp_path / "bad.png")]
+    assert document["predictions"][2]["error"] and document["predictions"][2]["prob_Normal"] is None
+    assert any(CAVEAT in note for note in document["notes"])
+    assert f"wrote 3 row(s) to {out}" in printed.err and "1 failed" in printed.err
+
+
+def test_the_table_has_the_output_files_column_names_and_values(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "models" / "stratified" / "model.pt")
+    op = write_op(tmp_path / "op.json", model, threshold=0.3, record=RELIABLE)
+    out = tmp_path / "out.jsonl"
+    image = save_image(tmp_path / "one.png")
+    assert cli.main(["infer", str(image), "--model", str(model), "--operating-point", str(op),
+                     "--output", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("path ")).split()
+    cells = next(line for line in lines if line.startswith(str(image))).split()
+    (row,) = read_rows(out)
+    assert header == ["path", "pred", "prob_Normal", "prob_Benign", "prob_Malignant", "malignant_flag", "trained_on"]
+    assert set(header) <= set(row)
+    shown = dict(zip(header, cells))
+    assert shown["pred"] == row["pred"] and shown["trained_on"] == row["trained_on"]
+    assert shown["malignant_flag"] == str(row["malignant_flag"]) and row["malignant_flag"] in (0, 1)
+    for name in ("prob_Normal", "prob_Benign", "prob_Malignant"):
+        assert shown[name] == f"{row[name]:.3f}"

@@ -1,6 +1,6 @@
-"""The README's torchrun commands ("GPUs and several machines"), run through the real `dvc` CLI on the tiny sample.
+"""docs/gpus-and-machines.md's torchrun commands, run through the real `dvc` CLI on the tiny sample.
 
-The lines are read from the README (tests/test_scale_e2e.py's reader), so what is documented is what runs. They
+The lines are read from that page (tests/test_scale_e2e.py's reader), so what is documented is what runs. They
 run on copies of test_scale_e2e's tiny pipeline (fetch .. evaluate, stratified variant), CPU and gloo:
 ``dvc exp run -S "train.launcher='torchrun --standalone --nproc_per_node=2'"`` as printed; the two-machine lines
 as two "nodes" on 127.0.0.1, each a copy of the repo (its own workspace, no shared disk), with HOST, the port and
@@ -23,13 +23,13 @@ import pytest
 import torch
 import yaml
 from test_pipeline_e2e import _dvc, _ran_stages
-from test_scale_e2e import MODEL, _lab, _line, _md5, _readme_block, built  # noqa: F401  (built: the fixture)
+from test_scale_e2e import MODEL, _doc_block, _lab, _line, _md5, built  # noqa: F401  (built: the fixture)
 
 from assurexray.learning.model import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-GPUS = _readme_block("GPUs and several machines")
+GPUS = _doc_block("docs/gpus-and-machines.md", "GPUs and several machines")
 TRAIN_STAGE = "train@stratified"
 NODE1_HANG_GUARD_S = 1500  # node 1 waits for node 0's rendezvous (torchrun's static timeout: 600 s); a guard only
 
@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 def _exp_run(line: str, repo: Path) -> str:
-    """Run a README ``dvc exp run ...`` line in ``repo``; the output, after checking the train stage ran."""
+    """Run a documented ``dvc exp run ...`` line in ``repo``; the output, after checking the train stage ran."""
     argv = shlex.split(line)
     assert argv[:3] == ["dvc", "exp", "run"], line
     out = _dvc(repo, *argv[1:], env_extra={"OMP_NUM_THREADS": "1"})  # one thread a process on 2 shared cores
@@ -62,17 +62,17 @@ def _assert_trained_by(repo: Path, launcher: str, world_size: int) -> None:
 def _launcher(line: str) -> str:
     """The launcher a line sets: ``-S "train.launcher='torchrun ...'"`` (Hydra quotes a value with spaces and =)."""
     value = next(arg.split("=", 1)[1] for arg in shlex.split(line) if arg.startswith("train.launcher="))
-    assert value[0] == value[-1] == "'", f"README: {line!r} must quote the launcher for dvc's -S parser"
+    assert value[0] == value[-1] == "'", f"docs: {line!r} must quote the launcher for dvc's -S parser"
     return value[1:-1]
 
 
-def test_the_readme_lists_plain_dvc_repro_as_the_one_process_run():
+def test_the_page_lists_plain_dvc_repro_as_the_one_process_run():
     assert GPUS[0] == "dvc repro"  # test_pipeline_e2e and test_scale_e2e build their repos with it
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     assert params["train"]["launcher"] == "python"
 
 
-def test_the_readme_two_process_line_trains_the_dvc_experiment_under_torchrun(built, tmp_path):
+def test_the_documented_two_process_line_trains_the_dvc_experiment_under_torchrun(built, tmp_path):
     line = _line(GPUS, "dvc exp run -S \"train.launcher='torchrun --standalone")
     lab = _lab(built, tmp_path / "lab")
     _exp_run(line, lab)
@@ -81,7 +81,7 @@ def test_the_readme_two_process_line_trains_the_dvc_experiment_under_torchrun(bu
 
 
 def _multi_node(line: str, port: int) -> str:
-    """The README's two-machine line on one machine: HOST = 127.0.0.1, a free port, 1 process per node."""
+    """The documented two-machine line on one machine: HOST = 127.0.0.1, a free port, 1 process per node."""
     subs = {"HOST": "127.0.0.1", "29500": str(port), "--nproc_per_node=4": "--nproc_per_node=1"}
     for placeholder, value in subs.items():
         assert placeholder in line, (placeholder, line)
@@ -89,7 +89,7 @@ def _multi_node(line: str, port: int) -> str:
     return line
 
 
-def test_the_readme_two_node_lines_train_one_model_across_two_torchrun_nodes(built, tmp_path):
+def test_the_documented_two_node_lines_train_one_model_across_two_torchrun_nodes(built, tmp_path):
     port = _free_port()
     node0_line = _multi_node(_line(GPUS, "dvc exp run -S \"train.launcher='torchrun --nnodes=2"), port)
     node1_argv = shlex.split(_multi_node(_line(GPUS, "torchrun --nnodes=2 --node-rank=1 "), port))
@@ -121,7 +121,7 @@ def test_the_readme_two_node_lines_train_one_model_across_two_torchrun_nodes(bui
     assert [p for p in (node1 / ".assurexray").rglob("*") if p.is_file()] == []  # no resume state either
 
 
-def test_the_readme_gpu_line_trains_on_every_visible_gpu(built, tmp_path):
+def test_the_documented_gpu_line_trains_on_every_visible_gpu(built, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here: the NCCL line runs only on a GPU machine")
     gpus = torch.cuda.device_count()

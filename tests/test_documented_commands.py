@@ -1,9 +1,11 @@
-"""The README's `dvc exp run -S ...` commands, run as written (paths to local fixtures substituted).
+"""The commands of README.md and docs/*.md, checked as written (paths to local fixtures substituted).
 
 A documented override of a key absent from params.yaml fails in DVC ("Key 'list_file' is not in struct"), so
-every `-S` key in the README must exist in params.yaml, and the real-data and published-split commands are run
-through the split stage on real DVC. The real-data one runs on ../shared/btxrd-dev with the authors' sheets and
-asserts that no case straddles the stratified split.
+every `-S` key on every page must exist in params.yaml; every `dvc exp run` line must parse with DVC's own
+parser and name stages of dvc.yaml, every `assurexray` line with the CLI's parser. The real-data and
+published-split commands are run through the split stage on real DVC. The real-data one runs on
+../shared/btxrd-dev with the authors' sheets and asserts that no case straddles the stratified split. The README
+itself stays a few screens long: it starts with the two commands and links to docs/ for the rest.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import pytest
 import yaml
 
 from conftest import skip_or_fail
+from documentation import README, commands, page_text, pages, prose
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"
 SHARED = REPO_ROOT.parent / "shared"
 BTXRD_DEV = SHARED / "btxrd-dev"
 
@@ -33,17 +35,9 @@ TINY = {("data", "sample", "n_cases"): 60, ("data", "sample", "image_size"): 96,
         ("prepare", "workers"): 1}
 
 
-def _documented_commands() -> list[list[str]]:
-    """Every `dvc exp run` command in the README's fenced blocks, continuation lines joined, as argv."""
-    text = README.read_text(encoding="utf-8")
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        joined = re.sub(r"\\\n\s*", " ", block)
-        for line in joined.splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line.startswith("dvc exp run"):
-                commands.append(shlex.split(line))
-    return commands
+def _documented_commands(prefix: tuple[str, ...] = ("dvc", "exp", "run")) -> list[list[str]]:
+    """Every command starting ``prefix`` in the ```bash blocks of README.md and docs/*.md, as argv."""
+    return [argv for page in pages() for argv in commands(page_text(page), prefix)]
 
 
 def _overrides(argv: list[str]) -> dict[str, str]:
@@ -52,21 +46,116 @@ def _overrides(argv: list[str]) -> dict[str, str]:
 
 def test_every_documented_override_names_a_key_of_params_yaml():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    text = README.read_text(encoding="utf-8")
-    keys = set(re.findall(r"-S ['\"]?([a-z_][a-z0-9_.]*)=", text))  # -S key=v, -S 'key=v', -S "key='v w'"
+    keys = {(page, key) for page in pages()  # -S key=v, -S 'key=v', -S "key='v w'", in blocks and in prose
+            for key in re.findall(r"-S ['\"]?([a-z_][a-z0-9_.]*)=", page_text(page))}
     assert len(keys) > 10, keys
-    for key in sorted(keys):
+    for page, key in sorted(keys):
         node = params
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, (
-                f"README documents -S {key}=..., but params.yaml has no such key (DVC would refuse it)")
+                f"{page} documents -S {key}=..., but params.yaml has no such key (DVC would refuse it)")
             node = node[part]
 
 
-def test_the_readme_documents_the_real_data_and_published_commands():
+def test_the_pages_document_the_real_data_and_published_commands():
+    readme = [_overrides(c) for c in commands(page_text(README), ("dvc", "exp", "run"))]
+    assert any(k.get("data.source") == "btxrd" and "data.btxrd.case_sheets" in k for k in readme)  # day one
     kinds = [_overrides(c) for c in _documented_commands()]
-    assert any(k.get("data.source") == "btxrd" and "data.btxrd.case_sheets" in k for k in kinds)
     assert any(k.get("split.stratified.strategy") == "published" for k in kinds)
+
+
+def _stage_names() -> set[str]:
+    """Every stage `dvc exp run` takes as a target: a plain stage's name, a foreach stage's name@variant."""
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    variants = next(v["variants"] for v in pipeline["vars"] if isinstance(v, dict) and "variants" in v)
+    names = set()
+    for name, stage in pipeline["stages"].items():
+        if "foreach" in stage:
+            assert stage["foreach"] == "${variants}", (name, stage["foreach"])
+            names |= {f"{name}@{variant}" for variant in variants}
+        else:
+            names.add(name)
+    return names
+
+
+def test_every_documented_dvc_exp_run_parses_and_targets_stages_of_dvc_yaml():
+    from dvc.cli import DvcParserError, parse_args
+
+    documented = [(page, argv) for page in pages()
+                  for argv in commands(page_text(page), ("dvc", "exp", "run"), inline=True)]
+    assert len(documented) > 20, documented
+    assert {page for page, _ in documented} >= {README, "docs/experiments.md", "docs/levers-and-ablations.md"}
+    stages = _stage_names()
+    for page, argv in documented:
+        try:
+            args = parse_args(argv[1:])  # DVC's own parser: a flag it lacks fails here, not on a reader's machine
+        except DvcParserError as err:
+            raise AssertionError(f"{page}: dvc rejects {shlex.join(argv)!r}") from err
+        assert args.func.__name__ == "CmdExperimentsRun", (page, argv)
+        unknown = sorted(set(args.targets) - stages)
+        assert unknown == [], f"{page}: {shlex.join(argv)!r} targets {unknown}, not stages of dvc.yaml"
+
+
+def test_the_dvc_exp_run_check_sees_a_bad_flag_and_a_bad_stage():
+    from dvc.cli import DvcParserError, parse_args
+
+    with pytest.raises(DvcParserError):
+        parse_args(["exp", "run", "--no-such-flag", "-S", "train.lr=0.1"])
+    assert "train@centre" not in _stage_names() and "train@center" in _stage_names()
+
+
+def test_every_documented_assurexray_command_parses_with_the_cli():
+    from assurexray.serving.cli import build_parser
+
+    documented = [(page, argv) for page in pages() for argv in commands(page_text(page), ("assurexray",))]
+    assert {argv[1] for _, argv in documented} >= {"infer", "adapt", "app"}, documented
+    for page, argv in documented:
+        try:
+            args = build_parser().parse_args(argv[1:])
+        except SystemExit as err:  # argparse's answer to an unknown command or flag
+            raise AssertionError(f"{page}: assurexray rejects {shlex.join(argv)!r}") from err
+        assert args.command == argv[1], (page, argv)
+
+
+#: The README's size: a newcomer reads it in a few screens; everything else lives in docs/.
+README_MAX_LINES, MAX_LINE_CHARS = 220, 120
+
+
+def test_the_readme_starts_with_the_two_commands_and_fits_a_few_screens():
+    from assurexray.assessment.results_table import BEGIN, END
+
+    text = page_text(README)
+    assert text.startswith("# AssureXRay\n\n```bash\nbash bin/setup && . .venv/bin/activate && dvc repro\n"
+                           "bash bin/test\n```\n")
+    lines = text.splitlines()
+    assert "NOT FOR CLINICAL USE" in "\n".join(lines[:15])
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to a docs/ page"
+    assert text.count(BEGIN) == text.count(END) == 1  # the generated results block, kept as generated
+    first, last = lines.index(BEGIN), lines.index(END)
+    long = [f"README.md:{n}: {len(line)} characters" for n, line in enumerate(lines, 1)
+            if len(line) > MAX_LINE_CHARS and not first < n - 1 < last]
+    assert long == []
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_every_local_link_resolves():
+    readme = page_text(README)
+    for page in pages()[1:]:
+        assert f"]({page})" in readme, f"{page} is not linked from README.md: add it to 'Where to read more'"
+    for page in pages():
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose(page_text(page))):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (REPO_ROOT / page).parent / path if path else REPO_ROOT / page
+            assert resolved.exists(), f"{page} links to {target}, which does not exist"
+            if anchor and resolved.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", prose(resolved.read_text(encoding="utf-8")), flags=re.M)
+                assert anchor in {_slug(h) for h in headings}, f"{page} links to {target}: no such heading"
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:

@@ -103,7 +103,33 @@ def test_every_figure_carries_the_disclaimer_and_empty_ones_say_no_cases():
 def test_a_panel_caption_names_true_and_predicted_class_and_all_probabilities():
     caption = gallery._caption(_panel("IMG000046.jpeg"))
     assert "IMG000046.jpeg" in caption and "true Malignant" in caption and "pred Benign" in caption
-    assert all(f"{c} {p:.2f}" in caption for c, p in {"Normal": 0.1, "Benign": 0.6, "Malignant": 0.3}.items())
+    assert all(f"{c} {p:.2f}" in caption for c, p in {"N": 0.1, "B": 0.6, "M": 0.3}.items())
+    fig = gallery._category_figure([_panel()], title="Malignant: false negatives")
+    assert "probabilities: N = Normal, B = Benign, M = Malignant" in fig._suptitle.get_text()  # the key
+
+
+def test_classes_sharing_an_initial_keep_their_full_names():
+    assert gallery._short_names(["Normal", "Benign", "Malignant"]) == {"Normal": "N", "Benign": "B", "Malignant": "M"}
+    assert gallery._short_names(["Benign", "Bone cyst"]) == {"Benign": "Benign", "Bone cyst": "Bone cyst"}
+
+
+@pytest.mark.parametrize("figure", ["category", "overview"])
+def test_captions_are_at_least_9_pt_and_fit_their_panel_so_they_read_at_100_percent_zoom(figure):
+    cases = [_panel(f"IMG{k:06d}.jpeg") for k in range(3)]
+    fig = (gallery._category_figure(cases, title="Malignant: false negatives") if figure == "category" else
+           gallery._overview_figure({f"{c}_{o}": cases for c in CLASSES for o in gallery.OUTCOMES}, CLASSES))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(100)  # as write_gallery saves them: 1 pt = 100/72 px on screen at 100% zoom
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    titled = [ax for ax in _image_axes(fig) if ax.get_title()]
+    assert titled
+    for ax in titled:
+        title = ax.title
+        assert title.get_fontsize() >= 9
+        # each caption no wider than its panel plus the gap to the next one (no overlap with a neighbour's)
+        assert title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width * 1.25, ax.get_title()
 
 
 def test_the_annotation_contour_is_drawn_only_where_a_mask_exists():
@@ -123,7 +149,7 @@ def test_overlays_carry_a_colour_bar_and_every_title_names_the_variant(tmp_path,
     gallery.write_gallery(tmp_path / "g", {"Malignant_fn": [_panel()]}, class_names=CLASSES, variant="center")
     assert sorted(saved) == sorted(gallery.gallery_files(CLASSES))
     for name, fig in saved.items():
-        assert fig._suptitle.get_text().startswith("center: "), name
+        assert fig._suptitle.get_text().startswith("Centre hold-out: "), name  # the variant in words
     bars = [ax for ax in saved["Malignant_fn.png"].axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 1 and bars[0].get_ylabel() == "Grad-CAM (min-max scaled per image)"
     assert any(ax.get_label() == "<colorbar>" for ax in saved["overview.png"].axes)

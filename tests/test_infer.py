@@ -27,7 +27,7 @@ from assurexray.learning.transforms import prepare_image
 CLASSES = ["Normal", "Benign", "Malignant"]
 COLUMNS = ["path", "prob_Normal", "prob_Benign", "prob_Malignant", "pred", "malignant_flag",
            "malignant_threshold", "malignant_threshold_reliable", "malignant_threshold_caveat", "model_sha256",
-           "trained_on", "training_data_fingerprint", "error"]
+           "trained_on", "training_data_fingerprint", "input_distance", "input_unfamiliar", "error"]
 #: How evaluate records a threshold chosen on too few validation Malignant images, and one chosen by the bound
 #: (the keys assurexray.learning.calibration.choose_threshold fills in operating_point.json).
 UNRELIABLE_REASON = ("chosen on 5 validation Malignant image(s), fewer than the 29 needed for a 95% lower confidence "
@@ -191,7 +191,7 @@ def test_single_image_prints_a_table_with_its_prediction_and_exits_0(model_path,
     row = next(line for line in out.splitlines() if line.startswith(str(image)))
     cells = row.split()
     assert cells[1] in CLASSES
-    assert cells[-2] == "n/a"  # no operating point beside this model: no decision
+    assert cells[-2] == "null"  # no operating point beside this model: no decision (as null in --output)
     assert cells[-1] == "unknown"  # this checkpoint records no training data, and the table says so
     assert sum(float(c) for c in cells[2:5]) == pytest.approx(1.0, abs=2e-3)
 
@@ -597,8 +597,8 @@ def test_the_threshold_is_explained_with_validation_sensitivity_and_specificity(
             "and specificity 0.800 (5 other images).") in printed
     # 0.3 <= 1/3: every image with Malignant on top is flagged, and the header says so (and nothing about
     # sensitivity: this operating point does not record how its threshold was chosen)
-    assert ("top_class is the most probable class (argmax); malignant_flag is set for every image whose top class "
-            "is Malignant, and can also be YES while another class is on top.\n") in printed
+    assert ("pred is the most probable class (argmax); malignant_flag is 1 for every image whose pred is Malignant, "
+            "and can also be 1 while another class is on top.\n") in printed
     assert "sensitiv" not in printed.split("other images).", 1)[1]
 
 
@@ -608,8 +608,8 @@ def test_a_threshold_above_one_over_k_is_not_said_to_flag_every_image_with_malig
     assert cli.main(["infer", str(save_image(tmp_path / "one.png")), "--model", str(model_path),
                      "--operating-point", str(op)]) == 0
     printed = capsys.readouterr().out
-    assert ("malignant_flag is the separate operating-point decision (P(Malignant) >= 0.500): it can be YES while "
-            "another class is on top, and no while Malignant is on top.") in printed
+    assert ("malignant_flag is the separate operating-point decision (P(Malignant) >= 0.500): it can be 1 while "
+            "another class is on top, and 0 while Malignant is on top.") in printed
     assert "set for every image" not in printed
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from assurexray.publishing.learning_curves import LOSS_FILES, loss_curve_png, read_loss_history
+from assurexray.publishing.learning_curves import EPOCH_AXIS, LOSS_FILES, loss_curve_png, read_loss_history
 
 
 def _write(live: Path, train: str, val: str) -> None:
@@ -22,8 +23,26 @@ def test_both_curves_are_read_by_epoch_in_file_order(tmp_path):
     _write(tmp_path, "step\tloss\n0\t1.5\n1\t0.5\n", "step\tloss\n0\t1.25\n1\t1.0\n")
     history = read_loss_history(tmp_path)
     assert list(history) == ["train", "validation"]
-    steps, losses = history["validation"]
-    assert steps.tolist() == [0, 1] and np.allclose(losses, [1.25, 1.0])
+    epochs, losses = history["validation"]
+    assert epochs.tolist() == [1, 2] and np.allclose(losses, [1.25, 1.0])
+
+
+def test_epochs_count_from_one_as_the_training_summary_s_best_epoch_does(tmp_path):
+    # DVCLive logs the first epoch as step 0; a 3-epoch run's last epoch is 3, as epochs_run and best_epoch say
+    _write(tmp_path, "step\tloss\n0\t1.5\n1\t0.5\n2\t0.4\n", "step\tloss\n0\t1.25\n1\t1.0\n2\t1.1\n")
+    epochs, _ = read_loss_history(tmp_path)["train"]
+    assert epochs[0] == 1 and epochs[-1] == 3 == len(epochs)
+    assert EPOCH_AXIS == "epoch (1 = first)"
+    template = json.loads((Path(__file__).resolve().parents[1] / ".dvc" / "plots" / "loss.json").read_text())
+    assert template["spec"]["encoding"]["x"]["title"] == EPOCH_AXIS  # `dvc plots` counts the same way
+
+
+def test_the_best_epoch_is_marked_on_the_chart(tmp_path):
+    _write(tmp_path, "step\tloss\n0\t1.5\n1\t0.5\n2\t0.4\n", "step\tloss\n0\t1.25\n1\t1.0\n2\t1.1\n")
+    history = read_loss_history(tmp_path)
+    unmarked = loss_curve_png(history, title="t")
+    assert loss_curve_png(history, title="t", best_epoch=2) not in (unmarked, loss_curve_png(history, title="t",
+                                                                                           best_epoch=3))
 
 
 def test_an_absent_file_gives_none_so_the_report_says_not_available(tmp_path):

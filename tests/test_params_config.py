@@ -16,6 +16,7 @@ from assurexray.assessment.explain import ExplainConfig
 from assurexray.data.fetch import DataConfig
 from assurexray.assessment.headline import HeadlineConfig
 from assurexray.learning.model import ModelConfig
+from assurexray.learning.pretraining import PretrainConfig
 from assurexray.core.params import AuditConfig, BaseConfig, load_config, load_params
 from assurexray.data.splits import STRATEGIES, SplitConfig
 from assurexray.learning.training import TrainConfig
@@ -24,7 +25,7 @@ from assurexray.learning.transforms import AUGMENT_KEYS, AugmentConfig
 
 SECTIONS = {
     "base": BaseConfig, "data": DataConfig, "prepare": PrepareConfig, "audit": AuditConfig,
-    "split.stratified": SplitConfig, "split.center": SplitConfig, "model": ModelConfig, "train": TrainConfig,
+    "split.stratified": SplitConfig, "split.center": SplitConfig, "model": ModelConfig, "pretrain": PretrainConfig, "train": TrainConfig,
     "evaluate": EvaluateConfig, "explain": ExplainConfig, "headline": HeadlineConfig,
 }
 

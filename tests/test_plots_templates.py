@@ -51,9 +51,16 @@ def test_every_template_named_in_dvc_yaml_exists():
             assert (TEMPLATES / f"{props['template']}.json").is_file(), (name, props["template"])
 
 
-@pytest.mark.parametrize("name", ["by_class", "by_class_step"])
+def _curve_encoding(template: dict) -> dict:
+    """The encoding of the curves themselves (the ROC template layers a chance diagonal and AUC labels on them)."""
+    spec = template["spec"]
+    return next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")["encoding"] if "layer" in spec \
+        else spec["encoding"]
+
+
+@pytest.mark.parametrize("name", ["roc", "by_class_step"])
 def test_curves_use_the_png_class_colours_in_class_order(name):
-    colour = _template(name)["spec"]["encoding"]["color"]
+    colour = _curve_encoding(_template(name))["color"]
     # evaluation's ROC/PR PNGs draw the classes in order with matplotlib's default colour cycle
     cycle = [to_hex(c) for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][: len(CLASSES)]]
     assert colour["field"] == "class"
@@ -61,11 +68,12 @@ def test_curves_use_the_png_class_colours_in_class_order(name):
 
 
 def test_precision_recall_is_drawn_as_steps_and_roc_as_lines_in_data_order():
-    pr, roc = _template("by_class_step"), _template("by_class")
+    pr, roc = _template("by_class_step"), _template("roc")
     assert pr["spec"]["mark"]["interpolate"] == "step-after"  # matplotlib drawstyle="steps-post" in data order
-    assert "interpolate" not in roc["spec"]["mark"]
+    roc_line = next(layer for layer in roc["spec"]["layer"] if layer["mark"]["type"] == "line")
+    assert "interpolate" not in roc_line["mark"]
     for template in (pr, roc):
-        assert template["spec"]["encoding"]["order"] == {"field": "point", "type": "quantitative"}
+        assert _curve_encoding(template)["order"] == {"field": "point", "type": "quantitative"}
     plots = _top_level_plots()
     assert {p["template"] for n, p in plots.items() if n.startswith("Precision-recall")} == {"by_class_step"}
 
@@ -115,3 +123,46 @@ def test_the_page_template_inlines_vega_and_loads_nothing_from_the_network():
 def test_plot_pages_are_git_ignored():
     ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert "dvc_plots/" in ignored and "plots_diff/" in ignored
+
+
+@pytest.mark.parametrize("name", ["loss", "roc", "by_class_step", "confusion_counts"])
+def test_variant_panels_sit_side_by_side_headed_by_the_project_s_variant_titles(name):
+    from assurexray.core.project import VARIANT_TITLES
+
+    template = _template(name)
+    titles = [t["calculate"] for t in template["transform"] if t.get("as") == "variant_title"]
+    assert len(titles) == 1
+    for key, title in VARIANT_TITLES.items():  # the mapping typed in the template agrees with the project's
+        assert f"datum.variant == '{key}' ? '{title}'" in titles[0]
+    column = template["facet"]["column"]  # columns, not rows: one chart no taller than its neighbours
+    assert column["field"] == "variant_title" and column["sort"] == list(VARIANT_TITLES.values())
+    assert column["header"]["labelFontSize"] >= 12
+    assert "row" not in template["facet"] or template["facet"]["row"]["field"] == "rev"
+
+
+def test_the_loss_chart_counts_epochs_from_one_as_the_report_does():
+    template = _template("loss")
+    epoch = [t for t in template["transform"] if t.get("as") == "epoch"]
+    assert epoch == [{"calculate": "toNumber(datum['<DVC_METRIC_X>']) + 1", "as": "epoch"}]  # DVCLive step 0 = epoch 1
+    x = template["spec"]["encoding"]["x"]
+    assert x["field"] == "epoch" and "from 0" not in x["title"]
+
+
+def test_roc_draws_the_chance_diagonal_and_labels_each_curve_with_its_auc():
+    spec = _template("roc")["spec"]
+    marks = {layer["mark"]["type"]: layer for layer in spec["layer"]}
+    diagonal = marks["rule"]["encoding"]
+    assert [diagonal[channel]["datum"] for channel in ("x", "y", "x2", "y2")] == [0, 0, 1, 1]  # (0, 0) to (1, 1)
+    label = marks["text"]
+    assert label["encoding"]["text"] == {"field": "legend"}
+    assert any("' AUC '" in t.get("calculate", "") for t in label["transform"])
+    trapezoid = [t["calculate"] for t in _template("roc")["transform"] if t.get("as") == "trapezoid"]
+    assert trapezoid and "/ 2" in trapezoid[0]  # the trapezoidal rule, as sklearn.metrics.auc
+
+
+def test_the_page_template_is_the_one_bin_vendor_vega_writes():
+    vendor = (REPO_ROOT / "bin" / "vendor-vega").read_text(encoding="utf-8")
+    style = re.search(r"<style>.*?</style>", vendor, re.S).group(0)
+    page = (TEMPLATES / "offline.html").read_text(encoding="utf-8")
+    assert style in page  # an edit to one without the other would be lost at the next rebuild
+    assert "vertical-align: top" in style  # charts of unequal height side by side share their top

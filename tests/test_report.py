@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 
 from assurexray import DISCLAIMER, __version__  # noqa: E402
 from assurexray.publishing.model_card import render_model_card  # noqa: E402
-from assurexray.core.rendering import fmt_ci  # noqa: E402
+from assurexray.core.rendering import fmt_ci, fmt_diff  # noqa: E402
 from assurexray.publishing.report import REFERENCES, render_report_html, render_report_markdown, write_reports  # noqa: E402
 from assurexray.publishing.report_data import collect_report_data, tracked_params  # noqa: E402
 from assurexray.core.schema import DATASET_CITATION, DATASET_LICENSE  # noqa: E402
@@ -334,15 +334,15 @@ def test_model_card_lists_clahe_as_preprocessing_applied_at_inference_not_as_tra
 def test_report_has_methods_results_calibration_operating_point_localisation_audit_and_citation(tree):
     report = render_report_markdown(_data(tree))
     for fact in ("## Methods", "| Macro AUC (one-vs-rest) | 0.912 (0.871–0.948) | 0.781 (0.740–0.817) | "
-                 "0.131 (0.052–0.211) |", "| Centre hold-out | 1.569 | 0.081 | 0.173 | 12 |",
+                 "0.131 (0.052 to 0.211) |", "| Centre hold-out | 1.569 | 0.081 | 0.173 | 12 |",
                  "| Centre hold-out | 0.404 | 0.850 | 5 | UNRELIABLE: too few validation Malignant images; fallback "
                  "rule (see below) | 0.867 | 0.715 (0.615–1.000) | 0.739 (0.565–0.891) |",
                  "| Benign | 0.630 (0.540–0.730) |", "| undefined |", "| Malignant (actual) | 0 | 3 | 10 |",
                  "test on centre(s) 2, 3", "| Pointing game hit rate | 0.714 (0.589–0.839) | 0.312 (0.188–0.438) "
-                 "| model above baseline |", "0.143 (0.087–0.202) over 14 images", "96.4%",
+                 "| model above baseline |", "0.143 (0.087 to 0.202) over 14 images", "96.4%",
                  "measurably worse on unseen centres", "90% bootstrap intervals", DATASET_CITATION,
                  "Gap at the operating point (stratified - centre): Malignant sensitivity at the operating point "
-                 "0.131 (-0.091–0.354); Malignant specificity"):
+                 "0.131 (-0.091 to 0.354); Malignant specificity"):
         assert fact in report
 
 
@@ -358,7 +358,7 @@ def test_the_gap_verdict_follows_the_interval_in_compare_json(tree, gap, verdict
     compare["headline"]["macro_auc"]["gap"] = gap
     _write(path, compare)
     for text in (render_model_card(_data(tree)), render_report_markdown(_data(tree))):
-        assert f"gap {fmt_ci(gap)}; {verdict}" in text
+        assert f"gap {fmt_diff(gap)}; {verdict}" in text
 
 
 def _section(text: str, heading: str) -> str:
@@ -409,7 +409,7 @@ def test_the_paired_like_for_like_gap_is_reported_with_what_its_interval_covers(
     for text in (render_model_card(_data(tree)), render_report_markdown(_data(tree))):
         assert ("Like for like, on the 23 test images both sets hold (classes Benign, Malignant): macro AUC "
                 "0.812 (0.703–0.906) for the stratified model versus 0.688 (0.547–0.797) for the centre model, "
-                "paired gap 0.125 (0.031–0.219); the model is measurably worse on unseen centres.") in text
+                "paired gap 0.125 (0.031 to 0.219); the model is measurably worse on unseen centres.") in text
         assert "their macro averages run over different classes: not a like-for-like number" in text
     assert ("Paired gap interval: both models scored on the same images, one paired bootstrap."
             in render_report_markdown(_data(tree)))
@@ -527,7 +527,7 @@ def test_the_code_licence_falls_back_to_pyproject_when_the_package_metadata_is_a
 
     monkeypatch.setattr(importlib.metadata, "metadata", absent)
     card = render_model_card(_data(tree))
-    assert "**Licence**: package: see pyproject.toml. Dataset: CC BY-NC-ND 4.0" in card
+    assert "**Licence**: package: see pyproject.toml. Data: BTXRD, CC BY-NC-ND 4.0" in card
     assert "assurexray is not installed" in caplog.text
 
 
@@ -733,3 +733,73 @@ def test_the_adaptation_section_reads_each_centre_by_the_pre_registered_rule():
     assert "no label read" in text and "stay the result" in text
     plain = to_markdown(adaptation_section(SimpleNamespace(evals={"stratified": {}, "center": {"by_center": {}}})))
     assert "not run" in plain and "|" not in plain
+
+
+# ------------------------------------------------------------------ one way to write each thing (issue 34)
+
+
+def test_a_synthetic_run_does_not_give_btxrd_s_licence_as_its_data_licence(tree):
+    sample = copy.deepcopy(PARAMS)
+    sample["data"]["source"] = "sample"
+    code_licence = importlib.metadata.metadata("assurexray")["License"]  # the package's own, which names BTXRD's
+    for render in (render_model_card, render_report_markdown):
+        synthetic, real = (render(_data(tree, p)).replace(code_licence, "") for p in (sample, PARAMS))
+        assert DATASET_LICENSE not in synthetic and DATASET_LICENSE in real
+        assert "this run used the built-in synthetic sample" in synthetic
+        assert "this run used the built-in synthetic sample" not in real
+    report = render_report_markdown(_data(tree, sample))
+    assert "- Data licence: none: this run used the built-in synthetic sample (`data.source: sample`)" in report
+    assert f"Citation of BTXRD, the dataset the pipeline is built for (not used in this run): {DATASET_CITATION}" \
+           in report
+
+
+def test_an_interval_with_negative_bounds_reads_to_never_a_dash_before_a_minus(tree):
+    path = tree / "metrics" / "compare.json"
+    compare = json.loads(path.read_text())
+    compare["headline"]["macro_auc"]["gap"] = _ci(-0.2371, -0.3372, -0.1381)
+    _write(path, compare)
+    documents = {"card": render_model_card(_data(tree)), "report": render_report_markdown(_data(tree)),
+                 "html": render_report_html(_data(tree))}
+    for name, text in documents.items():
+        assert "gap -0.237 (-0.337 to -0.138); the model is measurably better" in text, name
+        assert not re.search(r"\d–-\d", text), (name, re.search(r".{40}\d–-\d.{20}", text))
+        assert not re.search(r"\(-\d\.\d+–", text), name  # a negative lower bound is always followed by "to"
+
+
+def test_prose_spells_centre_the_british_way_keys_and_paths_aside(tree):
+    for text in (render_model_card(_data(tree)), render_report_markdown(_data(tree))):
+        # code spans and file paths keep the key "center"; "Gap interval:" quotes compare.json's gap_method verbatim
+        prose = re.sub(r"`[^`]*`|\S*/\S*|^Gap interval: .*$", "", text, flags=re.M)
+        assert not re.search(r"\bcenters?\b", prose, flags=re.I), re.search(r".{40}\bcenters?\b.{40}", prose)
+        assert re.search(r"\bcentres?\b", prose)
+
+
+def test_each_malignant_sensitivity_says_which_rule_gave_it(tree):
+    report = render_report_markdown(_data(tree))
+    for text in (render_model_card(_data(tree)), report):
+        headline = text[text.index("| Metric |"):]
+        table, after = headline.split("\n\n", 1)
+        assert "| Malignant sensitivity (argmax) |" in table
+        assert after.startswith("Two Malignant sensitivities appear in this document. \"(argmax)\": an image counts "
+                                "as flagged when Malignant is its most probable class.")
+    summary = _section(report, "## Summary")
+    assert summary.count("Malignant sensitivity at the operating point (threshold chosen on validation, not the "
+                         "argmax rule) ") == 2
+
+
+def test_the_per_centre_table_marks_each_sensitivity_of_an_unreliable_threshold_in_its_cell(tree):
+    rows = [line for line in _section(render_report_markdown(_data(tree)), "### Per centre (test)").splitlines()
+            if line.startswith("| Centre hold-out") or line.startswith("| Stratified split")]
+    centre = [r for r in rows if r.startswith("| Centre hold-out")]
+    stratified = [r for r in rows if r.startswith("| Stratified split")]
+    assert centre and stratified
+    for row in centre:  # the centre hold-out's threshold rests on 5 validation Malignant images
+        assert row.count("(UNRELIABLE threshold, note below)") == 2, row
+    for row in stratified:
+        assert "UNRELIABLE" not in row, row
+
+
+def test_epochs_are_counted_from_one_in_the_training_table(tree):
+    report = render_report_markdown(_data(tree))
+    assert "| Variant | Epochs run | Best epoch (1 = first) | Monitor | Best validation score |" in report
+    assert "| Stratified split | 7 | 4 | macro_auc | 0.884 |" in report  # best_epoch as train metrics.json has it

@@ -1,16 +1,17 @@
-"""Team scale, end to end with the real `dvc` CLI on the tiny synthetic sample: the README's commands, as printed.
+"""Team scale, end to end with the real `dvc` CLI on the tiny synthetic sample: the documented commands, as printed.
 
 One module-scoped repo runs, once, the project's pipeline cut to what inference needs (test_pipeline_e2e's tiny
 params; stages fetch, prepare, split, train, evaluate of the stratified variant: the centre branch, audit, explain
 and report would only multiply the runtime on 2 cores). Its stage definitions are the project's and every stage
-of it has run, so the README lines run verbatim (a never-run stage makes a plain `dvc pull` and `dvc exp apply`
-fail: nothing to check out for it). Each remote test works on its own copy ("the lab machine"): the README
-"Team setup" lines configure a local-directory remote, an S3 remote (moto's server on 127.0.0.1) or an SSH remote
-(an asyncssh SFTP server on 127.0.0.1), `dvc push`, then a teammate's fresh `git clone` runs `dvc pull`, `dvc status` (clean: nothing to retrain) and
-`assurexray infer`. The README "Experiment grids" lines queue a grid of train parameters, run it two at a time,
-read `dvc exp show --json`, and share one experiment through a bare git remote (`dvc exp push` / `dvc exp pull`).
+of it has run, so the documented lines run verbatim (a never-run stage makes a plain `dvc pull` and `dvc exp apply`
+fail: nothing to check out for it). Each remote test works on its own copy ("the lab machine"): the
+docs/team-setup.md lines configure a local-directory remote, an S3 remote (moto's server on 127.0.0.1) or an SSH
+remote (an asyncssh SFTP server on 127.0.0.1), `dvc push`, then a teammate's fresh `git clone` runs `dvc pull`,
+`dvc status` (clean: nothing to retrain) and `assurexray infer`. The "Experiment grids" lines of
+docs/experiments.md queue a grid of train parameters, run it two at a time, read `dvc exp show --json`, and share
+one experiment through a bare git remote (`dvc exp push` / `dvc exp pull`).
 
-README commands are read from the README (placeholders such as ``<experiment>`` substituted), so the README and
+The commands are read from those pages (placeholders such as ``<experiment>`` substituted), so the pages and
 what runs here cannot drift apart. Timeouts are hang guards only; nothing asserts how long anything took.
 """
 
@@ -32,43 +33,39 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import skip_or_fail
+from documentation import bash_lines, inline_code, section
 from test_pipeline_e2e import REPO_ROOT, _dvc, _git, build_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
-README = REPO_ROOT / "README.md"
 #: The stages kept (model + operating point: all `assurexray infer` needs), for the one variant kept.
-KEPT_STAGES, KEPT_VARIANT = ("fetch", "prepare", "split", "train", "evaluate"), "stratified"
+KEPT_STAGES, KEPT_VARIANT = ("fetch", "prepare", "split", "pretrain", "train", "evaluate"), "stratified"
 MODEL = "models/stratified/model.pt"
 TRAIN_SUMMARY = "metrics/stratified/train/metrics.json"  # DVCLive's summary: a DVC metric of the train stage
 QUEUE_HANG_GUARD_S = 1800  # two 1-epoch trainings on 2 busy cores take minutes; this only stops a hung queue
-FAKE_KEYS = {"AKIA...": "testing", "...": "testing"}  # the README's key placeholders; moto accepts any
+FAKE_KEYS = {"AKIA...": "testing", "...": "testing"}  # the page's key placeholders; moto accepts any
 
 
-# --- the README's commands ---------------------------------------------------------------------------------------
+# --- the documented commands -------------------------------------------------------------------------------------
 
-def _readme_block(heading: str) -> list[str]:
-    """Command lines of the ```bash blocks under ``## heading``: continuations joined, comments dropped."""
-    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    block = "".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S))
-    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+def _doc_block(page: str, heading: str) -> list[str]:
+    """Command lines of the ```bash blocks under ``heading`` of ``page``: continuations joined, comments dropped."""
+    return bash_lines(section(page, heading))
 
 
-def _readme_inline(heading: str, prefix: str) -> str:
-    """The one inline `command` under ``## heading`` that starts with ``prefix`` (a command quoted in prose)."""
-    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return _line(re.findall(r"`([^`\n]+)`", section), prefix)
+def _doc_inline(page: str, heading: str, prefix: str) -> str:
+    """The one inline `command` under ``heading`` of ``page`` that starts with ``prefix`` (quoted in prose)."""
+    return _line(inline_code(section(page, heading)), prefix)
 
 
 def _line(lines: list[str], prefix: str) -> str:
     found = [line for line in lines if line.startswith(prefix)]
-    assert len(found) == 1, f"README: expected one command starting {prefix!r}, found {found}"
+    assert len(found) == 1, f"docs: expected one command starting {prefix!r}, found {found}"
     return found[0]
 
 
 def _run_line(line: str, cwd: Path, subs: dict[str, str] | None = None) -> tuple[Path, list[str]]:
-    """Run a README line (``a && b && cd d && c``) as a shell would, README placeholders replaced by ``subs``.
+    """Run a documented line (``a && b && cd d && c``) as a shell would, placeholders replaced by ``subs``.
 
     Returns the final directory and each dvc command's stdout.
     """
@@ -82,15 +79,16 @@ def _run_line(line: str, cwd: Path, subs: dict[str, str] | None = None) -> tuple
         elif argv[0] == "dvc":
             outputs.append(_dvc(cwd, *argv[1:]).stdout)
         else:
-            raise AssertionError(f"README line {line!r}: no runner for {argv[0]!r}")
+            raise AssertionError(f"documented line {line!r}: no runner for {argv[0]!r}")
     return cwd, outputs
 
 
-TEAM = _readme_block("Team setup")
-GRID = _readme_block("Experiment grids")
+TEAM = _doc_block("docs/team-setup.md", "Team setup")
+GRID = _doc_block("docs/experiments.md", "Experiment grids")
 CLONE = _line(TEAM, "git clone ")  # git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status
 COMMIT_AND_PUSH = _line(TEAM, "git add .dvc/config ")
-PULL_WITH_DEPS = _readme_inline("Team setup", "dvc pull --with-deps ")  # what to pull when some stage never ran
+#: What to pull when some stage never ran (quoted in the page's prose).
+PULL_WITH_DEPS = _doc_inline("docs/team-setup.md", "Team setup", "dvc pull --with-deps ")
 
 
 # --- the repos -----------------------------------------------------------------------------------------------------
@@ -118,7 +116,8 @@ def _lab(built: Path, dest: Path) -> Path:
 
 
 def _teammate_clone(url: Path, parent: Path) -> Path:
-    """README: ``git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status`` in ``parent``."""
+    """In ``parent``, docs/team-setup.md's
+    ``git clone <repo-url> assurexray && cd assurexray && dvc pull && dvc status``."""
     parent.mkdir(parents=True, exist_ok=True)
     clone, (pulled, status) = _run_line(CLONE, parent, {"<repo-url>": str(url)})
     assert "up to date" in status.lower(), status
@@ -158,7 +157,7 @@ def test_a_local_directory_remote_lets_a_fresh_clone_pull_and_infer_without_trai
     assert store.is_dir()
     clone = _teammate_clone(lab, tmp_path / "teammate")
     _assert_pulled_and_infers(clone, lab)
-    partial = tmp_path / "partial"  # the README's targeted pull, in another fresh clone
+    partial = tmp_path / "partial"  # the page's targeted pull, in another fresh clone
     subprocess.run(["git", "clone", "-q", str(lab), str(partial)], check=True, capture_output=True)
     _run_line(PULL_WITH_DEPS, partial)  # dvc pull --with-deps evaluate@stratified
     _assert_pulled_and_infers(partial, lab)
@@ -308,7 +307,7 @@ def _queue_status(lab: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def grid(built, tmp_path_factory):
-    """The README grid queued on a lab copy with a local DVC remote and a bare git `origin`, run 2 at a time.
+    """The documented grid queued on a lab copy with a local DVC remote and a bare git `origin`, run 2 at a time.
 
     Returns (lab, origin, {experiment name: its -S overrides}).
     """

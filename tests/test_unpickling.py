@@ -31,6 +31,7 @@ SITES = {
     ("learning/model.py", "load_checkpoint"),
     ("learning/model.py", "_load_weights_file"),  # _package_weights and _from_file read weights through it
     ("learning/resume.py", "load"),
+    ("serving/webapp.py", "_checkpoint_data"),  # the app's training-data notice reads meta["data"] only
 }
 REFUSED = r"refused to load: the file holds objects other than tensors .* No code from it was run"
 
@@ -105,6 +106,15 @@ def test_a_resume_state_with_code_is_ignored_without_running_it(tmp_path, sentin
     with caplog.at_level(logging.WARNING, logger=resume.__name__):
         assert resume.load(tmp_path, "abc") is None
     assert any("unreadable resume state (UnpicklingError" in r.getMessage() for r in caplog.records)
+
+
+def test_the_app_reading_a_checkpoint_with_code_for_its_notice_refuses_it_without_running_it(tmp_path, sentinel):
+    from assurexray.serving import webapp
+
+    evil = _evil(tmp_path / "model.pt", sentinel, state_dict={}, meta={"data": {"source": "btxrd"}})
+    reader = getattr(webapp._checkpoint_data, "__wrapped__", webapp._checkpoint_data)  # past any cache
+    with pytest.raises(ValueError, match="model.pt is not a readable checkpoint"):
+        reader(str(evil), 0, evil.stat().st_size)
 
 
 def test_every_torch_load_in_the_library_is_weights_only_and_has_a_test_here():

@@ -10,6 +10,7 @@ centre blocks and the figures all fill one evaluation record.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -44,6 +45,7 @@ from assurexray.assessment.site_adaptation import adapt_centers, adapted_metrics
 from assurexray.assessment.fusion_effect import fusion_effect
 from assurexray.learning.adaptation import ADAPT_METHODS
 from assurexray.learning.lesion_fusion import FUSION_MODES, choose_fusion_weight, fuse_logits
+from assurexray.assessment.familiarity import FAMILIARITY_FILE, Familiarity, fit_input_check, write_familiarity
 from assurexray.learning.model import resolve_device
 from assurexray.learning.prediction import (
     OperatingPoint,
@@ -88,6 +90,7 @@ class EvaluateConfig:
     batch_size: int
     tta_flip: bool
     adapt: str = "none"  # none | bn: unseen centres also scored after BatchNorm adaptation (assessment.site_adaptation)
+    input_check_quantile: float | None = None  # input check threshold (assessment.familiarity); None: no check
     lesion_fusion: str = "none"  # none | score: the lesion map's tumour presence in Normal-vs-tumour (learning.lesion_fusion)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class EvaluateConfig:
             ("batch_size", integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             ("tta_flip", isinstance(self.tta_flip, bool), "true or false"),
             ("adapt", self.adapt in ADAPT_METHODS, f"one of {list(ADAPT_METHODS)}"),
+            ("input_check_quantile", self.input_check_quantile is None or fraction(self.input_check_quantile),
+             "a number in (0, 1) or null"),
             ("lesion_fusion", self.lesion_fusion in FUSION_MODES, f"one of {list(FUSION_MODES)}"),
         ]
         for name, ok, expected in checks:
@@ -127,6 +132,7 @@ class Evaluation:
     pr: list[dict[str, Any]]
     confusion: list[dict[str, str]]
     reliability: dict[str, dict[str, list]]
+    input_check: Familiarity | None = None  # written as familiarity.npz beside operating_point.json
 
 
 def evaluate_checkpoint(
@@ -159,9 +165,10 @@ def evaluate_checkpoint(
         raise ValueError(f"evaluate.lesion_fusion: score needs a lesion decoder in every model, and "
                          f"{[str(p) for p in paths]} lack one; train with model.lesion_head: true or set "
                          "evaluate.lesion_fusion: none.")
-    frames, logits, presence = {}, {}, {}
+    frames, logits, presence, partition_images = {}, {}, {}, {}
     for partition in ("val", "test"):
         frames[partition], images = load_partition(prepared, split_dir, partition)
+        partition_images[partition] = images  # the input check's val/test distances
         if images.shape[1:] != (predictor.input_size, predictor.input_size):
             raise ValueError(
                 f"{prepared}: cached images are {images.shape[1:]!r} px but the checkpoint expects "
@@ -194,6 +201,13 @@ def evaluate_checkpoint(
         predictor = predictor.with_operating_point(OperatingPoint(tta_flip=config.tta_flip,
                                                                   lesion_fusion_weight=fusion.weight))
     evaluation.metrics["tta_flip"] = config.tta_flip
+    if config.input_check_quantile is not None:  # how unlike the training images an input is (infer, app)
+        train_frame, train_images = load_partition(prepared, split_dir, "train")
+        input_check, evaluation.metrics["input_check"] = fit_input_check(
+            predictor, train_images=train_images, train_labels=train_frame["label_idx"].to_numpy(),
+            val_images=partition_images["val"], test_images=partition_images["test"],
+            quantile=config.input_check_quantile, batch_size=config.batch_size)
+        evaluation = dataclasses.replace(evaluation, input_check=input_check)
     if predictor.is_ensemble:
         evaluation.metrics["ensemble_size"] = len(predictor.models)
     if config.adapt == "bn":  # unseen centres again, after BatchNorm adaptation on their own test pixels
@@ -379,6 +393,8 @@ def write_evaluation(evaluation: Evaluation, *, out_dir: str | os.PathLike, figu
     out = Path(out_dir)
     write_json(out / "metrics.json", evaluation.metrics)
     write_json(out / "operating_point.json", evaluation.operating_point)
+    if evaluation.input_check is not None:
+        write_familiarity(out / FAMILIARITY_FILE, evaluation.input_check)
     write_json(out / "roc.json", {"roc": evaluation.roc})
     write_json(out / "pr.json", {"pr": evaluation.pr})
     write_json(out / "confusion.json", evaluation.confusion)

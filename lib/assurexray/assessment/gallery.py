@@ -24,6 +24,7 @@ from PIL import Image
 
 from assurexray import DISCLAIMER
 from assurexray.core.atomic import atomic_dir, atomic_path
+from assurexray.core.project import VARIANT_TITLES
 from assurexray.data.imaging import letterbox_geometry
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ _OVERLAY_MAX_SIDE = 1024  # long side of Grad-CAM overlays at most, px (original
 OVERLAY_DECODE_SIZE = _OVERLAY_MAX_SIDE
 _OVERLAY_MIN_SIDE = 256  # ... and at least, px, so the banner text stays readable on small inputs
 _CMAP = "jet"  # Grad-CAM colour map of the overlays and their colour bar
+#: Caption font size, pt: at the figures' 100 dpi about 12 px, readable at 100% zoom; captions are kept short
+#: (image id, true -> predicted, probabilities by class initial) so three lines fit a panel's width.
+_CAPTION_PT = 9
 #: The title every lesion-map overlay carries, above its caption: no lesion map is drawn without it.
 LESION_MAP_TITLE = "lesion map: model's estimate, research only, NOT FOR CLINICAL USE"
 _GRADCAM_BAR = ("heatmap: low", "high (per-image max)")  # Grad-CAM is min-max scaled per image: relative
@@ -110,9 +114,10 @@ def write_gallery(
 ) -> list[Path]:
     """Write every ``<Class>_<outcome>.png`` and ``overview.png`` into ``figures_dir`` (replaced atomically).
 
-    ``variant`` (the split, e.g. ``center``) starts every title, so a figure shown alone names its model.
+    ``variant`` (the split key, e.g. ``center``) starts every title in words ("Centre hold-out: "), so a figure
+    shown alone names its model.
     """
-    prefix = f"{variant}: " if variant else ""
+    prefix = f"{VARIANT_TITLES.get(variant, variant)}: " if variant else ""
     keys = gallery_keys(class_names)
     unknown = sorted(set(panels) - set(keys))
     if unknown:
@@ -136,7 +141,7 @@ def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
     lesion = any(panel.lesion_map is not None for panel in cases)
     rows = 3 if lesion else 2
     fig = Figure(figsize=(max(6.5, 2.6 * n), 3.0 * rows), layout="constrained")
-    fig.suptitle(f"{title}\n{DISCLAIMER}", fontsize=9)
+    fig.suptitle(f"{title}\n{_initials_key(cases)}{DISCLAIMER}", fontsize=10)
     if not cases:
         ax = fig.add_subplot(1, 1, 1)
         _empty(ax)
@@ -147,7 +152,7 @@ def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
         if lesion:
             _draw(axes[1, j], panel, heat=panel.lesion_map, label="lesion map (model's estimate)")
         _draw(axes[-1, j], panel, heat=panel.heatmap, label="Grad-CAM")
-        axes[0, j].set_title(_caption(panel), fontsize=7)
+        axes[0, j].set_title(_caption(panel), fontsize=_CAPTION_PT)
     if lesion:
         _colour_bar(fig, axes[1, :], label="lesion map: probability of lesion")
     _colour_bar(fig, axes[-1, :])
@@ -157,14 +162,16 @@ def _category_figure(cases: Sequence[Panel], *, title: str) -> Figure:
 def _overview_figure(panels: Mapping[str, Sequence[Panel]], class_names: Sequence[str], *, prefix: str = "") -> Figure:
     """Classes x outcomes grid of each category's most confident case (overlay)."""
     fig = Figure(figsize=(2.8 * len(OUTCOMES) + 0.8, 3.0 * len(class_names)), layout="constrained")
-    fig.suptitle(f"{prefix}Grad-CAM overview: most confident case per class and outcome\n{DISCLAIMER}", fontsize=9)
+    shown = [cases[0] for cases in panels.values() if cases]
+    fig.suptitle(f"{prefix}Grad-CAM overview: most confident case per class and outcome\n{_initials_key(shown)}"
+                 f"{DISCLAIMER}", fontsize=10)
     axes = fig.subplots(len(class_names), len(OUTCOMES), squeeze=False)
     for i, cls in enumerate(class_names):
         for j, outcome in enumerate(OUTCOMES):
             ax, cases = axes[i, j], list(panels.get(f"{cls}_{outcome}", ()))
             if cases:
                 _draw(ax, cases[0], heat=cases[0].heatmap)
-                ax.set_title(f"{cls} {outcome.upper()}\n{_caption(cases[0])}", fontsize=7)
+                ax.set_title(f"{cls} {outcome.upper()}\n{_caption(cases[0])}", fontsize=_CAPTION_PT)
             else:
                 _empty(ax, title=f"{cls} {outcome.upper()}")
     _colour_bar(fig, axes)
@@ -195,8 +202,28 @@ def _draw(ax, panel: Panel, *, heat: np.ndarray | None, label: str | None = None
 
 
 def _caption(panel: Panel) -> str:
-    probs = ", ".join(f"{c} {p:.2f}" for c, p in panel.probs.items())
-    return f"{panel.image_id}\ntrue {panel.true_class} | pred {panel.pred_class}\n{probs}"
+    """Three short lines: image id, true -> predicted class, each class's probability by its initial (the
+    figure's title gives the key), short enough for a panel's width at :data:`_CAPTION_PT`."""
+    short = _short_names(list(panel.probs))
+    probs = "  ".join(f"{short[c]} {p:.2f}" for c, p in panel.probs.items())
+    return f"{panel.image_id}\ntrue {panel.true_class} \u2192 pred {panel.pred_class}\n{probs}"
+
+
+def _short_names(class_names: Sequence[str]) -> dict[str, str]:
+    """Each class by its initial where the initials are distinct (N, B, M), else by its full name."""
+    initials = [c[:1].upper() for c in class_names]
+    distinct = len(set(initials)) == len(initials)
+    return {c: (i if distinct else c) for c, i in zip(class_names, initials)}
+
+
+def _initials_key(cases: Sequence[Panel]) -> str:
+    """``probabilities: N = Normal, ...`` (with a line break) for the title, or "" when nothing is abbreviated."""
+    if not cases:
+        return ""
+    short = _short_names(list(cases[0].probs))
+    if all(s == c for c, s in short.items()):
+        return ""
+    return "probabilities: " + ", ".join(f"{s} = {c}" for c, s in short.items()) + "\n"
 
 
 def _empty(ax, *, title: str | None = None) -> None:

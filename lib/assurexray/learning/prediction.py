@@ -45,6 +45,7 @@ __all__ = [
     "load_operating_point",
     "operating_point_record",
     "default_operating_point_path",
+    "sibling_operating_point_path",
     "flip_averaged_logits",
     "scores_from_probabilities",
     "malignant_flags",
@@ -250,8 +251,9 @@ def load_predictor(
     """Load one checkpoint or an ensemble, with its operating point.
 
     ``operating_point``: an ``operating_point.json`` (checked to belong to these models by SHA-256), an
-    :class:`OperatingPoint` (evaluate, before it has fitted one), or None: for one model the evaluate output
-    of its variant in the project layout (:func:`default_operating_point_path`); when that is absent, or for an
+    :class:`OperatingPoint` (evaluate, before it has fitted one), or None: for one model the file beside it
+    (:func:`sibling_operating_point_path`, written by ``assurexray adapt``), else the evaluate output of its
+    variant in the project layout (:func:`default_operating_point_path`); when neither exists, or for an
     ensemble (whose operating point comes from evaluating the ensemble), a warning and no decision (T = 1).
     Members must share class order and preprocessing (``ValueError`` naming the file otherwise).
     """
@@ -299,6 +301,12 @@ def scores_from_probabilities(probs: np.ndarray, class_names: Sequence[str], *, 
     """:class:`Scores` of calibrated probabilities ``(B, K)`` at the Malignant ``threshold``."""
     return Scores(probs=probs, class_names=tuple(class_names),
                   malignant_flag=malignant_flags(probs, class_names, threshold=threshold))
+
+
+def sibling_operating_point_path(model_path: str | os.PathLike) -> Path:
+    """``site.operating_point.json`` beside ``site.pt``: where ``assurexray adapt`` writes the operating point an
+    adapted checkpoint inherits (it is no evaluate output, so the project layout has no place for it)."""
+    return Path(model_path).with_suffix(".operating_point.json")
 
 
 def default_operating_point_path(model_path: str | os.PathLike) -> Path:
@@ -398,6 +406,9 @@ def _resolve_operating_point(given: str | os.PathLike | OperatingPoint | None, p
             "one --model per member) and pass its --operating-point.", len(predictor.models),
         )
         return OperatingPoint()
+    sibling = sibling_operating_point_path(predictor.model_paths[0])
+    if sibling.is_file():  # an adapted checkpoint's inherited operating point
+        return load_operating_point(sibling, model_sha256=sha, class_names=classes)
     default = default_operating_point_path(predictor.model_paths[0])
     if default.is_file():
         return load_operating_point(default, model_sha256=sha, class_names=classes)

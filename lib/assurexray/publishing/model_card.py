@@ -18,7 +18,10 @@ from assurexray.publishing.report_sections import (
     calibration_table,
     caveats,
     center_table,
+    data_licence,
+    is_synthetic,
     flat_params,
+    SENSITIVITY_NOTE,
     gap_text,
     headline_table,
     keys_text,
@@ -34,7 +37,7 @@ from assurexray.publishing.report_sections import (
     versus,
     weights_text,
 )
-from assurexray.core.schema import DATASET_CITATION, DATASET_LICENSE
+from assurexray.core.schema import DATASET_CITATION
 from assurexray.data.splits import grouping_statement
 
 logger = logging.getLogger(__name__)
@@ -77,9 +80,10 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
             f"{hashes}.",
             "**Date**: none recorded. The pipeline writes no timestamps, so the same inputs reproduce identical "
             "documents; the checkpoint hash identifies the model.",
-            f"**Licence**: package: {_code_licence()}. Dataset: {DATASET_LICENSE}; weights trained on it "
-            "inherit its non-commercial terms.",
-            f"**Dataset citation**: {DATASET_CITATION}",
+            f"**Licence**: package: {_code_licence()}. Data: {data_licence(d)}"
+            + ("." if is_synthetic(d) else "; weights trained on it inherit its non-commercial terms."),
+            (f"**Dataset citation** (BTXRD, the dataset the pipeline is built for; not used in this run): "
+             f"{DATASET_CITATION}" if is_synthetic(d) else f"**Dataset citation**: {DATASET_CITATION}"),
         )),
         Heading(2, "Intended use"),
         Alert(DISCLAIMER),
@@ -92,7 +96,7 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
             "decision about a patient.",
             "**Out of scope**: clinical decision support of any kind; modalities other than plain radiographs "
             "(CT, MRI); scanners, centres or populations unlike the training data without new validation; "
-            "commercial use (the data licence is non-commercial); lesion measurement or segmentation (Grad-CAM "
+            "commercial use (BTXRD's licence is non-commercial); lesion measurement or segmentation (Grad-CAM "
             "maps are coarse explanations, not segmentations; the lesion map is the model's estimate of where the "
             "tumour is, for research only).",
         )),
@@ -112,6 +116,7 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
         Heading(2, "Quantitative analyses"),
         Para(f"Test-set point estimates with {fmt_level(ci_level(d))} bootstrap intervals in brackets."),
         headline_table(d),
+        Para(SENSITIVITY_NOTE),
         gap_text(d),
         Para("Malignant operating point (threshold chosen on validation, applied unchanged to test):"),
         operating_point_table(d),
@@ -122,8 +127,9 @@ def _model_card_blocks(d: ReportData) -> list[Any]:
         *_localisation_summary(d),
         Heading(2, "Ethical considerations"),
         Bullets((
-            f"**Data licence**: BTXRD is {DATASET_LICENSE}: non-commercial, no derivatives. The prepared cache "
-            "and the weights are derived from it; keep them for research and do not redistribute them.",
+            (f"**Data licence**: {data_licence(d)}." if is_synthetic(d) else
+             f"**Data licence**: {data_licence(d)}. The prepared cache and the weights are derived from it; keep "
+             "them for research and do not redistribute them."),
             "**Privacy**: the release is de-identified, but some radiographs carry burned-in text; do not "
             "attempt re-identification and do not publish individual images beyond the licence." + _burned_in(d),
             "**Bias**: images come from a few centres; class mix, scanners and patient populations differ "

@@ -30,6 +30,7 @@ from assurexray.core.rendering import (
     Table,
     fmt,
     fmt_ci,
+    fmt_diff,
     fmt_level,
     fmt_param,
     fmt_pct,
@@ -52,6 +53,10 @@ from assurexray.publishing.report_sections import (
     calibration_table,
     caveats,
     center_table,
+    data_licence,
+    is_synthetic,
+    op_cell,
+    SENSITIVITY_NOTE,
     flat_params,
     gap_text,
     gap_verdict,
@@ -68,7 +73,7 @@ from assurexray.publishing.report_sections import (
     versus,
     weights_text,
 )
-from assurexray.core.schema import DATASET_CITATION, DATASET_LICENSE
+from assurexray.core.schema import DATASET_CITATION
 from assurexray.learning.calibration import threshold_caveat
 from assurexray.data.splits import grouping_statement
 
@@ -125,7 +130,7 @@ def _report_blocks(d: ReportData) -> list[Any]:
         Heading(2, "Methods"), *_methods(d),
         Heading(2, "Results"),
         Para(f"Test-set point estimates with {fmt_level(ci_level(d))} bootstrap intervals in brackets."),
-        Heading(3, "Headline metrics"), headline_table(d),
+        Heading(3, "Headline metrics"), headline_table(d), Para(SENSITIVITY_NOTE),
         Heading(3, "Comparison and generalisation gap"), gap_text(d), _gap_method(d),
         Heading(3, "Calibration"),
         Para("Temperature scaling is fitted on validation; ECE is the expected calibration error on test."),
@@ -150,8 +155,10 @@ def _report_blocks(d: ReportData) -> list[Any]:
     blocks += [Heading(3, "Localisation: lesion map, Grad-CAM and centred Gaussian"), *_localisation_detail(d)]
     blocks += [Heading(2, "Data audit"), *_audit(d)]
     blocks += [Heading(2, "Limitations"), Bullets(caveats(d))]
+    citation = (f"Citation of BTXRD, the dataset the pipeline is built for (not used in this run): {DATASET_CITATION}"
+                if is_synthetic(d) else f"Citation: {DATASET_CITATION}")
     blocks += [Heading(2, "Dataset licence and citation"),
-               Bullets((f"Licence: {DATASET_LICENSE}.", f"Citation: {DATASET_CITATION}",
+               Bullets((f"Data licence: {data_licence(d)}.", citation,
                          f"Report structure and methods: {'; '.join(REFERENCES)}.")),
                Alert(DISCLAIMER)]
     return blocks
@@ -166,10 +173,11 @@ def _summary(d: ReportData) -> tuple[str, ...]:
         caveat = threshold_caveat(e.get("operating_point"))  # an unreliable threshold's warning, beside its numbers
         items.append(f"{VARIANT_TITLES[v]}: macro AUC {fmt_ci(lookup(e, 'headline', 'macro_auc'))} on "
                      f"{fmt(e['n_test'])} test images ({centers}); Malignant sensitivity at the operating point "
+                     "(threshold chosen on validation, not the argmax rule) "
                      f"{fmt_ci(lookup(e, 'operating_point', 'test_sensitivity'))}, specificity "
                      f"{fmt_ci(lookup(e, 'operating_point', 'test_specificity'))}." + (f" {caveat}" if caveat else ""))
     gap = lookup(d.compare, "headline", "macro_auc", "gap")
-    items.append(f"Generalisation gap in macro AUC (stratified - centre): {fmt_ci(gap)}; {gap_verdict(gap)}."
+    items.append(f"Generalisation gap in macro AUC (stratified - centre): {fmt_diff(gap)}; {gap_verdict(gap)}."
                  if d.compare else unavailable("Generalisation gap", f"{d.metrics_name}/compare.json"))
     return tuple(items)
 
@@ -234,21 +242,23 @@ def _center_results(d: ReportData) -> list[Any]:
     rows = []
     for v in VARIANTS:
         e = d.evals[v]
+        op = e.get("operating_point")  # one threshold for every centre: its caveat goes with each
         for center, c in (e.get("by_center") or {}).items():
             counts = "/".join(fmt(c["counts"].get(k)) for k in d.class_names)
             rows.append((VARIANT_TITLES[v], center, fmt(c["n"]), counts, fmt_ci(lookup(c, "headline", "macro_auc")),
                          fmt_ci(lookup(c, "diagnostics", "tumour_vs_normal_auc")),
                          fmt_ci(lookup(c, "diagnostics", "benign_vs_malignant_auc")),
-                         fmt_ci(lookup(c, "operating_point", "test_sensitivity")),
-                         fmt_ci(lookup(c, "operating_point", "test_specificity"))))
+                         op_cell(lookup(c, "operating_point", "test_sensitivity"), op),
+                         op_cell(lookup(c, "operating_point", "test_specificity"), op)))
         rows.append((VARIANT_TITLES[v], "all (pooled)", fmt(e["n_test"]),
                      "/".join(fmt((e.get("test_counts") or {}).get(k)) for k in d.class_names),
                      fmt_ci(lookup(e, "headline", "macro_auc")), fmt_ci(lookup(e, "diagnostics", "tumour_vs_normal_auc")),
                      fmt_ci(lookup(e, "diagnostics", "benign_vs_malignant_auc")),
-                     fmt_ci(lookup(e, "operating_point", "test_sensitivity")),
-                     fmt_ci(lookup(e, "operating_point", "test_specificity"))))
+                     op_cell(lookup(e, "operating_point", "test_sensitivity"), op),
+                     op_cell(lookup(e, "operating_point", "test_specificity"), op)))
     return [Table(("Variant", "Centre", "Images", "/".join(d.class_names), "Macro AUC", "Tumour vs normal AUC",
-                    "Benign vs malignant AUC", "Malignant sensitivity (op.)", "Malignant specificity (op.)"),
+                    "Benign vs malignant AUC", "Malignant sensitivity at the operating point",
+                    "Malignant specificity at the operating point"),
                    tuple(rows))]
 
 
@@ -256,7 +266,7 @@ def _operating_point_gap(d: ReportData) -> Para:
     block = lookup(d.compare, "operating_point")
     if not block:
         return Para(unavailable("Operating-point gap", f"{d.metrics_name}/compare.json"))
-    gaps = "; ".join(f"{HEADLINE_TITLES.get(m, m)} {fmt_ci(lookup(entry, 'gap'))}" for m, entry in block.items())
+    gaps = "; ".join(f"{HEADLINE_TITLES.get(m, m)} {fmt_diff(lookup(entry, 'gap'))}" for m, entry in block.items())
     unreliable = [VARIANT_TITLES[v] for v in VARIANTS if threshold_caveat(d.evals[v].get("operating_point"))]
     warning = (f" The threshold of {' and '.join(unreliable)} is UNRELIABLE (above), and so is this gap."
                if unreliable else "")
@@ -289,7 +299,7 @@ def _training_table(d: ReportData) -> Any:
         else:
             rows.append((VARIANT_TITLES[v], fmt(t.get("epochs_run")), fmt(t.get("best_epoch")),
                          fmt(t.get("monitor")), fmt(t.get("best_score"))))
-    return Table(("Variant", "Epochs run", "Best epoch", "Monitor", "Best validation score"), tuple(rows))
+    return Table(("Variant", "Epochs run", "Best epoch (1 = first)", "Monitor", "Best validation score"), tuple(rows))
 
 
 
@@ -300,7 +310,9 @@ def _training_curves(d: ReportData) -> list[Block]:
         caption = f"Training and validation loss per epoch: {VARIANT_TITLES[v]}"
         sources = tuple(f"{d.metrics_name}/{v}/train/{rel}" for rel in LOSS_FILES.values())
         history = d.losses[v]
-        png = None if history is None else loss_curve_png(history, title=f"{v}: train and validation loss")
+        best = lookup(d.trains[v], "best_epoch")  # counted from 1, as the curves
+        title = f"{VARIANT_TITLES[v]}: train and validation loss"
+        png = None if history is None else loss_curve_png(history, title=title, best_epoch=best)
         charts.append(Chart(caption, png, sources, CHART_NOTE))
     return charts
 
@@ -330,7 +342,7 @@ def _localisation_detail(d: ReportData) -> list[Any]:
                 Table(("Class", "Metric", "Model", "Baseline", "Images"), per_class),
                 Para(f"Sanity check ({sanity.get('randomization', 'n/a')} randomisation): rank correlation "
                      "between the trained and randomised model's maps "
-                     f"{fmt_ci(sanity.get('randomized_rank_correlation'))} "
+                     f"{fmt_diff(sanity.get('randomized_rank_correlation'))} "
                      f"over {fmt(sanity.get('n'))} images ({fmt(sanity.get('n_undefined'))} undefined). A value "
                      "near one would mean the map ignores the learned weights."),
                 *lesion_localisation(x, explain_name(d, v)),

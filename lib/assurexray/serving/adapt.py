@@ -5,15 +5,18 @@ Files are found and decoded as ``assurexray infer`` finds and decodes them
 letterbox and preprocessing), then
 :func:`assurexray.learning.adaptation.adapt_batchnorm` re-estimates the statistics. The new checkpoint is an ordinary
 one (infer, the app and evaluate load it like any model) whose ``meta["adaptation"]`` records the method, how many
-images, their fingerprint, the source model's SHA-256 and the date. It has a new SHA-256, so the operating point
-evaluate fitted for the source model does not apply to it: infer warns and leaves the Malignant decision null
-until one is fitted for it. NOT FOR CLINICAL USE.
+images, their fingerprint, the source model's SHA-256 and the date. It has a new SHA-256, so the source's operating
+point cannot be used as it is; :func:`inherit_operating_point` writes a copy bound to the adapted file
+(``site.operating_point.json`` beside ``site.pt``, found by infer and the app), the same temperature, Malignant
+threshold and lesion-fusion weight, fitted on the source's validation without adaptation, exactly as evaluate's
+adapted rows apply them. NOT FOR CLINICAL USE.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,9 +34,15 @@ from assurexray.learning.adaptation import (
     check_image_count,
 )
 from assurexray.learning.model import file_sha256, load_checkpoint, resolve_device, save_checkpoint
-from assurexray.learning.prediction import Predictor
+from assurexray.core.atomic import write_json
+from assurexray.learning.prediction import (
+    Predictor,
+    default_operating_point_path,
+    load_operating_point,
+    sibling_operating_point_path,
+)
 
-__all__ = ["adapt_checkpoint", "files_sha256"]
+__all__ = ["adapt_checkpoint", "files_sha256", "inherit_operating_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +114,32 @@ def files_sha256(files: Sequence[Path], *, root: Path | None = None) -> str:
         name = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
         lines.append(f"{name}\t{path.stat().st_size}\t{file_sha256(path)}")
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def inherit_operating_point(source_model: str | os.PathLike, adapted_model: str | os.PathLike, *,
+                            operating_point: str | os.PathLike | None = None) -> Path | None:
+    """Write the source model's operating point, bound to the adapted checkpoint, beside it; return its path.
+
+    ``operating_point`` None: the source's own (its variant's evaluate output, or the file beside it); when it has
+    none, nothing is written and None returned. The file is checked to belong to the source (SHA-256) before it is
+    copied, and the copy says where it came from and that nothing was refitted.
+    """
+    source_model, adapted_model = Path(source_model), Path(adapted_model)
+    candidates = [Path(operating_point)] if operating_point is not None else [
+        sibling_operating_point_path(source_model), default_operating_point_path(source_model)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        if operating_point is not None:
+            raise FileNotFoundError(f"--operating-point {operating_point}: not found.")
+        return None
+    meta = load_checkpoint(adapted_model)[1]
+    classes = [str(c) for c in meta["class_names"]]
+    source_sha = file_sha256(source_model)
+    load_operating_point(found, model_sha256=source_sha, class_names=classes)  # refuses another model's file
+    record = {k: v for k, v in json.loads(found.read_text(encoding="utf-8")).items() if k != "member_sha256s"}
+    record["model_sha256"] = file_sha256(adapted_model)
+    record["inherited"] = {"from": str(found), "source_model_sha256": source_sha,
+                           "note": "fitted on the source model's validation without adaptation; nothing refitted"}
+    target = sibling_operating_point_path(adapted_model)
+    write_json(target, record)
+    return target

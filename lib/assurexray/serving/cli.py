@@ -1,5 +1,5 @@
-"""The ``assurexray`` command: ``infer`` (classify files), ``adapt`` (BatchNorm statistics of a site), ``app`` (the
-Streamlit demo), ``version``.
+"""The ``assurexray`` command: ``infer`` (classify files), ``export`` (a checkpoint as ONNX), ``adapt`` (BatchNorm
+statistics of a site), ``app`` (the Streamlit demo), ``version``.
 
 Argument parsing only; each subcommand calls one library function. Heavy imports (torch, timm) happen
 inside the handlers so ``assurexray --help`` stays instant. NOT FOR CLINICAL USE.
@@ -17,9 +17,11 @@ from typing import Sequence, TextIO
 
 from assurexray import DISCLAIMER, __version__
 from assurexray.core.cli_errors import USER_ERRORS, error_line, warnings_as_log_lines
+from assurexray.core.filetypes import DICOM_SUFFIXES, RASTER_SUFFIXES
 from assurexray.core.project import DEFAULT_MODEL, MODEL_ENV, ROOT_ENV, Layout, resolve_model_path
 
-__all__ = ["main", "build_parser", "infer_command", "app_path", "app_command", "launch_app"]
+__all__ = ["main", "build_parser", "infer_command", "export_command", "readable_formats", "app_path", "app_command",
+           "launch_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,11 @@ _LAYOUT = Layout(Path())  # the artefact paths, relative to a project root, for 
 _DEFAULT_MAX_PIXELS = 100_000_000
 #: ``adapt`` defaults: assurexray.learning.adaptation.MIN_IMAGES and BATCH_SIZE, written out for the same reason.
 _DEFAULT_MIN_IMAGES, _DEFAULT_ADAPT_BATCH = 32, 64
+#: ``infer --runtime`` and ``export --format`` choices: assurexray.serving.onnx_runtime.RUNTIMES and
+#: assurexray.serving.export.EXPORT_FORMATS, written out so ``--help`` loads no torch (tests/test_cli.py checks).
+_RUNTIMES, _EXPORT_FORMATS = ("torch", "onnx"), ("onnx",)
+#: Optional packages of the ONNX path: missing, they are a one-line usage error with the install command.
+_OPTIONAL_MODULES = frozenset({"onnx", "onnxruntime", "onnxscript"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings_as_log_lines(enabled=not args.verbose):
             return args.handler(args)
     except USER_ERRORS as err:  # ValueError, OSError (missing / unwritable paths): one line, exit 2
+        print(error_line(f"assurexray {args.command}", err), file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in _OPTIONAL_MODULES:
+            raise  # a missing core module is a broken install: keep the traceback
         print(error_line(f"assurexray {args.command}", err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -70,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "infer",
         help="classify image files with a trained model",
         description=(
-            "Classify radiographs (JPEG, PNG, TIFF incl. 16-bit, BMP, single-frame DICOM).\n"
+            f"Classify radiographs. {readable_formats()}\n"
             "Unreadable files are named and skipped; exit code 1 when any input failed, 2 for usage errors.\n"
             + DISCLAIMER
         ),
@@ -79,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     infer.add_argument(
         "--model", default=None, metavar="FILE", action="append",
-        help="checkpoint; repeat for a seed ensemble (probabilities averaged; same classes and preprocessing) "
+        help="checkpoint (with --runtime onnx: a .onnx from `assurexray export`); repeat for a seed ensemble "
+        "(probabilities averaged; same classes and preprocessing) "
         f"(default: ${MODEL_ENV}, else {DEFAULT_MODEL.as_posix()} under ${ROOT_ENV}, "
         "the current folder or the checkout assurexray is installed from)",
     )
@@ -92,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(an ensemble has none by default: pass the one evaluate wrote for it)",
     )
     infer.add_argument("--output", default=None, metavar="FILE", help="write per-image results to a .jsonl or .csv file")
+    infer.add_argument(
+        "--json", action="store_true", dest="json_output",
+        help="print the results as one JSON object on stdout instead of the table: the disclaimer, the notes and "
+        "one record per input with the fields and values of a .jsonl --output (other messages go to stderr)",
+    )
+    infer.add_argument(
+        "--runtime", choices=_RUNTIMES, default="torch",
+        help="torch: a PyTorch checkpoint (default); onnx: a model written by `assurexray export` (--model "
+        "FILE.onnx), scored by ONNX Runtime on the CPU with the same preprocessing and operating point (the "
+        "source checkpoint's); no --gradcam",
+    )
     infer.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay PNG per image")
     infer.add_argument(
         "--gradcam-layer", default=None, metavar="NAME",
@@ -115,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse images with more pixels than this (default: {_DEFAULT_MAX_PIXELS})",
     )
     infer.set_defaults(handler=_run_infer)
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint as an ONNX model that records its preprocessing",
+        description=(
+            "Write a checkpoint as an ONNX model: input 'image' (batch, C, S, S), preprocessed; outputs 'logits' and,\n"
+            "for a checkpoint with a lesion decoder, 'lesion_logits'. The preprocessing, class order and the\n"
+            "checkpoint's SHA-256 are recorded in its metadata, so `infer --runtime onnx` prepares images exactly as\n"
+            "PyTorch does and applies the checkpoint's operating point. The export is checked against PyTorch\n"
+            "before it is written. See docs/export.md.\n" + DISCLAIMER
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--format", choices=_EXPORT_FORMATS, default="onnx", help="model format (default: onnx)")
+    export.add_argument(
+        "--model", default=None, metavar="FILE",
+        help=f"checkpoint to export (default: ${MODEL_ENV}, else {DEFAULT_MODEL.as_posix()} under ${ROOT_ENV}, the "
+        "current folder or the checkout assurexray is installed from)",
+    )
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    export.set_defaults(handler=_run_export)
 
     app = sub.add_parser(
         "app", help="start the Streamlit demo on 127.0.0.1",
@@ -141,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-images", type=_positive_int, default=_DEFAULT_MIN_IMAGES, metavar="N",
         help=f"refuse fewer images than this (default: {_DEFAULT_MIN_IMAGES}; statistics of a few images are noise)",
     )
+    adapt.add_argument("--operating-point", default=None, metavar="FILE",
+                       help="the source model's operating_point.json to carry over (default: its own, if any)")
     adapt.add_argument("--batch-size", type=_positive_int, default=_DEFAULT_ADAPT_BATCH, metavar="N",
                        help=f"images per estimation batch (default: {_DEFAULT_ADAPT_BATCH}, as evaluate.adapt uses)")
     adapt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -151,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(handler=_run_version)
     return parser
+
+
+def readable_formats() -> str:
+    """The file types ``infer`` reads, from :mod:`assurexray.core.filetypes` (INFER_SUFFIXES is these two lists)."""
+    raster, dicom = ", ".join(RASTER_SUFFIXES), ", ".join(DICOM_SUFFIXES)
+    return (f"Reads image files ending in (any letter case):\n  {raster} (TIFF incl. 16-bit)\n"
+            f"  {dicom} (single-frame DICOM; a folder walk also finds DICOM files without a suffix)")
 
 
 def app_path() -> Path:
@@ -193,16 +246,26 @@ def infer_command(
     batch_size: int = 16,
     device: str = "cpu",
     max_pixels: int | None = _DEFAULT_MAX_PIXELS,
+    json_output: bool = False,
+    runtime: str = "torch",
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run inference, print the table and a failure summary, write ``output``; return the exit code.
+    """Run inference, print the table (``json_output``: the JSON document) and a failure summary, write ``output``;
+    return the exit code.
 
     0 = every input scored, 1 = some inputs failed (named on stderr; the others are still written).
     Usage problems (no input matched, bad model or operating point) raise ``ValueError``/``FileNotFoundError``.
+    With ``json_output`` stdout holds the JSON alone; the other messages go to stderr.
     """
     from assurexray.serving.infer import run_inference  # torch-heavy: loaded only when the command runs
-    from assurexray.serving.infer_output import OUTPUT_SUFFIXES, describe_result, format_table, write_predictions
+    from assurexray.serving.infer_output import (
+        OUTPUT_SUFFIXES,
+        describe_result,
+        format_json,
+        format_table,
+        write_predictions,
+    )
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -211,18 +274,22 @@ def infer_command(
     result = run_inference(
         inputs, model_path=model_path, operating_point_path=operating_point_path, batch_size=batch_size,
         device=device, max_pixels=max_pixels, gradcam_dir=gradcam_dir, gradcam_layer=gradcam_layer,
-        lesion_dir=lesion_dir,
+        lesion_dir=lesion_dir, runtime=runtime,
     )
-    print(DISCLAIMER, file=stdout)
-    print(describe_result(result), file=stdout)
-    print(format_table(result), file=stdout)
+    if json_output:
+        print(format_json(result), file=stdout)
+    else:
+        print(DISCLAIMER, file=stdout)
+        print(describe_result(result), file=stdout)
+        print(format_table(result), file=stdout)
+    notes = stderr if json_output else stdout  # with --json, stdout is the JSON document alone
     if output is not None:
         write_predictions(result, output)
-        print(f"wrote {len(result.predictions)} row(s) to {output}", file=stdout)
+        print(f"wrote {len(result.predictions)} row(s) to {output}", file=notes)
     if gradcam_dir is not None:
-        print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=stdout)
+        print(f"wrote {len(result.gradcam_paths)} Grad-CAM overlays to {gradcam_dir}", file=notes)
     if lesion_dir is not None:
-        print(f"wrote {len(result.lesion_paths)} lesion-map overlays to {lesion_dir}", file=stdout)
+        print(f"wrote {len(result.lesion_paths)} lesion-map overlays to {lesion_dir}", file=notes)
     failures = result.failures
     n_ok = len(result.predictions) - len(failures)
     if failures:
@@ -246,18 +313,49 @@ def _run_infer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         max_pixels=args.max_pixels,
+        json_output=args.json_output,
+        runtime=args.runtime,
     )
+
+
+def export_command(model_path: str | os.PathLike, output: str | os.PathLike, *, fmt: str = "onnx",
+                   stdout: TextIO | None = None) -> int:
+    """Export ``model_path`` to ``output`` in ``fmt`` and say what was written; return the exit code."""
+    from assurexray.serving.export import EXPORT_FORMATS, LOGIT_ATOL, export_onnx  # torch-heavy
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {list(EXPORT_FORMATS)}.")
+    stdout = stdout or sys.stdout
+    record = export_onnx(model_path, output)
+    print(DISCLAIMER, file=stdout)
+    print(f"wrote {record.path}: ONNX (opset {record.opset}) of {record.source} (sha256 {record.source_sha256[:12]}), "
+          f"outputs {', '.join(record.outputs)}, dynamic batch; ONNX Runtime matches PyTorch on a probe batch to "
+          f"{record.max_abs_logit_diff:.2g} (tolerance {LOGIT_ATOL:g}). Score it with: assurexray infer --runtime onnx "
+          f"--model {record.path} IMAGES", file=stdout)
+    return EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    return export_command(resolve_model_path(args.model), args.output, fmt=args.format)
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
     from assurexray.serving.adapt import adapt_checkpoint  # torch-heavy: loaded only when the command runs
 
+    from assurexray.serving.adapt import inherit_operating_point
+
     record = adapt_checkpoint(args.model, args.images, args.output, min_images=args.min_images,
                               batch_size=args.batch_size, device=args.device, max_pixels=args.max_pixels)
+    inherited = inherit_operating_point(args.model, args.output, operating_point=args.operating_point)
     print(DISCLAIMER)
     print(f"wrote {args.output}: BatchNorm statistics of {args.model} re-estimated on {record['n_images']} image(s) "
-          f"(fingerprint {record['images_sha256'][:12]}, {record['date']}); no label was read. It has no operating "
-          "point yet: infer gives uncalibrated probabilities and no Malignant decision until one is fitted for it.")
+          f"(fingerprint {record['images_sha256'][:12]}, {record['date']}); no label was read.")
+    if inherited is None:
+        print("The source model has no operating point: infer gives uncalibrated probabilities and no Malignant "
+              "decision for the adapted model until one is given (--operating-point).")
+    else:
+        print(f"wrote {inherited}: the source's operating point (temperature, Malignant threshold, lesion fusion), "
+              "fitted on its validation without adaptation, bound to the adapted model; infer and the app use it.")
     return EXIT_OK
 
 

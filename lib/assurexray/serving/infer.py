@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from assurexray.data.decoding import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Fitted, find_images, read_for_letterbox
 from assurexray.assessment.cam import compute_heatmaps
+from assurexray.assessment.familiarity import Familiarity, find_familiarity, pooled_features
 from assurexray.assessment.gallery import (
     OVERLAY_DECODE_SIZE,
     render_lesion_overlay,
@@ -41,6 +42,7 @@ from assurexray.learning.prediction import OperatingPoint, Predictor, load_predi
 from assurexray.core.project import DEFAULT_MODEL  # re-exported: the precedence lives in assurexray.core.project
 from assurexray.core.project import Layout
 from assurexray.core.provenance import trained_on, training_data_fingerprint
+from assurexray.serving.onnx_runtime import check_runtime_model, load_onnx_predictor
 from assurexray.serving.lesion import (
     LESION_COLUMNS,
     LesionFinding,
@@ -81,6 +83,8 @@ class Prediction:
     malignant_flag: int | None = None
     error: str | None = None
     lesion: LesionFinding | None = None  # a lesion-decoder model's score and box (original pixels)
+    input_distance: float | None = None  # distance to the training images' features (assessment.familiarity)
+    input_unfamiliar: bool | None = None  # input_distance above the validation threshold; None: no input check
 
     @property
     def ok(self) -> bool:
@@ -107,6 +111,8 @@ class InferenceResult:
     lesion_dir: Path | None = None
     #: Lesion-map overlays (RGB) drawn in memory by :func:`predict_images` (the web app), by input key.
     lesion_overlays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    #: The input check evaluate fitted for this model (familiarity.npz); None: absent, every input_* column null.
+    input_check: Familiarity | None = field(default=None, repr=False, compare=False)
 
     @property
     def trained_on(self) -> str:
@@ -122,7 +128,9 @@ class InferenceResult:
         malignant_threshold_reliable (true/false; null when the operating point does not say or there is none),
         malignant_threshold_caveat (an unreliable threshold's warning, ``OperatingPoint.caveat``; else null),
         model_sha256, trained_on (``synthetic-sample`` | ``btxrd`` | ``unknown``), training_data_fingerprint (sha256
-        of the prepared index.csv the model was trained on), gradcam_overlay (only with ``--gradcam``: the overlay PNG
+        of the prepared index.csv the model was trained on), input_distance and input_unfamiliar (true/false: how
+        unlike the training images the input is, :mod:`assurexray.assessment.familiarity`; null without the
+        model's familiarity.npz), gradcam_overlay (only with ``--gradcam``: the overlay PNG
         written, empty for a failed input), for a model with a lesion decoder lesion_score (the map's maximum),
         lesion_threshold and lesion_box_x0, _y0, _x1, _y1 (original pixels, x1/y1 exclusive, empty when no pixel
         reaches the threshold), lesion_overlay (only with ``--lesion-map``), error."""
@@ -131,8 +139,8 @@ class InferenceResult:
         lesion = list(LESION_COLUMNS) if self.lesion_maps else []
         lesion += ["lesion_overlay"] if self.lesion_dir is not None else []
         return ["path", *probs, "pred", "malignant_flag", "malignant_threshold", "malignant_threshold_reliable",
-                "malignant_threshold_caveat", "model_sha256", "trained_on", "training_data_fingerprint", *overlay,
-                *lesion, "error"]
+                "malignant_threshold_caveat", "model_sha256", "trained_on", "training_data_fingerprint",
+                "input_distance", "input_unfamiliar", *overlay, *lesion, "error"]
 
     def records(self, *, box_columns: bool = False) -> list[dict[str, Any]]:
         """One flat dict per input; missing values are None. The lesion box is ``lesion_box`` ([x0, y0, x1, y1]
@@ -154,6 +162,8 @@ class InferenceResult:
                 model_sha256=self.model_sha256,
                 trained_on=self.trained_on,
                 training_data_fingerprint=training_data_fingerprint({"data": self.training_data}),
+                input_distance=p.input_distance,
+                input_unfamiliar=p.input_unfamiliar,
             )
             if self.gradcam_dir is not None:
                 overlay = self.gradcam_paths.get(p.path)
@@ -203,8 +213,9 @@ def predict_images(
     decoded = {key: image(predictor.input_size) if callable(image) else image for key, image in images.items()}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam else None
     lesion = lesion_maps_available(predictor)
+    input_check = find_familiarity(predictor)
     scored, heatmaps, lesion_maps = _score(decoded, predictor=predictor, gradcam=gradcam, gradcam_layer=layer,
-                                           lesion=lesion)
+                                           lesion=lesion, input_check=input_check)
     overlays, lesion_overlays = {}, {}
     for key in decoded:
         gray, original_size = (shown[key], None) if shown and key in shown else _gray_and_size(decoded[key])
@@ -218,7 +229,7 @@ def predict_images(
     result = InferenceResult(predictions=[scored[k] for k in images], class_names=predictor.class_names,
                              operating_point=predictor.operating_point, model_sha256=predictor.model_sha256,
                              gradcam_paths={}, training_data=predictor.meta.get("data"), lesion_maps=lesion,
-                             lesion_overlays=lesion_overlays)
+                             lesion_overlays=lesion_overlays, input_check=input_check)
     return result, overlays
 
 
@@ -288,6 +299,7 @@ def run_inference(
     gradcam_dir: str | os.PathLike | None = None,
     gradcam_layer: str | None = None,
     lesion_dir: str | os.PathLike | None = None,
+    runtime: str = "torch",
 ) -> InferenceResult:
     """Score every image of ``inputs`` (files, folders, globs); failures are kept as rows with ``error``.
 
@@ -297,7 +309,8 @@ def run_inference(
     Malignant decision null. ``gradcam_layer``: see :func:`resolve_gradcam_layer`. A model with a lesion decoder
     (every member of an ensemble) adds its lesion score and box to each row; ``lesion_dir`` (``--lesion-map``)
     writes ``<stem>_lesion.png`` overlays there, and is a ``ValueError`` for a model without one. Raises
-    ``ValueError`` when no input matched.
+    ``ValueError`` when no input matched. ``runtime`` ``onnx``: one ``assurexray export`` model on ONNX Runtime
+    (:mod:`assurexray.serving.onnx_runtime`), the same engine and operating point; no Grad-CAM (no gradients).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
@@ -307,8 +320,11 @@ def run_inference(
     if not files:
         listed = "; ".join(p.error or p.path for p in problems) or "no inputs given"
         raise ValueError(f"no image matched the inputs {[os.fspath(i) for i in inputs]!r} ({listed}).")
-    predictor = load_predictor(_model_paths(model_path), operating_point=operating_point_path,
-                               device=resolve_device(device, setting="--device"))
+    if runtime == "onnx" and gradcam_dir is not None:
+        raise ValueError("--gradcam needs --runtime torch: Grad-CAM takes gradients through the PyTorch model, "
+                         "which an ONNX Runtime session does not give; drop --gradcam or use the checkpoint.")
+    predictor = _load_for_runtime(_model_paths(model_path), runtime=runtime, operating_point=operating_point_path,
+                                  device=device)
     gradcam_names = _overlay_names(files, "gradcam") if gradcam_dir is not None else {}
     layer = resolve_gradcam_layer(predictor, gradcam_layer) if gradcam_dir is not None else None
     if lesion_dir is not None and not predictor.has_lesion_maps:
@@ -320,6 +336,7 @@ def run_inference(
         )
     lesion = lesion_maps_available(predictor)
     lesion_names = _overlay_names(files, "lesion") if lesion_dir is not None else {}
+    input_check = find_familiarity(predictor)
     predictions: list[Prediction] = []
     progress = tqdm(total=len(files), unit="img", desc="infer", disable=len(files) < 2, file=sys.stderr)
     pool = ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="decode")
@@ -331,7 +348,7 @@ def run_inference(
                     _predict_chunk(
                         chunk, decoded, predictor=predictor,
                         gradcam_dir=None if gradcam_dir is None else Path(gradcam_dir), gradcam_names=gradcam_names,
-                        gradcam_layer=layer, max_pixels=max_pixels, lesion=lesion,
+                        gradcam_layer=layer, max_pixels=max_pixels, lesion=lesion, input_check=input_check,
                         lesion_dir=None if lesion_dir is None else Path(lesion_dir), lesion_names=lesion_names,
                     )
                 )
@@ -352,6 +369,7 @@ def run_inference(
         lesion_maps=lesion,
         lesion_paths={k: v for k, v in lesion_written.items() if k in ok_paths},
         lesion_dir=None if lesion_dir is None else Path(lesion_dir),
+        input_check=input_check,
     )
 
 
@@ -400,6 +418,7 @@ def _predict_chunk(
     lesion: bool = False,
     lesion_dir: Path | None = None,
     lesion_names: dict[Path, str] | None = None,
+    input_check: Familiarity | None = None,
 ) -> list[Prediction]:
     """Score one decoded batch and write its overlays; files that failed to decode keep their error row."""
     outcome: dict[Path, Prediction] = {}
@@ -411,7 +430,7 @@ def _predict_chunk(
             grays[path] = item
     if grays:
         scored, heatmaps, lesion_maps = _score(grays, predictor=predictor, gradcam=gradcam_dir is not None,
-                                               gradcam_layer=gradcam_layer, lesion=lesion)
+                                               gradcam_layer=gradcam_layer, lesion=lesion, input_check=input_check)
         outcome.update(scored)
         overlays = gradcam_dir is not None or lesion_dir is not None
         for path in grays if overlays else ():
@@ -431,21 +450,27 @@ def _predict_chunk(
 
 def _score(
     grays: dict[Any, np.ndarray | Fitted], *, predictor: Predictor, gradcam: bool, gradcam_layer: str | None,
-    lesion: bool = False,
+    lesion: bool = False, input_check: Familiarity | None = None,
 ) -> tuple[dict[Any, Prediction], dict[Any, np.ndarray], dict[Any, np.ndarray]]:
     """Predictions, with ``gradcam`` (S, S) heatmaps of the predicted class, and with ``lesion`` (S, S) lesion
-    maps (each prediction then holds its score and box in original pixels), for decoded images."""
+    maps (each prediction then holds its score and box in original pixels), for decoded images; with
+    ``input_check`` each prediction says how unlike the training images its input is."""
     keys = list(grays)
     boxed, scores = predictor.predict_grays([grays[k] for k in keys])  # (B, S, S) letterboxed once
     lesion_maps = dict(zip(keys, predictor.lesion_maps(boxed))) if lesion else {}  # (S, S) each, in [0, 1]
     names = predictor.class_names
     flags = scores.malignant_flag
+    # A second pass for the stage features (the predictor's pass returns logits only); None: no input check.
+    distances = None if input_check is None else input_check.distances(pooled_features(predictor, boxed))
     outcome: dict[Any, Prediction] = {}
     for i, (key, row) in enumerate(zip(keys, scores.probs)):
         finding = find_lesion(lesion_maps[key], _original_size(grays[key])) if lesion else None
         outcome[key] = Prediction(str(key), probs={name: float(v) for name, v in zip(names, row)},
                                   pred=names[int(scores.pred_idx[i])],
-                                  malignant_flag=None if flags is None else int(flags[i]), lesion=finding)
+                                  malignant_flag=None if flags is None else int(flags[i]), lesion=finding,
+                                  input_distance=None if distances is None else float(distances[i]),
+                                  input_unfamiliar=None if distances is None else bool(
+                                      input_check.unfamiliar(distances[i])))
     if not gradcam:
         return outcome, {}, lesion_maps
     model = predictor.models[0]  # resolve_gradcam_layer refused ensembles
@@ -477,6 +502,22 @@ def _overlay_names(files: Sequence[Path], kind: str) -> dict[Path, str]:
         seen[stem] = seen.get(stem, 0) + 1
         names[path] = f"{stem}_{kind}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_{kind}.png"
     return names
+
+
+def _load_for_runtime(paths: list[Path], *, runtime: str, operating_point: str | os.PathLike | None,
+                      device: str) -> Predictor:
+    """The predictor of ``paths`` on ``runtime`` (``torch`` or ``onnx``), refusing a model the runtime cannot read."""
+    for path in paths:
+        check_runtime_model(path, runtime)
+    if runtime == "torch":
+        return load_predictor(paths, operating_point=operating_point, device=resolve_device(device, setting="--device"))
+    if len(paths) > 1:
+        raise ValueError(f"--runtime onnx scores one exported model, got {len(paths)} --model files; score an "
+                         "ensemble with --runtime torch and its checkpoints.")
+    if str(device).strip().lower() not in ("cpu", "auto"):  # auto: the CPU, the one provider used
+        raise ValueError(f"--device {device!r}: --runtime onnx runs on ONNX Runtime's CPU provider; drop --device "
+                         "or use --runtime torch.")
+    return load_onnx_predictor(paths[0], operating_point=operating_point)
 
 
 def _model_paths(model_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

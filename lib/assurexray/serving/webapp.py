@@ -16,6 +16,7 @@ Streamlit-free module, so ``app/app.py`` stays a thin layout and every view is t
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import os
@@ -85,6 +86,9 @@ __all__ = [
     "top_class_text",
     "threshold_text",
     "training_text",
+    "TrainingNotice",
+    "training_notices",
+    "input_check_text",
     "original_panel",
     "lesion_panel",
     "thumbnail",
@@ -145,6 +149,7 @@ class AppPrediction:
     overlay: np.ndarray  # (h, w, 3) uint8, Grad-CAM of the predicted class under the disclaimer banner
     training_data: dict[str, Any] | None = None  # the checkpoint's meta["data"] (assurexray.core.provenance)
     lesion_overlay: np.ndarray | None = None  # (h, w, 3) uint8 lesion map of a lesion-head model; else None
+    input_check_threshold: float | None = None  # the input check's validation threshold; None: no familiarity.npz
 
     @property
     def lesion(self) -> LesionFinding | None:
@@ -182,6 +187,15 @@ class AppPrediction:
     @property
     def trained_on(self) -> str:
         return trained_on({"data": self.training_data})
+
+
+@dataclass(frozen=True)
+class TrainingNotice:
+    """What trained one variant's model, for the top of every page (before any number the page shows)."""
+
+    variant: str
+    text: str
+    warn: bool  # synthetic or unknown training data: shown as a warning, not small print
 
 
 @dataclass(frozen=True)
@@ -377,6 +391,50 @@ def training_text(prediction: AppPrediction) -> str:
     return training_data_sentence({"data": prediction.training_data})
 
 
+def training_notices(layout: Layout) -> list[TrainingNotice]:
+    """One notice per variant: what trained its model, read from the checkpoint's own record (``meta["data"]``,
+    written by the train stage), never guessed from params.yaml or folder names. Without any model, one notice
+    saying the training data cannot be checked, so no page shows numbers without saying where they come from."""
+    notices = []
+    for variant in VARIANTS:
+        path = layout.model(variant)
+        if not path.is_file():
+            continue
+        title = VARIANT_TITLES.get(variant, variant)
+        try:
+            data = _checkpoint_data(str(path), path.stat().st_mtime_ns, path.stat().st_size)
+        except ValueError as err:
+            notices.append(TrainingNotice(variant, f"{title} model: training data unknown ({err}).", warn=True))
+            continue
+        text = f"{title} model: {training_data_sentence({'data': data})}"
+        warn = not isinstance(data, Mapping) or not data.get("source") or bool(data.get("synthetic"))
+        if isinstance(data, Mapping) and data.get("synthetic"):
+            text += " Its numbers and predictions say nothing about real patients."
+        notices.append(TrainingNotice(variant, text, warn=warn))
+    if not notices:
+        notices.append(TrainingNotice(
+            "", f"No trained model found, so what any result here was trained on cannot be checked; run "
+                f"`{RESULTS_COMMAND}` to train the models.", warn=True))
+    return notices
+
+
+def input_check_text(prediction: AppPrediction) -> tuple[bool, str]:
+    """(warn, sentence): how unlike the training images the input is (:mod:`assurexray.assessment.familiarity`),
+    or that the model has no input check. ``warn`` is True for an unfamiliar input and for a missing check."""
+    from assurexray.assessment.familiarity import UNFAMILIAR_WARNING  # torch-heavy; see decode_upload
+
+    outcome = prediction.outcome
+    if outcome.input_unfamiliar is None or outcome.input_distance is None or prediction.input_check_threshold is None:
+        return True, ("No input check for this model (metrics/<variant>/eval/familiarity.npz absent): nothing "
+                      f"says whether this image is like the training images. Run `{RESULTS_COMMAND}` to create it.")
+    numbers = (f"input distance {outcome.input_distance:.1f}, threshold {prediction.input_check_threshold:.1f} "
+               "chosen on the validation images")
+    if outcome.input_unfamiliar:
+        return True, f"This image is {UNFAMILIAR_WARNING} ({numbers})."
+    return False, (f"Input check: this image is within the range of the validation images ({numbers}); a "
+                   "familiar image can still be misclassified.")
+
+
 def original_panel(prediction: AppPrediction) -> np.ndarray:
     """The decoded radiograph on the overlay's canvas (same size and banner), for side-by-side display."""
     from assurexray.assessment.gallery import render_original  # matplotlib; see decode_upload
@@ -551,7 +609,26 @@ def _predict(gray: np.ndarray, fitted: Callable[[int], Fitted], *, name: str, la
     )
     return AppPrediction(name=name, outcome=result.predictions[0], op=result.operating_point,
                          model_sha256=result.model_sha256, gray=gray, overlay=overlays[name],
-                         training_data=result.training_data, lesion_overlay=result.lesion_overlays.get(name))
+                         training_data=result.training_data, lesion_overlay=result.lesion_overlays.get(name),
+                         input_check_threshold=None if result.input_check is None else result.input_check.threshold)
+
+
+@functools.lru_cache(maxsize=8)  # keyed by path, mtime and size: a retrained model is read again
+def _checkpoint_data(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
+    """``meta["data"]`` of the checkpoint at ``path`` (None when it records none), read with
+    ``torch.load(weights_only=True)``: no code in the file runs. ``ValueError`` naming an unreadable file."""
+    import pickle
+
+    import torch  # see decode_upload
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        # torch.load's errors on a truncated or foreign file vary by version; each is named, none is swallowed
+        raise ValueError(f"{Path(path).name} is not a readable checkpoint: {type(err).__name__}") from err
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    data = meta.get("data") if isinstance(meta, dict) else None
+    return data if isinstance(data, dict) else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
