@@ -53,7 +53,7 @@ def try_page(layout: webapp.Layout) -> None:
     models = webapp.available_models(layout)
     if not models:
         st.warning(
-            f"No trained model under {layout.root / 'models'} (expected models/<variant>/model.pt for "
+            f"No trained model in this project's models/ folder (expected models/<variant>/model.pt for "
             f"{' or '.join(webapp.VARIANTS)}). Run the pipeline first:"
         )
         st.code(webapp.RESULTS_COMMAND, language="bash")
