@@ -4,7 +4,7 @@
     python -m benchmarks --quick    # fewer repeats and images, no peak-memory runs: a few minutes on 2 cores
     python -m benchmarks --only prepare_draft infer_overlap
     python -m benchmarks --readme   # and rewrite docs/speed.md's table from the new results
-    python -m benchmarks --tiny --out /tmp/bench.json   # seconds: checks the plumbing, the numbers mean nothing
+    python -m benchmarks --tiny --out bench-tiny.json   # seconds: checks the plumbing, the numbers mean nothing
 """
 
 from __future__ import annotations

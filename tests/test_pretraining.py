@@ -3,7 +3,6 @@ its weights are what the classifier starts from (tiny synthetic cache, the ``tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -28,16 +27,14 @@ from assurexray.learning.pretraining import (
     pretrain_backbone,
     write_pretrained,
 )
+from kills import Killed, dies_after_first_step
+from test_stage_kill import stage_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
 S = 32
 N_TRAIN, N_VAL = 12, 6
 TINY = dict(enabled=True, epochs=3, image_px=24, batch_size=4, lr=1e-3)
-
-
-class _Killed(BaseException):
-    """Stands in for SIGKILL: BaseException, so nothing in the loop may catch it."""
 
 
 @pytest.fixture
@@ -72,30 +69,6 @@ def _pretrain(root: Path, *, resume_dir=None, **overrides):
                              device="cpu", resume_dir=resume_dir)
 
 
-def _killing_epoch(kill_epoch: int):
-    """The real ``_pretrain_epoch``, except that epoch ``kill_epoch`` dies after its first optimiser step."""
-    real = pretraining._pretrain_epoch
-
-    def epoch_fn(net, loader, *args, epoch, **kwargs):
-        if epoch != kill_epoch:
-            return real(net, loader, *args, epoch=epoch, **kwargs)
-
-        def one_batch_then_die():
-            yield next(iter(loader))
-            raise _Killed
-
-        return real(net, one_batch_then_die(), *args, epoch=epoch, **kwargs)
-
-    return epoch_fn
-
-
-def _stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _params(root: Path, **pretrain) -> Path:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["model"].update(backbone="test_efficientnet", pretrained=str(root / "start.pth"), lesion_head=False)
@@ -126,8 +99,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(pro
     reference = write_pretrained(project / "ref", _pretrain(project))
     resume_dir = project / "resume"
     with monkeypatch.context() as patch:
-        patch.setattr(pretraining, "_pretrain_epoch", _killing_epoch(kill_epoch=3))
-        with pytest.raises(_Killed):
+        patch.setattr(pretraining, "_pretrain_epoch", dies_after_first_step(pretraining._pretrain_epoch, kill_epoch=3))
+        with pytest.raises(Killed):
             _pretrain(project, resume_dir=resume_dir)
     state = torch.load(resume_dir / resume.STATE_FILE, weights_only=True)
     assert state["epoch"] == 2
@@ -165,10 +138,10 @@ def test_the_train_stage_starts_from_the_pretrained_backbone_and_records_it(proj
     params = _params(project, **TINY)
     out = project / "models/stratified/pretrained"
     common = ["--prepared", str(project / "data/prepared"), "--split", str(project / "data/splits/stratified")]
-    assert _stage("pretrain")([*common, "--out", str(out), "--resume", str(project / "r"), "--params", str(params)]) == 0
+    assert stage_main("pretrain")([*common, "--out", str(out), "--resume", str(project / "r"), "--params", str(params)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [WEIGHTS_FILE, RECORD_FILE] and not (project / "r").exists()
     model_path = project / "model.pt"
-    assert _stage("train")([*common, "--model", str(model_path), "--live", str(project / "live"),
+    assert stage_main("train")([*common, "--model", str(model_path), "--live", str(project / "live"),
                             "--pretrained", str(out), "--params", str(params)]) == 0
     _, meta = load_checkpoint(model_path)
     assert meta["params"]["model"]["pretrained"] == str(out / WEIGHTS_FILE)
@@ -179,7 +152,7 @@ def test_the_disabled_stage_writes_only_a_record_and_the_classifier_keeps_its_we
     (out / "stale").mkdir(parents=True)  # a previous run's folder is replaced whole
     args = ["--prepared", str(project / "missing"), "--split", str(project / "missing"), "--out", str(out),
             "--params", str(_params(project, enabled=False))]
-    assert _stage("pretrain")(args) == 0  # no data read: disabled is a record, fast
+    assert stage_main("pretrain")(args) == 0  # no data read: disabled is a record, fast
     assert [p.name for p in out.iterdir()] == [RECORD_FILE]
     assert json.loads((out / RECORD_FILE).read_text())["enabled"] is False
     start = ModelConfig(backbone="test_efficientnet", pretrained="imagenet", dropout=0.2)

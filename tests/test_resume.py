@@ -9,29 +9,9 @@ import torch
 
 from assurexray.learning import resume, training
 from assurexray.learning.model import save_checkpoint
+from kills import Killed, dies_after_first_step
 from test_training import _options
 from training_options import train
-
-
-class _Killed(BaseException):
-    """Stands in for SIGKILL: BaseException, so nothing in the loop may catch it."""
-
-
-def _killing_train_epoch(kill_epoch: int):
-    """The real ``_train_epoch``, except that epoch ``kill_epoch`` dies after its first optimiser step."""
-    real = training._train_epoch
-
-    def train_epoch(net, loader, *args, epoch, **kwargs):
-        if epoch != kill_epoch:
-            return real(net, loader, *args, epoch=epoch, **kwargs)
-
-        def one_batch_then_die():
-            yield next(iter(loader))
-            raise _Killed
-
-        return real(net, one_batch_then_die(), *args, epoch=epoch, **kwargs)
-
-    return train_epoch
 
 
 def _files(folder):
@@ -44,8 +24,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(tmp
                                                 resume_dir=tmp_path / "ref_resume", **settings))
     resume_dir = tmp_path / "resume"
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=3))
-        with pytest.raises(_Killed):
+        patch.setattr(training, "_train_epoch", dies_after_first_step(training._train_epoch, kill_epoch=3))
+        with pytest.raises(Killed):
             train(**_options(tmp_path, resume_dir=resume_dir, **settings))
     assert not (tmp_path / "live").exists()  # DVCLive output is atomic: nothing half-written
     state = torch.load(resume_dir / resume.STATE_FILE, weights_only=True)  # plain tensors + JSON-able values
@@ -64,8 +44,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(tmp
 def test_a_resume_state_of_other_params_is_reported_and_never_resumed_from(tmp_path, monkeypatch, caplog):
     resume_dir = tmp_path / "resume"
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=2))
-        with pytest.raises(_Killed):
+        patch.setattr(training, "_train_epoch", dies_after_first_step(training._train_epoch, kill_epoch=2))
+        with pytest.raises(Killed):
             train(**_options(tmp_path, resume_dir=resume_dir, live_dir=None))
     with caplog.at_level(logging.INFO, logger="assurexray.learning.resume"):
         changed = train(**_options(tmp_path, resume_dir=resume_dir, live_dir=None, lr=1e-3))
