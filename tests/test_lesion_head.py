@@ -18,7 +18,8 @@ from assurexray.learning.lesion_head import (
 )
 from assurexray.learning.model import create_model, load_checkpoint, save_checkpoint
 from assurexray.learning.transforms import train_transform
-from test_resume import _files, _Killed, _killing_train_epoch
+from kills import Killed, dies_after_first_step
+from test_resume import _files
 from test_training import S, _cache, _options
 from training_options import train
 
@@ -180,8 +181,8 @@ def test_a_killed_run_with_head_and_ema_resumes_to_the_same_bytes(tmp_path, monk
     reference = train(**_options(tmp_path, live_dir=tmp_path / "ref_live",
                                                 resume_dir=tmp_path / "ref_resume", **settings))
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_train_epoch", _killing_train_epoch(kill_epoch=3))
-        with pytest.raises(_Killed):
+        patch.setattr(training, "_train_epoch", dies_after_first_step(training._train_epoch, kill_epoch=3))
+        with pytest.raises(Killed):
             train(**_options(tmp_path, resume_dir=tmp_path / "resume", **settings))
     resumed = train(**_options(tmp_path, resume_dir=tmp_path / "resume", **settings))
     paths = [save_checkpoint(tmp_path / name, result.model, result.meta)
